@@ -1,0 +1,24 @@
+"""One error type for bad input, and the CLI wrapper that turns it into exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+
+class SpectralError(Exception):
+    """Bad input or an unusable file: the message is written for the user, one line."""
+
+
+def cli_entry(main):
+    """Run ``main(argv)``; a :class:`SpectralError` becomes one ``error:`` line and exit 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        try:
+            return main(argv)
+        except SpectralError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,9 @@
+"""The trajectory store: one directory per run, rows of flattened gradients per step.
+
+``open(path)`` reads a store (see :class:`Store`); :class:`StoreWriter` writes one.
+"""
+
+from .reader import Param, Store, open, read_manifest
+from .writer import Checkpoint, StoreWriter, remove_store
+
+__all__ = ["open", "Store", "Param", "StoreWriter", "Checkpoint", "read_manifest", "remove_store"]

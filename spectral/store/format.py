@@ -1,0 +1,85 @@
+"""On-disk format of a trajectory store: manifest, shard names, dtypes, atomic writes.
+
+A store is one directory::
+
+    manifest.json                     single source of truth: what is committed
+    steps.csv                         one row per committed step (loss, lr, epsilon, norms, ...)
+    <table>.csv                       other per-step tables (e.g. eval.csv)
+    streams/<stream>/<start>-<stop>.npy   rows [start, stop) of one stream, shape (stop-start, d)
+    checkpoint/state-<step>.safetensors + .json   training state after <step> committed steps
+
+Only what the manifest lists is part of the store; anything else (a shard written just
+before a crash) is an orphan and is removed on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_NAME = "spectral-trajectory"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+STEPS_TABLE = "steps"
+
+# numpy has no bfloat16: it is stored as its raw 16 bits (uint16) and widened on read.
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+
+
+def shard_path(stream: str, start: int, stop: int) -> str:
+    """Path of a shard relative to the store root."""
+    return f"streams/{stream}/{start:09d}-{stop:09d}.npy"
+
+
+def to_storage(rows: np.ndarray, dtype: str) -> np.ndarray:
+    """Cast float32 rows to the storage dtype (bfloat16: round-to-nearest-even bits)."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if dtype != "bfloat16":
+        return rows.astype(STORAGE_DTYPES[dtype], copy=False)
+    bits = rows.view(np.uint32)
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    return ((bits + rounding) >> 16).astype(np.uint16)
+
+
+def from_storage(raw: np.ndarray, dtype: str, out_dtype=np.float32) -> np.ndarray:
+    """Widen stored rows to ``out_dtype`` (always a fresh in-memory array)."""
+    if dtype == "bfloat16":
+        return (np.asarray(raw).astype(np.uint32) << 16).view(np.float32).astype(out_dtype, copy=False)
+    return np.array(raw, dtype=out_dtype)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write a file so that readers see the old content or the new, never a mix.
+
+    ``write(fileobj)`` fills a temporary file in the same directory, which is fsynced
+    and renamed over ``path``; the directory is fsynced so the rename survives a crash.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=False).encode()))

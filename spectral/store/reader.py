@@ -1,0 +1,192 @@
+"""Reading a trajectory store: memory-mapped shards, row and column blocks, tables.
+
+>>> store = spectral.store.open("runs/demo")
+>>> store.n_steps, store.d, store.streams
+>>> H = store.rows("clipped", 0, 100)           # (100, d) float32
+>>> C = store.columns("clipped", 0, 10_000)     # (n_steps, 10_000) float32
+>>> store.steps                                 # pandas DataFrame, one row per step
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from ..errors import SpectralError
+from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, STEPS_TABLE, STORAGE_DTYPES, from_storage, shard_path
+
+
+def read_manifest(root) -> dict:
+    """Load and check ``manifest.json``; any problem is one clear :class:`SpectralError`."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise SpectralError(f"{root}: no such store directory")
+    if not path.is_file():
+        raise SpectralError(f"{root} is not a spectral store (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpectralError(f"{path} is corrupt: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise SpectralError(f"{path} is not a spectral trajectory manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise SpectralError(
+            f"{path} has format version {manifest.get('format_version')}; this spectral reads version {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+@dataclass(frozen=True)
+class Param:
+    """One trained tensor inside the flat gradient vector: ``row[offset:offset+numel].reshape(shape)``."""
+
+    name: str
+    shape: tuple
+    offset: int
+    numel: int
+
+
+class Store:
+    """A read-only view of a trajectory store (use :func:`spectral.store.open`).
+
+    Attributes
+    ----------
+    n_steps : int           committed steps (rows of every stream)
+    d : int                 length of one flattened gradient
+    streams : list[str]     e.g. ``["clipped", "private"]``
+    dtype : str             storage dtype; reads widen to float32 unless told otherwise
+    layout : list[Param]    how a row maps back to named parameter tensors
+    manifest : dict         everything recorded about the run (model, data, DP settings, ...)
+    """
+
+    def __init__(self, root, verify: bool = False):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        m = self.manifest
+        self.n_steps: int = m["n_steps"]
+        self.d: int = m["d"]
+        self.streams: list = list(m["streams"])
+        self.dtype: str = m["dtype"]
+        self.layout = [Param(p["name"], tuple(p["shape"]), p["offset"], p["numel"]) for p in m["layout"]]
+        self._shards = m["shards"]
+        self._starts = np.array([s["start"] for s in self._shards], dtype=np.int64)
+        self._maps = {s: [self._open_shard(s, sh) for sh in self._shards] for s in self.streams}
+        if verify:
+            self.verify()
+
+    def _open_shard(self, stream: str, shard: dict) -> np.memmap:
+        rel = shard_path(stream, shard["start"], shard["stop"])
+        path = self.root / rel
+        if not path.is_file():
+            raise SpectralError(f"{self.root}: shard {rel} is missing")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise SpectralError(f"{self.root}: shard {rel} is truncated or corrupt ({exc})") from None
+        expected = (shard["stop"] - shard["start"], self.d)
+        if arr.shape != expected or arr.dtype != np.dtype(STORAGE_DTYPES[self.dtype]):
+            raise SpectralError(
+                f"{self.root}: shard {rel} holds {arr.dtype}{list(arr.shape)}, manifest says {self.dtype}{list(expected)}"
+            )
+        return arr
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r}, n_steps={self.n_steps}, d={self.d}, streams={self.streams}, dtype={self.dtype})"
+
+    # ------------------------------------------------------------------ integrity
+    def verify(self) -> None:
+        """Check every shard's content against the checksum recorded at write time."""
+        for s in self.streams:
+            for sh, arr in zip(self._shards, self._maps[s]):
+                digest = hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest()
+                if digest != sh["files"][s]["sha256"]:
+                    rel = shard_path(s, sh["start"], sh["stop"])
+                    raise SpectralError(f"{self.root}: shard {rel} is corrupt (checksum mismatch)")
+
+    # ------------------------------------------------------------------ data access
+    def _check_stream(self, stream: str) -> None:
+        if stream not in self.streams:
+            raise SpectralError(f"unknown stream {stream!r}; this store has {self.streams}")
+
+    def shards(self, stream: str) -> list[tuple[int, int, np.memmap]]:
+        """``(start, stop, raw memmap of shape (stop-start, d))`` per shard, in storage dtype."""
+        self._check_stream(stream)
+        return [(sh["start"], sh["stop"], arr) for sh, arr in zip(self._shards, self._maps[stream])]
+
+    def rows(self, stream: str, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
+        """Rows ``[start, stop)`` of a stream as an in-memory array of shape ``(stop-start, d)``."""
+        return self.block(stream, start, stop, 0, self.d, dtype)
+
+    def columns(self, stream: str, start: int, stop: int, dtype=np.float32) -> np.ndarray:
+        """Columns ``[start, stop)`` of every step, shape ``(n_steps, stop-start)``."""
+        return self.block(stream, 0, self.n_steps, start, stop, dtype)
+
+    def block(self, stream, row_start=0, row_stop=None, col_start=0, col_stop=None, dtype=np.float32) -> np.ndarray:
+        """The sub-matrix ``H[row_start:row_stop, col_start:col_stop]`` widened to ``dtype``."""
+        self._check_stream(stream)
+        row_stop = self.n_steps if row_stop is None else row_stop
+        col_stop = self.d if col_stop is None else col_stop
+        if not (0 <= row_start <= row_stop <= self.n_steps and 0 <= col_start <= col_stop <= self.d):
+            raise SpectralError(
+                f"block rows [{row_start}, {row_stop}) cols [{col_start}, {col_stop}) is outside ({self.n_steps}, {self.d})"
+            )
+        out = np.empty((row_stop - row_start, col_stop - col_start), dtype=dtype)
+        for start, stop, arr in self.shards(stream):
+            lo, hi = max(start, row_start), min(stop, row_stop)
+            if lo < hi:
+                raw = arr[lo - start : hi - start, col_start:col_stop]
+                out[lo - row_start : hi - row_start] = from_storage(raw, self.dtype, dtype)
+        return out
+
+    def iter_row_blocks(self, stream: str, block_rows: int, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, rows)`` for consecutive row blocks of at most ``block_rows`` steps."""
+        for start in range(0, self.n_steps, block_rows):
+            yield start, self.rows(stream, start, min(start + block_rows, self.n_steps), dtype)
+
+    def iter_column_blocks(self, stream: str, block_cols: int, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, columns)`` for consecutive column blocks of shape ``(n_steps, <=block_cols)``."""
+        for start in range(0, self.d, block_cols):
+            yield start, self.columns(stream, start, min(start + block_cols, self.d), dtype)
+
+    def unflatten(self, row: np.ndarray) -> dict:
+        """Map a flat row of shape ``(d,)`` back to ``{parameter name: array of its shape}``."""
+        row = np.asarray(row)
+        if row.shape != (self.d,):
+            raise SpectralError(f"row has shape {row.shape}, expected ({self.d},)")
+        return {p.name: row[p.offset : p.offset + p.numel].reshape(p.shape) for p in self.layout}
+
+    # ------------------------------------------------------------------ tables
+    def table(self, name: str) -> pd.DataFrame:
+        """A per-step table (``steps``, ``eval``, ...) restricted to committed steps."""
+        path = self.root / f"{name}.csv"
+        if name not in self.manifest["tables"] or not path.exists():
+            raise SpectralError(f"{self.root} has no table {name!r}; it has {self.manifest['tables']}")
+        frame = pd.read_csv(path) if path.stat().st_size else pd.DataFrame({"step": []})
+        return frame[frame["step"] < self.n_steps].reset_index(drop=True)
+
+    @cached_property
+    def steps(self) -> pd.DataFrame:
+        """One row per committed step: step, loss, lr, epsilon, norms, fraction clipped, ..."""
+        return self.table(STEPS_TABLE)
+
+    @property
+    def layout_frame(self) -> pd.DataFrame:
+        """The parameter layout as a DataFrame (name, shape, offset, numel)."""
+        return pd.DataFrame([p.__dict__ for p in self.layout])
+
+
+def open(path, verify: bool = False) -> Store:  # noqa: A001 - mirrors the builtin on purpose
+    """Open a trajectory store read-only.
+
+    Checks the manifest and every shard's header and size (a truncated or damaged shard is a
+    clear :class:`SpectralError`); ``verify=True`` also checks every shard's SHA-256.
+    """
+    return Store(path, verify=verify)

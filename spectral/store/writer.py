@@ -1,0 +1,255 @@
+"""Writing a trajectory store from a training loop: atomic shards, commits, resume.
+
+All disk I/O happens on one background thread, in the order the loop asked for it, so
+the loop never waits for the disk unless the queue is full. A *commit* is the only moment
+the store changes meaning: shards first, then tables, then the training checkpoint, and
+last the manifest (atomic rename). A crash at any instant therefore leaves the previous
+manifest valid, with every step it lists stored exactly once, and a checkpoint that
+continues from exactly that step.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import queue
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from ..errors import SpectralError
+from .format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    STEPS_TABLE,
+    STORAGE_DTYPES,
+    atomic_write,
+    shard_path,
+    to_storage,
+    write_json,
+)
+from .reader import read_manifest
+
+
+@dataclass
+class Checkpoint:
+    """Training state saved with a commit: named arrays plus JSON metadata."""
+
+    step: int
+    tensors: dict
+    meta: dict
+
+
+def _save_npy(path: Path, rows: np.ndarray) -> None:
+    atomic_write(path, lambda f: np.lib.format.write_array(f, rows, allow_pickle=False))
+
+
+class StoreWriter:
+    """Append per-step rows of named streams to a store directory.
+
+    Use :meth:`create` for a new store or :meth:`resume` for an interrupted one, then per
+    step :meth:`append`, every so often :meth:`commit`, and finally :meth:`close`.
+
+    Parameters are validated by the constructors; rows passed to :meth:`append` are
+    float arrays of shape ``(d,)`` and must not be modified by the caller afterwards.
+    """
+
+    def __init__(self, root: Path, manifest: dict, tables: dict, queue_size: int = 4):
+        self.root = Path(root)
+        self._manifest = manifest
+        self._tables = tables
+        self._n_steps = manifest["n_steps"]  # next step the loop will append
+        self._d = manifest["d"]
+        self._dtype = manifest["dtype"]
+        self._streams = list(manifest["streams"])
+        self._shard_rows = manifest["shard_rows"]
+        self._shards = list(manifest["shards"])  # written, committed or not
+        self._buffer = {
+            s: np.empty((self._shard_rows, self._d), dtype=STORAGE_DTYPES[self._dtype]) for s in self._streams
+        }
+        self._buffer_start = self._n_steps
+        self._buffer_count = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="spectral-store-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def create(cls, root, *, layout: list, streams: list, dtype: str, shard_rows: int, meta: dict) -> "StoreWriter":
+        """Start a new store in ``root`` (which must be absent or empty).
+
+        layout: list of ``{"name", "shape", "offset", "numel"}`` describing the flat vector.
+        """
+        root = Path(root)
+        if root.exists() and any(root.iterdir()):
+            raise SpectralError(f"{root} is not empty")
+        if dtype not in STORAGE_DTYPES:
+            raise SpectralError(f"unknown storage dtype {dtype!r}; choose from {sorted(STORAGE_DTYPES)}")
+        if not streams:
+            raise SpectralError("at least one stream must be stored")
+        d = sum(int(p["numel"]) for p in layout)
+        if d == 0:
+            raise SpectralError("the parameter layout is empty (no trainable parameters)")
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "status": "running",
+            "d": d,
+            "dtype": dtype,
+            "streams": list(streams),
+            "layout": layout,
+            "shard_rows": int(shard_rows),
+            "n_steps": 0,
+            "shards": [],
+            "tables": [STEPS_TABLE],
+            "checkpoint": None,
+            **meta,
+        }
+        root.mkdir(parents=True, exist_ok=True)
+        write_json(root / MANIFEST, manifest)
+        return cls(root, manifest, {STEPS_TABLE: []})
+
+    @classmethod
+    def resume(cls, root) -> tuple["StoreWriter", Checkpoint | None]:
+        """Reopen an interrupted store at its last commit, removing uncommitted files."""
+        root = Path(root)
+        manifest = read_manifest(root)
+        n = manifest["n_steps"]
+        listed = {f for sh in manifest["shards"] for f in (shard_path(s, sh["start"], sh["stop"]) for s in manifest["streams"])}
+        for f in (root / "streams").glob("*/*"):
+            if f.relative_to(root).as_posix() not in listed:
+                f.unlink()  # orphan from a crash between writing a shard and committing it
+        tables = {}
+        for name in manifest["tables"]:
+            path = root / f"{name}.csv"
+            rows = pd.read_csv(path).to_dict("records") if path.exists() and path.stat().st_size else []
+            tables[name] = [r for r in rows if r["step"] < n]
+        checkpoint = None
+        if manifest["checkpoint"]:
+            base = root / manifest["checkpoint"]
+            tensors = st_load(base.with_suffix(".safetensors").read_bytes())
+            meta = json.loads(base.with_suffix(".json").read_text())
+            checkpoint = Checkpoint(step=n, tensors=tensors, meta=meta)
+        for f in (root / "checkpoint").glob("state-*"):
+            if not manifest["checkpoint"] or f.stem != Path(manifest["checkpoint"]).name:
+                f.unlink()
+        manifest["status"] = "running"
+        return cls(root, manifest, tables), checkpoint
+
+    # ------------------------------------------------------------------ loop side
+    @property
+    def n_steps(self) -> int:
+        """Number of steps appended so far (committed or not)."""
+        return self._n_steps
+
+    def append(self, step: int, rows: dict, record: dict) -> None:
+        """Queue one step: ``rows[stream]`` of shape ``(d,)`` and its steps-table record."""
+        if step != self._n_steps:
+            raise ValueError(f"expected step {self._n_steps}, got {step}")
+        if set(rows) != set(self._streams):
+            raise ValueError(f"rows for streams {sorted(rows)}, store has {self._streams}")
+        self._put(("row", step, rows, {"step": step, **record}))
+        self._n_steps += 1
+
+    def log(self, table: str, record: dict) -> None:
+        """Queue a record (with a ``step`` key) for another table, e.g. ``eval``."""
+        self._put(("log", table, record))
+
+    def commit(self, checkpoint: dict | None = None, checkpoint_meta: dict | None = None, status: str = "running") -> None:
+        """Queue a commit of everything appended so far, with the training state to resume from."""
+        self._put(("commit", checkpoint, checkpoint_meta, status))
+
+    def close(self, status: str | None = None) -> None:
+        """Wait for the queue to drain; optionally set the final ``status`` in the manifest."""
+        self._put(("close", status))
+        self._thread.join()
+        self._raise_if_failed()
+
+    def _put(self, item) -> None:
+        self._raise_if_failed()
+        if not self._thread.is_alive():
+            raise RuntimeError("store writer is closed")
+        self._queue.put(item)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise SpectralError(f"writing the store failed: {self._error}") from self._error
+
+    # ------------------------------------------------------------------ writer thread
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if self._error is None:
+                    getattr(self, f"_do_{item[0]}")(*item[1:])
+            except BaseException as exc:  # surfaced on the loop's next call
+                self._error = exc
+            if item[0] == "close":
+                return
+
+    def _do_row(self, step, rows, record) -> None:
+        i = self._buffer_count
+        for s in self._streams:
+            row = np.asarray(rows[s]).reshape(-1)
+            if row.size != self._d:
+                raise ValueError(f"stream {s!r}: row has {row.size} values, store has d={self._d}")
+            self._buffer[s][i] = to_storage(row, self._dtype)
+        self._tables[STEPS_TABLE].append(record)
+        self._buffer_count += 1
+        if self._buffer_count == self._shard_rows:
+            self._flush_shard()
+
+    def _do_log(self, table, record) -> None:
+        self._tables.setdefault(table, []).append(record)
+
+    def _flush_shard(self) -> None:
+        if self._buffer_count == 0:
+            return
+        start, stop = self._buffer_start, self._buffer_start + self._buffer_count
+        files = {}
+        for s in self._streams:
+            rows = self._buffer[s][: self._buffer_count]
+            _save_npy(self.root / shard_path(s, start, stop), rows)
+            files[s] = {"sha256": hashlib.sha256(memoryview(rows).cast("B")).hexdigest()}
+        self._shards.append({"start": start, "stop": stop, "files": files})
+        self._buffer_start, self._buffer_count = stop, 0
+
+    def _do_commit(self, tensors, meta, status) -> None:
+        self._flush_shard()
+        n = self._buffer_start
+        for name, rows in self._tables.items():
+            frame = pd.DataFrame([r for r in rows if r["step"] < n])
+            atomic_write(self.root / f"{name}.csv", lambda f, frame=frame: frame.to_csv(f, index=False))
+        old = self._manifest["checkpoint"]
+        if tensors is not None:
+            base = f"checkpoint/state-{n:09d}"
+            atomic_write(self.root / f"{base}.safetensors", lambda f: f.write(st_save(tensors)))
+            write_json(self.root / f"{base}.json", meta or {})
+            self._manifest["checkpoint"] = base
+        self._manifest.update(n_steps=n, shards=list(self._shards), tables=sorted(self._tables), status=status)
+        write_json(self.root / MANIFEST, self._manifest)  # the commit point
+        if old and old != self._manifest["checkpoint"]:
+            for suffix in (".safetensors", ".json"):
+                (self.root / f"{old}{suffix}").unlink(missing_ok=True)
+
+    def _do_close(self, status) -> None:
+        if status is not None and status != self._manifest["status"]:
+            self._manifest["status"] = status
+            write_json(self.root / MANIFEST, self._manifest)
+
+
+def remove_store(root) -> None:
+    """Delete a store directory, refusing anything that is not a store (no manifest)."""
+    root = Path(root)
+    read_manifest(root)  # raises a clear error if this is not a store
+    shutil.rmtree(root)
