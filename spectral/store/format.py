@@ -60,6 +60,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
 def atomic_write(path: Path, write) -> None:
     """Write a file so that readers see the old content or the new, never a mix.
 
@@ -70,6 +79,7 @@ def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp creates 0600; store files are ordinary files
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -1,0 +1,138 @@
+"""The trajectory store against the arrays written into it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import spectral.store as store
+from spectral.errors import SpectralError
+from spectral.store.format import from_storage, to_storage
+
+from conftest import run_cli
+
+LAYOUT = [{"name": "w", "shape": [3, 4], "offset": 0, "numel": 12}, {"name": "b", "shape": [5], "offset": 12, "numel": 5}]
+D = 17
+
+
+def write(root, H, dtype="float32", shard_rows=3, commit_at=(), streams=("clipped", "private"), close=True):
+    w = store.StoreWriter.create(root, layout=LAYOUT, streams=list(streams), dtype=dtype, shard_rows=shard_rows,
+                                 meta={"config": {"seed": 1}})
+    for i, row in enumerate(H):
+        w.append(i, {s: row * (k + 1) for k, s in enumerate(streams)}, {"loss": float(i)})
+        w.log("eval", {"step": i, "accuracy": i / 10})
+        if i in commit_at:
+            w.commit({"x": np.full(2, i, np.float32)}, {"step_seen": i})
+    if close:
+        w.commit({"x": np.full(2, len(H), np.float32)}, {"step_seen": len(H)}, status="complete")
+        w.close()
+    return w
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 0.0), ("float16", 1e-3), ("bfloat16", 8e-3)])
+def test_roundtrip_rows_columns_blocks(tmp_path, dtype, tol):
+    H = np.random.default_rng(0).standard_normal((11, D)).astype(np.float32)
+    write(tmp_path / "run", H, dtype=dtype)
+    s = store.open(tmp_path / "run", verify=True)
+    assert (s.n_steps, s.d, s.streams, s.dtype) == (11, D, ["clipped", "private"], dtype)
+    scale = np.abs(H).max()
+    np.testing.assert_allclose(s.rows("clipped"), H, atol=tol * scale, rtol=0)
+    np.testing.assert_allclose(s.rows("private"), 2 * H, atol=2 * tol * scale, rtol=0)
+    np.testing.assert_array_equal(s.columns("clipped", 4, 9), s.rows("clipped")[:, 4:9])
+    np.testing.assert_array_equal(s.block("clipped", 2, 7, 3, 16), s.rows("clipped")[2:7, 3:16])
+    rows = np.vstack([b for _, b in s.iter_row_blocks("clipped", 4)])
+    cols = np.hstack([b for _, b in s.iter_column_blocks("clipped", 5)])
+    np.testing.assert_array_equal(rows, s.rows("clipped"))
+    np.testing.assert_array_equal(cols, s.rows("clipped"))
+    assert [(a, b) for a, b, _ in s.shards("clipped")] == [(0, 3), (3, 6), (6, 9), (9, 11)]
+    named = s.unflatten(s.rows("clipped")[5])
+    np.testing.assert_array_equal(named["w"], s.rows("clipped")[5, :12].reshape(3, 4))
+    assert list(s.steps["step"]) == list(range(11)) and list(s.table("eval")["step"]) == list(range(11))
+
+
+def test_bfloat16_rounding_matches_torch():
+    import torch
+
+    x = np.random.default_rng(1).standard_normal(1000).astype(np.float32) * 1e3
+    ours = from_storage(to_storage(x, "bfloat16"), "bfloat16")
+    ref = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_commit_is_the_unit_of_durability(tmp_path):
+    """Rows appended after the last commit are not part of the store; resume drops orphans."""
+    H = np.random.default_rng(2).standard_normal((10, D)).astype(np.float32)
+    w = write(tmp_path / "run", H, shard_rows=2, commit_at=(4,), close=False)
+    w.close()  # no final commit: steps 5..9 were written as shards but never committed
+    s = store.open(tmp_path / "run")
+    assert s.n_steps == 5 and len(s.steps) == 5 and len(s.table("eval")) == 5
+    np.testing.assert_array_equal(s.rows("clipped"), H[:5])
+    orphans = sorted(p.name for p in (tmp_path / "run/streams/clipped").iterdir())
+    assert len(orphans) > 3  # shards beyond the commit exist on disk ...
+    w2, ckpt = store.StoreWriter.resume(tmp_path / "run")
+    assert ckpt.step == 5 and ckpt.meta == {"step_seen": 4} and ckpt.tensors["x"][0] == 4
+    assert w2.n_steps == 5
+    for i in range(5, 10):
+        w2.append(i, {"clipped": H[i], "private": 2 * H[i]}, {"loss": float(i)})
+    w2.commit({"x": np.zeros(2, np.float32)}, {}, status="complete")
+    w2.close()
+    s = store.open(tmp_path / "run", verify=True)
+    assert s.n_steps == 10 and list(s.steps["step"]) == list(range(10))  # every step exactly once
+    np.testing.assert_array_equal(s.rows("clipped"), H)
+    assert len(list((tmp_path / "run/checkpoint").iterdir())) == 2  # one checkpoint (.safetensors + .json)
+
+
+def test_truncated_shard_is_detected(tmp_path):
+    write(tmp_path / "run", np.ones((6, D), np.float32))
+    shard = sorted((tmp_path / "run/streams/clipped").iterdir())[1]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(SpectralError, match="truncated or corrupt|holds"):
+        store.open(tmp_path / "run")
+
+
+def test_corrupted_shard_is_detected_by_checksum(tmp_path):
+    write(tmp_path / "run", np.ones((6, D), np.float32))
+    shard = sorted((tmp_path / "run/streams/private").iterdir())[0]
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    store.open(tmp_path / "run")  # header and size are intact
+    with pytest.raises(SpectralError, match="checksum"):
+        store.open(tmp_path / "run", verify=True)
+    result = run_cli("spectral.store", tmp_path / "run", "--verify")
+    assert result.returncode == 2 and result.stderr.strip().startswith("error:") and "checksum" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_stores_give_one_clear_error(tmp_path):
+    with pytest.raises(SpectralError, match="no such store"):
+        store.open(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpectralError, match="not a spectral store"):
+        store.open(tmp_path / "empty")
+    write(tmp_path / "run", np.ones((4, D), np.float32))
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    (tmp_path / "run/manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(SpectralError, match="format version 99"):
+        store.open(tmp_path / "run")
+    (tmp_path / "run/manifest.json").write_text("{not json")
+    with pytest.raises(SpectralError, match="corrupt"):
+        store.open(tmp_path / "run")
+    (tmp_path / "run/manifest.json").write_text(json.dumps(manifest))
+    s = store.open(tmp_path / "run")
+    with pytest.raises(SpectralError, match="unknown stream"):
+        s.rows("noised")
+    with pytest.raises(SpectralError, match="outside"):
+        s.block("clipped", 0, 99)
+    result = run_cli("spectral.store", tmp_path / "nothing")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_writer_rejects_wrong_row_length(tmp_path):
+    w = store.StoreWriter.create(tmp_path / "run", layout=LAYOUT, streams=["clipped"], dtype="float32",
+                                 shard_rows=2, meta={})
+    w.append(0, {"clipped": np.ones(D + 1, np.float32)}, {})
+    with pytest.raises(SpectralError, match="d=17"):
+        w.close()
