@@ -13,6 +13,7 @@ so ``private - clipped`` is exactly the noise divided by the expected batch size
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -32,14 +33,30 @@ class NonFiniteGradient(SpectralError):
 @dataclass
 class StepOutput:
     loss: float
-    clipped: torch.Tensor  # (d,) float32
-    private: torch.Tensor  # (d,) float32
+    clipped: torch.Tensor  # (d,) in the parameters' dtype
+    private: torch.Tensor  # (d,)
     per_example_norms: torch.Tensor  # (batch,) norms before clipping
     batch_size: int
 
 
+def _needs_explicit_positions(model) -> bool:
+    """BERT-style embeddings broadcast a (1, L) ``position_ids`` buffer over the batch, and
+    Opacus cannot split the position table's gradient per example from a batch-1 input. When
+    that table is trained we pass (B, L) position ids instead (same values). RoBERTa-style
+    embeddings (with ``padding_idx``) already build per-example positions."""
+    base = getattr(model, "base_model", model)
+    emb = getattr(base, "embeddings", None)
+    table = getattr(emb, "position_embeddings", None)
+    return (
+        isinstance(table, torch.nn.Embedding)
+        and table.weight.requires_grad
+        and not hasattr(emb, "padding_idx")
+        and "position_ids" in inspect.signature(model.forward).parameters
+    )
+
+
 def _flat(tensors) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors]).float()
+    return torch.cat([t.reshape(-1) for t in tensors])
 
 
 class DPEngine:
@@ -78,6 +95,7 @@ class DPEngine:
         else:
             raise SpectralError(f"unknown clipping mode {clipping!r}")
         self.expected_batch_size = expected_batch_size
+        self._explicit_positions = _needs_explicit_positions(model)
 
     # ------------------------------------------------------------------ one step
     def _per_example_norms(self) -> torch.Tensor:
@@ -96,6 +114,9 @@ class DPEngine:
             group["lr"] = lr
         losses, norms, n = [], [], 0
         for i, (inputs, labels) in enumerate(chunks):
+            if self._explicit_positions:
+                batch, length = inputs["input_ids"].shape
+                inputs = {**inputs, "position_ids": torch.arange(length).repeat(batch, 1)}
             logits = self.module(**inputs).logits
             loss = self.criterion(logits, labels)
             loss.backward()

@@ -1,0 +1,130 @@
+"""The DP engine against brute force: per-example clipping by a loop, noise by its moments."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from spectral.collect.engine import DPEngine, NonFiniteGradient
+from spectral.collect.models import load_model, parameter_layout, select_trainable
+from spectral.collect.run import Batcher
+from spectral.collect.data import TextData
+
+TEXTS = ["a good film", "bad", "the plot is dull and the acting is weak", "lovely , moving and funny",
+         "messy", "a superb cast in a boring story that never ends", "fine", "tedious and bland work"]
+LABELS = np.array([1, 0, 0, 1, 0, 1, 1, 0])
+
+
+def _model(path, params="all"):
+    model, tok = load_model(str(path), num_labels=2, seed=0)
+    return select_trainable(model.double(), params), tok  # float64: the comparison measures the method, not rounding
+
+
+def _chunks(tok, size):
+    return Batcher(tok, TextData(TEXTS, LABELS), 32).chunks(np.arange(len(TEXTS)), size)
+
+
+def brute_force_clipped_sum(model, chunks, C):
+    """Loop over single examples (each sliced out of its padded chunk): clip, then sum."""
+    model = copy.deepcopy(model).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    total, norms = [torch.zeros_like(p, dtype=torch.float64) for p in params], []
+    for inputs, labels in chunks:
+        for i in range(len(labels)):
+            model.zero_grad()
+            one = {k: v[i : i + 1] for k, v in inputs.items()}
+            torch.nn.functional.cross_entropy(model(**one).logits, labels[i : i + 1]).backward()
+            g = [p.grad.double() for p in params]
+            norm = torch.sqrt(sum((x**2).sum() for x in g))
+            norms.append(norm.item())
+            factor = min(1.0, C / (norm.item() + 1e-6))
+            for t, x in zip(total, g):
+                t += factor * x
+    return torch.cat([t.reshape(-1) for t in total]), np.array(norms)
+
+
+@pytest.mark.parametrize("clipping", ["ghost", "per-sample"])
+@pytest.mark.parametrize("physical", [8, 3])  # 3: one logical step accumulated over 3 chunks
+def test_clipped_sum_equals_loop_over_examples(tiny_model, clipping, physical):
+    model, tok = _model(tiny_model)
+    chunks = _chunks(tok, physical)
+    _, norms = brute_force_clipped_sum(model, chunks, C=1e9)
+    C = float(np.median(norms))  # half the examples are clipped, half are not
+    expected, _ = brute_force_clipped_sum(model, chunks, C)
+    B = 5.0  # expected batch size divides the sum
+    engine = DPEngine(model, clipping=clipping, optimizer="sgd", lr=0.0, noise_multiplier=0.0,
+                      max_grad_norm=C, expected_batch_size=B, seed=0)
+    out = engine.step(chunks, lr=0.0)
+    got = out.clipped * B
+    rel = (got - expected).norm() / expected.norm()
+    assert rel < 1e-5, rel
+    np.testing.assert_allclose(out.per_example_norms.numpy(), norms, rtol=1e-4)
+    torch.testing.assert_close(out.private, out.clipped)  # no noise: both streams agree
+    assert out.batch_size == len(TEXTS)
+
+
+@pytest.mark.parametrize("clipping", ["ghost", "per-sample"])
+def test_noise_has_the_calibrated_std(tiny_model, clipping):
+    model, tok = _model(tiny_model)
+    sigma, C, B = 1.7, 0.3, 4.0
+    engine = DPEngine(model, clipping=clipping, optimizer="sgd", lr=0.0, noise_multiplier=sigma,
+                      max_grad_norm=C, expected_batch_size=B, seed=3)
+    out = engine.step(_chunks(tok, 8), lr=0.0)
+    noise = ((out.private - out.clipped) * B).double()
+    d = noise.numel()
+    # the sample std of d Gaussians has relative standard error 1/sqrt(2d); allow 5 of them
+    assert abs(noise.std().item() / (sigma * C) - 1) < 5 / np.sqrt(2 * d)
+    assert abs(noise.mean().item()) < 5 * sigma * C / np.sqrt(d)
+
+
+def test_update_is_applied_with_the_private_gradient(tiny_model):
+    model, tok = _model(tiny_model, params="attention-qv")
+    before = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters() if p.requires_grad])
+    engine = DPEngine(model, clipping="ghost", optimizer="sgd", lr=0.1, noise_multiplier=0.5,
+                      max_grad_norm=1.0, expected_batch_size=8, seed=0)
+    out = engine.step(_chunks(tok, 4), lr=0.1)
+    after = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
+    torch.testing.assert_close(after, before - 0.1 * out.private, rtol=1e-5, atol=1e-7)
+    assert out.clipped.numel() == sum(p["numel"] for p in parameter_layout(model))
+
+
+def test_empty_poisson_batch_releases_noise_only(tiny_model):
+    model, _ = _model(tiny_model, params="classifier")
+    engine = DPEngine(model, clipping="ghost", optimizer="sgd", lr=0.0, noise_multiplier=1.0,
+                      max_grad_norm=1.0, expected_batch_size=2, seed=0)
+    out = engine.step([], lr=0.0)
+    assert out.batch_size == 0 and torch.count_nonzero(out.clipped) == 0 and out.private.abs().sum() > 0
+
+
+def test_non_finite_gradient_stops_before_the_update(tiny_model):
+    model, tok = _model(tiny_model, params="classifier")
+    engine = DPEngine(model, clipping="per-sample", optimizer="sgd", lr=0.1, noise_multiplier=0.0,
+                      max_grad_norm=1.0, expected_batch_size=8, seed=0)
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    before = model.classifier.bias.detach().clone()
+    with pytest.raises(NonFiniteGradient):
+        engine.step(_chunks(tok, 8), lr=0.1)
+    torch.testing.assert_close(model.classifier.bias.detach(), before)
+
+
+def test_state_roundtrip_continues_identically(tiny_model_dropout):
+    """Saving after step 1 and restoring into a fresh engine reproduces step 2 exactly (dropout on)."""
+    def engine_for():
+        model, tok = _model(tiny_model_dropout, params="attention-qv")
+        return DPEngine(model, clipping="ghost", optimizer="adam", lr=1e-2, noise_multiplier=1.0,
+                        max_grad_norm=0.5, expected_batch_size=8, seed=5), tok
+
+    a, tok = engine_for()
+    chunks = _chunks(tok, 4)
+    a.step(chunks, lr=1e-2)
+    state = a.state()
+    expected = a.step(chunks, lr=1e-2)
+    b, _ = engine_for()
+    b.load_state(state)
+    got = b.step(chunks, lr=1e-2)
+    torch.testing.assert_close(got.private, expected.private)
+    torch.testing.assert_close(got.clipped, expected.clipped)
