@@ -128,3 +128,21 @@ def test_state_roundtrip_continues_identically(tiny_model_dropout):
     got = b.step(chunks, lr=1e-2)
     torch.testing.assert_close(got.private, expected.private)
     torch.testing.assert_close(got.clipped, expected.clipped)
+
+
+def test_mean_pooled_classifier_clips_exactly(tiny_model):
+    """The mean-pooling head (used for sentence-transformers checkpoints) under both clipping modes."""
+    from spectral.collect.models import MeanPooledClassifier
+
+    for clipping in ("ghost", "per-sample"):
+        base, tok = _model(tiny_model)
+        base.bert.pooler = None  # as load_model does: an unused pooler gets no gradient
+        model = MeanPooledClassifier(base.bert, 2).double()
+        model = select_trainable(model, "all")
+        chunks = _chunks(tok, 4)
+        expected, norms = brute_force_clipped_sum(model, chunks, C=0.05)
+        engine = DPEngine(model, clipping=clipping, optimizer="sgd", lr=0.0, noise_multiplier=0.0,
+                          max_grad_norm=0.05, expected_batch_size=1.0, seed=0)
+        out = engine.step(chunks, lr=0.0)
+        assert (out.clipped - expected).norm() / expected.norm() < 1e-5
+        np.testing.assert_allclose(out.per_example_norms.numpy(), norms, rtol=1e-4)

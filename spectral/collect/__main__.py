@@ -29,6 +29,8 @@ HELP = {
     "label_column": "label column of --data (default: label)",
     "train_size": "use only the first N training examples",
     "max_length": "truncate inputs to this many tokens",
+    "pooling": "sentence representation: mean (over tokens), cls (the model's own head), auto (mean for "
+               "sentence-transformers checkpoints such as the default)",
     "params": "trained parameters: " + ", ".join(C.PARAM_SETS),
     "lora_rank": "rank of the LoRA adapters (--params lora)",
     "optimizer": "adam (DP-Adam) or sgd (DP-SGD)",

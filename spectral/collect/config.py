@@ -15,6 +15,7 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("linear", "constant")
 STREAMS = ("clipped", "private")
 DTYPES = ("float32", "float16", "bfloat16")
+POOLING = ("auto", "mean", "cls")
 
 
 @dataclass
@@ -31,6 +32,7 @@ class CollectConfig:
     label_column: str | None = None
     train_size: int | None = None  # use only the first N training examples
     max_length: int = 128
+    pooling: str = "auto"  # mean for sentence-transformers checkpoints, [CLS] head otherwise
     params: str = "attention-qv"
     lora_rank: int = 8
     optimizer: str = "adam"
@@ -57,7 +59,7 @@ class CollectConfig:
     def validate(self) -> "CollectConfig":
         choices = {
             "params": PARAM_SETS, "clipping": CLIPPING, "sampling": SAMPLING, "accountant": ACCOUNTANTS,
-            "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES, "dtype": DTYPES,
+            "optimizer": OPTIMIZERS, "pooling": POOLING, "lr_schedule": SCHEDULES, "dtype": DTYPES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -42,28 +42,76 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def load_model(name: str, num_labels: int, seed: int):
+class MeanPooledClassifier(torch.nn.Module):
+    """Encoder -> mean over non-padding tokens -> linear head.
+
+    Sentence-transformers checkpoints (the embedded default among them) are trained to be read
+    this way; their [CLS]/pooler output is not a trained sentence representation.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, num_labels: int):
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
+        self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_labels)
+
+    @property
+    def base_model(self) -> torch.nn.Module:
+        return self.encoder
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, position_ids=None):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return SequenceClassifierOutput(logits=self.classifier(pooled))
+
+
+def is_sentence_transformer(source: str) -> bool:
+    """A local sentence-transformers checkpoint declares its pooling in modules.json."""
+    return (Path(source) / "modules.json").is_file()
+
+
+def load_model(name: str, num_labels: int, seed: int, pooling: str = "auto"):
     """Load ``(model, tokenizer)`` for sequence classification with a fresh ``num_labels`` head.
 
-    The head is initialised from ``seed`` so that a resumed run rebuilds the same model.
+    pooling: ``mean`` (mean over tokens + linear head), ``cls`` (the architecture's own
+    sequence-classification head on [CLS]), or ``auto`` (mean for sentence-transformers
+    checkpoints, cls otherwise). The head is initialised from ``seed`` so that a resumed
+    run rebuilds the same model.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     source = resolve_model(name)
     local = Path(source).exists()
     if local:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if pooling == "auto":
+        pooling = "mean" if local and is_sentence_transformer(source) else "cls"
     hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected here
     torch.manual_seed(seed)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+        if pooling == "mean":
+            encoder = AutoModel.from_pretrained(source)
+            if getattr(encoder, "pooler", None) is not None:
+                encoder.pooler = None  # unused: its parameters would get no gradient
+            model = MeanPooledClassifier(encoder, num_labels)
+        elif pooling == "cls":
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+        else:
+            raise SpectralError(f"unknown pooling {pooling!r}; choose from auto, mean, cls")
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpectralError(f"cannot load model {name!r}: {first}") from None
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    model.pooling = pooling
     return model, tokenizer
 
 

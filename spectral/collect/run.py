@@ -106,8 +106,9 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
     train, dev = train.head(cfg.train_size), dev.head(cfg.eval_size)
     if len(dev) == 0 and cfg.eval_every:
         raise SpectralError("the dev split is empty; pass --eval-every 0 to train without evaluation")
-    model, tokenizer = load_model(cfg.model, num_labels=len(data_info["classes"]), seed=cfg.seed)
-    n_total = sum(p.numel() for p in model.parameters())
+    model, tokenizer = load_model(cfg.model, num_labels=len(data_info["classes"]), seed=cfg.seed,
+                                  pooling=cfg.pooling)
+    n_total, pooling = sum(p.numel() for p in model.parameters()), model.pooling
     model = select_trainable(model, cfg.params, cfg.lora_rank)
     layout = parameter_layout(model)
     d = sum(p["numel"] for p in layout)
@@ -132,7 +133,8 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
             "code_version": code_version(),
             "config": cfg.to_dict(),
             "model": {"name": cfg.model, "source": resolve_model(cfg.model), "class": type(model).__name__,
-                      "n_parameters": n_total, "n_trainable": d, "params": cfg.params},
+                      "n_parameters": n_total, "n_trainable": d, "params": cfg.params,
+                      "pooling": pooling},
             "data": {**data_info, "n_train_used": len(train), "n_dev_used": len(dev)},
             "dp": plan.to_dict(),
         }

@@ -1,0 +1,144 @@
+"""Benchmark of the collect stage: DP step cost and logging overhead, side by side in one run.
+
+Each mode runs in its own subprocess (so peak memory is its own) on the same model and the
+same SST-2 batches:
+
+  non-private       plain Adam step on the same trainable parameters
+  dp-per-sample     Opacus per-sample gradients, clipped, noised
+  dp-ghost          Opacus ghost clipping (per-example norms without per-example gradients)
+  dp-ghost+store    dp-ghost plus flattening and writing the step's row to a store
+
+Peak memory is the largest resident set size above the process's size just before the first
+step (sampled every 2 ms), i.e. what the steps themselves allocate.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+
+MODES = ("non-private", "dp-per-sample", "dp-ghost", "dp-ghost+store")
+
+
+class PeakRSS:
+    """Samples this process's RSS in a thread; ``peak`` is the maximum seen."""
+
+    def __init__(self, interval=0.002):
+        self.proc, self.interval, self.peak, self._stop = psutil.Process(), interval, 0, threading.Event()
+
+    def __enter__(self):
+        self.base = self.peak = self.proc.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(mode: str, params: str, batch_size: int, physical: int, warmup: int, steps: int, seed: int = 0) -> dict:
+    """Time ``steps`` steps of ``mode`` after ``warmup`` steps; returns seconds/step and peak MiB."""
+    import torch
+
+    from ..collect.data import load_data
+    from ..collect.engine import DPEngine
+    from ..collect.models import load_model, parameter_layout, select_trainable
+    from ..collect.run import Batcher
+    from ..store import StoreWriter
+
+    torch.manual_seed(seed)
+    train, _, info = load_data(None)
+    model, tok = load_model("all-MiniLM-L6-v2", num_labels=len(info["classes"]), seed=seed)
+    model = select_trainable(model, params)
+    layout = parameter_layout(model)
+    rng = np.random.default_rng(seed)
+    sample = train.head(20_000)
+    batcher = Batcher(tok, sample, 128)
+    batches = [batcher.chunks(rng.choice(len(sample), batch_size, replace=False), physical) for _ in range(warmup + steps)]
+
+    writer = tmp = None
+    if mode == "non-private":
+        model.train()
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def step(chunks):
+            for inputs, labels in chunks:
+                loss = torch.nn.functional.cross_entropy(model(**inputs).logits, labels) * len(labels) / batch_size
+                loss.backward()
+            opt.step()
+            opt.zero_grad()
+    else:
+        engine = DPEngine(model, clipping="per-sample" if mode == "dp-per-sample" else "ghost", optimizer="adam",
+                          lr=1e-4, noise_multiplier=1.0, max_grad_norm=0.1, expected_batch_size=batch_size, seed=seed)
+        if mode == "dp-ghost+store":
+            tmp = tempfile.TemporaryDirectory(prefix="spectral-bench-")
+            writer = StoreWriter.create(f"{tmp.name}/run", layout=layout, streams=["clipped"], dtype="float32",
+                                        shard_rows=16, meta={})
+        count = iter(range(10**9))
+
+        def step(chunks):
+            out = engine.step(chunks, lr=1e-4)
+            if writer is not None:
+                writer.append(next(count), {"clipped": out.clipped.numpy()}, {"loss": out.loss})
+
+    with PeakRSS() as mem:
+        for chunks in batches[:warmup]:
+            step(chunks)
+        t0 = time.perf_counter()
+        for chunks in batches[warmup:]:
+            step(chunks)
+        if writer is not None:
+            writer.commit()
+            writer.close()  # the background writes belong to the measured time
+        seconds = (time.perf_counter() - t0) / steps
+    if tmp is not None:
+        tmp.cleanup()
+    return {"mode": mode, "params": params, "d": sum(p["numel"] for p in layout), "sec_per_step": seconds,
+            "peak_mib": (mem.peak - mem.base) / 2**20}
+
+
+def run(params_list, batch_size, physical, warmup, steps) -> list[dict]:
+    results = []
+    for params in params_list:
+        for mode in MODES:
+            cmd = [sys.executable, "-m", "spectral.bench", "collect", "--worker", mode, "--params", params,
+                   "--batch-size", str(batch_size), "--physical-batch-size", str(physical),
+                   "--warmup", str(warmup), "--steps", str(steps)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"benchmark worker {mode} failed:\n{proc.stderr[-2000:]}")
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"  measured {params:>13} {mode:<15} {results[-1]['sec_per_step']:.3f} s/step", file=sys.stderr)
+    return results
+
+
+def table(results: list[dict]) -> str:
+    """Markdown table with ratios against the non-private step of the same parameter set."""
+    lines = ["| params | d | mode | s/step | x non-private time | peak MiB | x non-private memory |",
+             "|---|---|---|---|---|---|---|"]
+    base = {r["params"]: r for r in results if r["mode"] == "non-private"}
+    for r in results:
+        b = base[r["params"]]
+        lines.append(f"| {r['params']} | {r['d']:,} | {r['mode']} | {r['sec_per_step']:.3f} | "
+                     f"{r['sec_per_step'] / b['sec_per_step']:.2f} | {r['peak_mib']:.0f} | "
+                     f"{r['peak_mib'] / max(b['peak_mib'], 1e-9):.2f} |")
+    for params in base:
+        by = {r["mode"]: r for r in results if r["params"] == params}
+        overhead = by["dp-ghost+store"]["sec_per_step"] / by["dp-ghost"]["sec_per_step"] - 1
+        lines.append(f"\n{params}: logging overhead (dp-ghost+store vs dp-ghost) = {100 * overhead:+.1f}% of step time "
+                     f"(target <= 5%); ghost vs non-private time {by['dp-ghost']['sec_per_step'] / by['non-private']['sec_per_step']:.2f}x "
+                     f"(target <= 2x), memory {by['dp-ghost']['peak_mib'] / max(by['non-private']['peak_mib'], 1e-9):.2f}x (target <= 1.3x)")
+    return "\n".join(lines)
