@@ -1,0 +1,14 @@
+"""Analyse stage: principal components of a gradient trajectory and restricted-Lipschitz curves.
+
+>>> import spectral.store, spectral.analyse as A
+>>> store = spectral.store.open("runs/demo")
+>>> spec = A.principal_components(store, k=100)        # method chosen by size; exact Gram by default
+>>> spec.to_frame()                                     # rank, eigenvalue, singular value, residual, energy
+>>> A.rlc.summarize(A.rlc.in_sample(spec))              # G_k summaries per k
+"""
+
+from . import rlc
+from .matrix import TrajectoryMatrix
+from .pca import METHODS, Spectrum, principal_components
+
+__all__ = ["principal_components", "Spectrum", "TrajectoryMatrix", "METHODS", "rlc"]

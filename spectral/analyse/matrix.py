@@ -1,0 +1,106 @@
+"""A gradient trajectory as a matrix H of shape (n_steps, d), read in column blocks.
+
+Every product the analyse stage needs is one sequential pass over column blocks of H:
+``gram`` (H Hᵀ), ``rmatmat`` (Hᵀ U, written block by block), ``matmat`` (H V) and
+``hht`` (H Hᵀ Q). Column blocks of a row-sharded store are read as contiguous runs of each
+row; accumulation is in float64. ``passes`` counts full reads of the data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import SpectralError
+
+DEFAULT_MEMORY = 2 * 2**30  # bytes a pass may use for its block buffers
+
+
+class TrajectoryMatrix:
+    """H (n, d) from a :class:`spectral.store.Store` stream or an in-memory array.
+
+    Parameters
+    ----------
+    source : Store or ndarray of shape (n, d)
+    stream : stream name (for a Store)
+    rows : optional index array selecting a subset of steps (e.g. a held-out split)
+    max_memory : bytes for block buffers; sets the column block width
+    progress : show a progress bar per pass
+    """
+
+    def __init__(self, source, stream: str = "clipped", rows=None, max_memory: int | None = None, progress=False):
+        self.source, self.stream, self.progress = source, stream, progress
+        if isinstance(source, np.ndarray):
+            if source.ndim != 2:
+                raise SpectralError(f"a trajectory matrix must be 2-D, got shape {source.shape}")
+            n_all, self.d = source.shape
+        else:
+            source._check_stream(stream)
+            n_all, self.d = source.n_steps, source.d
+        self.rows = np.arange(n_all) if rows is None else np.asarray(rows)
+        self.n = len(self.rows)
+        if self.n == 0 or self.d == 0:
+            raise SpectralError(f"the trajectory is empty (n={self.n}, d={self.d})")
+        budget = DEFAULT_MEMORY if max_memory is None else int(max_memory)
+        # a block costs its float32 read, a float64 copy, and a product of the same size
+        self.block_cols = int(np.clip(budget // (self.n * 24), 1, self.d))
+        self.passes = 0
+
+    @property
+    def shape(self) -> tuple:
+        return (self.n, self.d)
+
+    def blocks(self, desc: str = "pass"):
+        """Yield ``(start, stop, H[:, start:stop] as float64)``; one call = one pass."""
+        self.passes += 1
+        starts = range(0, self.d, self.block_cols)
+        for start in tqdm(starts, desc=desc, unit="block", disable=not self.progress, leave=False):
+            stop = min(start + self.block_cols, self.d)
+            if isinstance(self.source, np.ndarray):
+                block = self.source[self.rows, start:stop]
+            else:
+                block = self.source.columns(self.stream, start, stop)[self.rows]
+            yield start, stop, np.asarray(block, dtype=np.float64)
+
+    # ------------------------------------------------------------------ products
+    def gram(self) -> np.ndarray:
+        """H Hᵀ, shape (n, n), float64."""
+        G = np.zeros((self.n, self.n))
+        for _, _, B in self.blocks("gram"):
+            G += B @ B.T
+        return G
+
+    def rmatmat(self, U: np.ndarray, out=None, scale=None) -> np.ndarray:
+        """Hᵀ U (d, k), optionally times ``diag(scale)``, written into ``out`` (e.g. a memmap)."""
+        U = np.asarray(U, dtype=np.float64)
+        out = np.empty((self.d, U.shape[1]), dtype=np.float64) if out is None else out
+        for start, stop, B in self.blocks("H^T U"):
+            block = B.T @ U
+            out[start:stop] = block * scale if scale is not None else block
+        return out
+
+    def matmat(self, V) -> np.ndarray:
+        """H V (n, k) for V of shape (d, k) (may be a memmap; read block by block)."""
+        out = np.zeros((self.n, V.shape[1]))
+        for start, stop, B in self.blocks("H V"):
+            out += B @ np.asarray(V[start:stop], dtype=np.float64)
+        return out
+
+    def hht(self, Q: np.ndarray) -> np.ndarray:
+        """H Hᵀ Q (n, l) in one pass, without forming H Hᵀ."""
+        out = np.zeros_like(Q, dtype=np.float64)
+        for _, _, B in self.blocks("H H^T Q"):
+            out += B @ (B.T @ Q)
+        return out
+
+    def hth(self, V) -> np.ndarray:
+        """Hᵀ H V (d, k) in two passes (d-space; V held in memory)."""
+        return self.rmatmat(self.matmat(V))
+
+    def norms(self) -> tuple[np.ndarray, float]:
+        """(‖g_t‖² for every step (n,), ‖mean step‖²) in one pass."""
+        sq, mean_sq = np.zeros(self.n), 0.0
+        for _, _, B in self.blocks("norms"):
+            sq += np.einsum("ij,ij->i", B, B)
+            mean_sq += float(np.sum(B.mean(axis=0) ** 2))
+        return sq, mean_sq

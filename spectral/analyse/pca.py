@@ -1,0 +1,256 @@
+"""Top-k principal components of a gradient trajectory H (n_steps, d), out of core.
+
+The paper analyses the uncentred second moment HᵀH (d×d). Its nonzero eigenvalues are those of
+the n×n Gram matrix G = HHᵀ, and with G = U Λ Uᵀ the eigenvectors are V = Hᵀ U Λ^{-1/2}. So all
+methods but the reference work in the n-dimensional step space and touch the d-dimensional
+side only in streamed passes:
+
+``gram``        G in one pass (float64), ``eigh``, then V in a second pass. Exact; needs n² memory.
+``randomized``  subspace iteration with a Gaussian start on G, applied as H(HᵀQ) in one pass
+                each (Halko et al.), for n too large for an n×n matrix.
+``lanczos``     ARPACK ``eigsh`` on the same streamed operator; one pass per matrix-vector product.
+``orthiter``    the seed code's orthogonal iteration in d-space (k vectors, 10 iterations):
+                a reference for comparison, two passes per iteration, V held in memory.
+
+Centred (covariance) analysis replaces G by P G P with P = I − 11ᵀ/n. Every result carries a
+certificate: relative residuals ‖HᵀH v − λ v‖ / λ and the captured energy Σ_{j≤k} λ_j / ‖H‖_F².
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+import scipy.sparse.linalg
+
+from ..errors import SpectralError
+from .matrix import DEFAULT_MEMORY, TrajectoryMatrix
+
+METHODS = ("auto", "gram", "randomized", "lanczos", "orthiter")
+
+
+@dataclass
+class Spectrum:
+    """Top-k eigenpairs of HᵀH (or of the centred H_cᵀH_c).
+
+    eigenvalues : (k,) descending; singular values of H are their square roots
+    components  : (d, k) orthonormal eigenvectors (a memmap when saved)
+    scores      : (n, k) projections H V of every stored gradient on the components
+    row_sq_norms: (n,) ‖g_t‖² of every stored gradient (uncentred)
+    residuals   : (k,) ‖HᵀH v − λ v‖ / λ
+    total_energy: ‖H‖_F² (centred: ‖H_c‖_F²), the sum of all eigenvalues
+    """
+
+    eigenvalues: np.ndarray
+    components: np.ndarray
+    scores: np.ndarray
+    row_sq_norms: np.ndarray
+    residuals: np.ndarray
+    total_energy: float
+    method: str
+    reason: str
+    centered: bool
+    passes: int
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return len(self.eigenvalues)
+
+    @property
+    def singular_values(self) -> np.ndarray:
+        return np.sqrt(np.clip(self.eigenvalues, 0, None))
+
+    @property
+    def captured_energy(self) -> np.ndarray:
+        """(k,) fraction of ‖H‖_F² in the top 1..k components."""
+        return np.cumsum(self.eigenvalues) / self.total_energy
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per component: rank, eigenvalue, singular value, residual, captured energy."""
+        return pd.DataFrame({
+            "rank": np.arange(1, self.k + 1), "eigenvalue": self.eigenvalues,
+            "singular_value": self.singular_values, "residual": self.residuals,
+            "captured_energy": self.captured_energy,
+        })
+
+    def summary(self) -> dict:
+        return {
+            "method": self.method, "reason": self.reason, "centered": self.centered, "k": self.k,
+            "n": int(self.scores.shape[0]), "d": int(self.components.shape[0]), "passes": self.passes,
+            "seconds": round(self.seconds, 3), "max_residual": float(np.max(self.residuals)),
+            "captured_energy": float(self.captured_energy[-1]), "total_energy": float(self.total_energy),
+            **self.info,
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory) -> Path:
+        """Write eigenvalues/scores/norms (.npy), components (.npy, memory-mappable),
+        spectrum.csv and summary.json into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        comp_path = directory / "components.npy"
+        if not (isinstance(self.components, np.memmap) and Path(self.components.filename) == comp_path.resolve()):
+            np.save(comp_path, np.asarray(self.components, dtype=np.float32))
+        for name in ("eigenvalues", "scores", "row_sq_norms", "residuals"):
+            np.save(directory / f"{name}.npy", getattr(self, name))
+        self.to_frame().to_csv(directory / "spectrum.csv", index=False)
+        (directory / "summary.json").write_text(json.dumps(self.summary(), indent=1))
+        return directory
+
+    @classmethod
+    def load(cls, directory) -> "Spectrum":
+        directory = Path(directory)
+        if not (directory / "summary.json").is_file():
+            raise SpectralError(f"{directory} holds no saved spectrum (no summary.json)")
+        s = json.loads((directory / "summary.json").read_text())
+        arrays = {n: np.load(directory / f"{n}.npy") for n in ("eigenvalues", "scores", "row_sq_norms", "residuals")}
+        components = np.load(directory / "components.npy", mmap_mode="r")
+        known = {"method", "reason", "centered", "k", "n", "d", "passes", "seconds", "max_residual",
+                 "captured_energy", "total_energy"}
+        return cls(components=components, total_energy=s["total_energy"], method=s["method"], reason=s["reason"],
+                   centered=s["centered"], passes=s["passes"], seconds=s["seconds"],
+                   info={k: v for k, v in s.items() if k not in known}, **arrays)
+
+
+# ---------------------------------------------------------------------- helpers
+def _center(X: np.ndarray) -> np.ndarray:
+    return X - X.mean(axis=0, keepdims=True)
+
+
+def _top_eigh(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k eigenpairs of a symmetric matrix, descending."""
+    m = S.shape[0]
+    w, U = scipy.linalg.eigh(S, subset_by_index=[m - k, m - 1])
+    return w[::-1], U[:, ::-1]
+
+
+def choose_method(n: int, d: int, k: int, max_memory: int) -> tuple[str, str]:
+    """(method, reason) for ``--method auto``."""
+    gram_bytes = 3 * 8 * n * n  # G, its eigenvectors, workspace
+    if gram_bytes <= max_memory:
+        return "gram", f"the {n}x{n} Gram matrix ({gram_bytes / 2**20:.0f} MiB) fits in memory: exact in two passes"
+    if k <= 10:
+        return "lanczos", f"n={n} is too large for an n x n Gram matrix and only k={k} pairs are wanted"
+    return "randomized", f"n={n} is too large for an n x n Gram matrix ({gram_bytes / 2**30:.1f} GiB)"
+
+
+def check_k(k: int, n: int, d: int, centered: bool) -> None:
+    limit = min(n - 1 if centered else n, d)
+    if not 1 <= k <= limit:
+        raise SpectralError(f"k={k} must be between 1 and min(n{'-1' if centered else ''}, d) = {limit} (n={n}, d={d})")
+
+
+# ---------------------------------------------------------------------- methods in step space
+def _solve_in_step_space(M: TrajectoryMatrix, k, method, centered, oversample, n_iter, seed):
+    """Return (λ (k,), U (n, k), apply(Q) = G Q, ‖g_t‖² (n,), trace of the analysed G)."""
+    P = _center if centered else (lambda X: X)
+    if method == "gram":
+        G = M.gram()
+        sq = np.diag(G).copy()
+        if centered:
+            G = _center(_center(G).T)
+        lam, U = _top_eigh(G, k)
+        return lam, U, (lambda Q: G @ Q), sq, float(np.trace(G))
+
+    apply = lambda Q: P(M.hht(P(Q)))  # noqa: E731
+    if method == "randomized":
+        rng = np.random.default_rng(seed)
+        Q, _ = np.linalg.qr(P(rng.standard_normal((M.n, min(k + oversample, M.n)))))
+        for _ in range(n_iter):
+            Q, _ = np.linalg.qr(apply(Q))
+        Y = apply(Q)
+        lam, W = _top_eigh(Q.T @ Y, k)  # Rayleigh–Ritz in the found subspace
+        U = Q @ W
+    elif method == "lanczos":
+        op = scipy.sparse.linalg.LinearOperator((M.n, M.n), matvec=lambda v: apply(v.reshape(-1, 1)).ravel(),
+                                                matmat=apply, dtype=np.float64)
+        v0 = P(np.random.default_rng(seed).standard_normal((M.n, 1))).ravel()
+        lam, U = scipy.sparse.linalg.eigsh(op, k=k, which="LA", v0=v0)
+        order = np.argsort(lam)[::-1]
+        lam, U = lam[order], U[:, order]
+    else:
+        raise SpectralError(f"unknown method {method!r}")
+    sq, mean_sq = M.norms()
+    return lam, U, apply, sq, _trace(sq, mean_sq, M.n, centered)
+
+
+def _trace(sq, mean_sq, n, centered) -> float:
+    """‖H‖_F², or ‖H_c‖_F² = ‖H‖_F² − n‖mean‖² when centred."""
+    return float(sq.sum() - (n * mean_sq if centered else 0.0))
+
+
+def _orthiter(M: TrajectoryMatrix, k, centered, iters, seed):
+    """The seed code's orthogonal iteration on HᵀH in d-space (reference method)."""
+    P = _center if centered else (lambda X: X)
+    V, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((M.d, k)))
+    for _ in range(iters):
+        V, _ = np.linalg.qr(M.rmatmat(P(M.matmat(V))))
+    HV = P(M.matmat(V))
+    W = M.rmatmat(HV)
+    lam, R = _top_eigh(V.T @ W, k)  # Rayleigh–Ritz
+    V, W = V @ R, W @ R
+    residuals = np.linalg.norm(W - V * lam, axis=0) / np.abs(lam)
+    return lam, V, residuals
+
+
+def principal_components(source, k: int, *, stream: str = "clipped", method: str = "auto", centered: bool = False,
+                         max_memory: int | None = None, components_out=None, oversample: int = 10, n_iter: int = 4,
+                         orthiter_iters: int = 10, seed: int = 0, rows=None, progress: bool = False) -> Spectrum:
+    """Top-k principal components of a trajectory.
+
+    Parameters
+    ----------
+    source : a :class:`spectral.store.Store` or an array of shape (n, d)
+    k : number of components, 1 <= k <= min(n, d)
+    method : "auto", "gram", "randomized", "lanczos" or "orthiter" (see the module docstring)
+    centered : covariance of the steps instead of the uncentred second moment (the paper's)
+    max_memory : bytes for block buffers and, for "auto", the Gram matrix
+    components_out : path of a .npy file to write the (d, k) components into (memory-mapped)
+    rows : optional subset of steps to analyse
+
+    Returns
+    -------
+    Spectrum
+    """
+    if method not in METHODS:
+        raise SpectralError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    budget = DEFAULT_MEMORY if max_memory is None else int(max_memory)
+    M = TrajectoryMatrix(source, stream, rows=rows, max_memory=budget, progress=progress)
+    check_k(k, M.n, M.d, centered)
+    reason = "requested"
+    if method == "auto":
+        method, reason = choose_method(M.n, M.d, k, budget)
+    t0 = time.perf_counter()
+
+    if method == "orthiter":
+        lam, V, residuals = _orthiter(M, k, centered, orthiter_iters, seed)
+        if components_out is not None:
+            out = np.lib.format.open_memmap(components_out, mode="w+", dtype=np.float32, shape=V.shape)
+            out[:] = V
+            V = out
+        scores = M.matmat(V)
+        sq, mean_sq = M.norms()
+        return Spectrum(lam, V, scores, sq, residuals, _trace(sq, mean_sq, M.n, centered), method, reason, centered, M.passes,
+                        time.perf_counter() - t0, {"iterations": orthiter_iters})
+
+    lam, U, apply, sq, trace = _solve_in_step_space(M, k, method, centered, oversample, n_iter, seed)
+    sigma = np.sqrt(np.clip(lam, 0, None))
+    inv = np.divide(1.0, sigma, out=np.zeros_like(sigma), where=sigma > sigma.max() * 1e-12)
+    # certificate: HᵀH v − λ v = Hᵀ r with r = (G U − U Λ) Σ⁻¹, so its norm² is rᵀ G r
+    r = (apply(U) - U * lam) * inv
+    res_norm = np.sqrt(np.clip(np.einsum("ij,ij->j", r, apply(r)), 0, None))
+    residuals = res_norm / np.abs(lam)
+    out = None
+    if components_out is not None:
+        out = np.lib.format.open_memmap(components_out, mode="w+", dtype=np.float32, shape=(M.d, k))
+    V = M.rmatmat(U, out=out, scale=inv)  # V = Hᵀ U Σ⁻¹ (for centred: U ⟂ 1, so Hᵀ P U = Hᵀ U)
+    scores = U * sigma if not centered else M.matmat(V)
+    return Spectrum(lam, V, scores, sq, residuals, trace, method, reason, centered, M.passes,
+                    time.perf_counter() - t0, {"oversample": oversample, "n_iter": n_iter} if method == "randomized" else {})

@@ -1,0 +1,141 @@
+"""Analyse stage against dense numpy.linalg on the same matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import spectral.store as store
+from spectral.analyse import principal_components, rlc
+from spectral.errors import SpectralError
+
+N, D = 60, 3000
+
+
+def power_law_trajectory(n=N, d=D, slope=1.0, seed=0) -> np.ndarray:
+    """H = U diag(s) Vᵀ with singular values s_j = j^-slope (a gradient-like spectrum)."""
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    V, _ = np.linalg.qr(rng.standard_normal((d, n)))
+    s = np.arange(1, n + 1, dtype=float) ** -slope
+    return ((U * s) @ V.T).astype(np.float32)
+
+
+def write_store(root, H, dtype="float32"):
+    layout = [{"name": "w", "shape": [H.shape[1]], "offset": 0, "numel": H.shape[1]}]
+    w = store.StoreWriter.create(root, layout=layout, streams=["clipped"], dtype=dtype, shard_rows=7, meta={})
+    for i, row in enumerate(H):
+        w.append(i, {"clipped": row}, {"loss": 0.0})
+    w.commit(status="complete")
+    w.close()
+    return store.open(root)
+
+
+def largest_angle(A, B) -> float:
+    """Largest principal angle (radians) between the column spans of A and B."""
+    Qa, _ = np.linalg.qr(np.asarray(A, dtype=np.float64))
+    Qb, _ = np.linalg.qr(np.asarray(B, dtype=np.float64))
+    s = np.linalg.svd(Qa.T @ Qb, compute_uv=False)
+    return float(np.arccos(np.clip(s.min(), -1, 1)))
+
+
+# tolerance per method: (eigenvalue relative error, largest principal angle in radians)
+TOL = {"gram": (1e-6, 1e-3), "randomized": (1e-3, 0.05), "lanczos": (1e-6, 1e-3), "orthiter": (1e-2, 0.2)}
+
+
+@pytest.mark.parametrize("method", ["gram", "randomized", "lanczos", "orthiter"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_top_k_matches_dense_svd(tmp_path, method, dtype):
+    s = write_store(tmp_path / "run", power_law_trajectory(), dtype)
+    H = s.rows("clipped").astype(np.float64)  # what is stored, widened
+    _, sv, Vt = np.linalg.svd(H, full_matrices=False)
+    k = 8
+    spec = principal_components(s, k, method=method, max_memory=200_000, n_iter=6)
+    rel = np.abs(spec.eigenvalues - sv[:k] ** 2) / sv[:k] ** 2
+    eig_tol, angle_tol = TOL[method]
+    assert rel.max() < eig_tol, (method, rel)
+    assert largest_angle(spec.components, Vt[:k].T) < angle_tol
+    np.testing.assert_allclose(np.linalg.norm(spec.components, axis=0), 1, atol=1e-5)
+    assert spec.total_energy == pytest.approx((sv**2).sum(), rel=1e-9)
+    np.testing.assert_allclose(spec.captured_energy, np.cumsum(sv[:k] ** 2) / (sv**2).sum(), rtol=eig_tol * 10)
+    if method in ("gram", "lanczos"):
+        assert spec.residuals.max() < 1e-6
+
+
+def test_residual_certificate_is_an_honest_measure(tmp_path):
+    """The reported residual equals ‖HᵀH v − λ v‖/λ computed densely from the returned pairs."""
+    H = power_law_trajectory().astype(np.float64)
+    spec = principal_components(H, 6, method="randomized", n_iter=1, oversample=2)
+    V = np.asarray(spec.components, dtype=np.float64)
+    dense = np.linalg.norm(H.T @ (H @ V) - V * spec.eigenvalues, axis=0) / spec.eigenvalues
+    np.testing.assert_allclose(spec.residuals, dense, rtol=1e-3, atol=1e-9)
+    assert spec.residuals.max() > 1e-6  # one cheap iteration is visibly inexact, and the certificate says so
+
+
+def test_centered_matches_covariance_eigenpairs():
+    rng = np.random.default_rng(3)
+    H = power_law_trajectory() + rng.standard_normal(D).astype(np.float32) * 0.05  # a shared mean step
+    Hc = H.astype(np.float64) - H.mean(axis=0)
+    _, sv, Vt = np.linalg.svd(Hc, full_matrices=False)
+    for method in ("gram", "randomized"):
+        spec = principal_components(H, 5, method=method, centered=True, n_iter=8)
+        np.testing.assert_allclose(spec.eigenvalues, sv[:5] ** 2, rtol=1e-4)
+        assert largest_angle(spec.components, Vt[:5].T) < 0.05
+        assert spec.total_energy == pytest.approx((sv**2).sum(), rel=1e-6)
+
+
+def test_bounded_memory_processes_a_store_wider_than_the_budget(tmp_path):
+    s = write_store(tmp_path / "run", power_law_trajectory())
+    budget = 64 * 1024  # bytes: far less than the 720 kB store
+    spec = principal_components(s, 5, method="gram", max_memory=budget,
+                                components_out=tmp_path / "components.npy")
+    from spectral.analyse.matrix import TrajectoryMatrix
+
+    M = TrajectoryMatrix(s, max_memory=budget)
+    assert M.block_cols * N * 24 <= budget and M.block_cols < D
+    full = principal_components(s, 5, method="gram")
+    np.testing.assert_allclose(spec.eigenvalues, full.eigenvalues, rtol=1e-10)
+    on_disk = np.load(tmp_path / "components.npy", mmap_mode="r")
+    np.testing.assert_allclose(on_disk, full.components, atol=1e-6)
+    assert spec.passes == 2  # Gram + eigenvectors: two reads of the data
+
+
+def test_rlc_identity_mean_square_equals_tail_eigenvalues():
+    H = power_law_trajectory(slope=0.7)
+    spec = principal_components(H, 20, method="gram")
+    ks = np.arange(0, 21)
+    G = rlc.in_sample(spec, ks)
+    _, sv, _ = np.linalg.svd(H.astype(np.float64), full_matrices=False)
+    tail = np.array([(sv[k:] ** 2).sum() for k in ks]) / N
+    np.testing.assert_allclose((G**2).mean().to_numpy(), tail, rtol=1e-6)
+    # against a direct projection for one step
+    V = np.asarray(spec.components, dtype=np.float64)
+    g = H[7].astype(np.float64)
+    assert G.loc[7, 5] == pytest.approx(np.linalg.norm(g - V[:, :5] @ (V[:, :5].T @ g)), rel=1e-6)
+    summary = rlc.summarize(G)
+    assert list(summary.columns) == ["k", "mean", "rms", "max", "q10", "q50", "q90"]
+    assert summary["rms"].is_monotonic_decreasing
+
+
+def test_held_out_curve_uses_components_from_other_steps():
+    H = power_law_trajectory(slope=0.8)
+    G, spec = rlc.held_out(H, 10, split="alternate", ks=[0, 5, 10], method="gram")
+    assert list(G.index) == list(range(1, N, 2))
+    Hf = H[::2].astype(np.float64)
+    _, _, Vt = np.linalg.svd(Hf, full_matrices=False)
+    P = Vt[:5].T
+    g = H[3].astype(np.float64)
+    assert G.loc[3, 5] == pytest.approx(np.linalg.norm(g - P @ (P.T @ g)), rel=1e-5)
+    in_sample = rlc.in_sample(spec, [5])
+    assert (G[5] ** 2).mean() > (in_sample[5] ** 2).mean()  # held out is not an in-sample artefact
+
+
+def test_bad_requests_are_clear_errors(tmp_path):
+    H = power_law_trajectory(n=10, d=50)
+    with pytest.raises(SpectralError, match="between 1 and"):
+        principal_components(H, 11)
+    with pytest.raises(SpectralError, match="unknown method"):
+        principal_components(H, 2, method="magic")
+    s = write_store(tmp_path / "run", H)
+    with pytest.raises(SpectralError, match="unknown stream"):
+        principal_components(s, 2, stream="private")
