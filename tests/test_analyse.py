@@ -139,3 +139,39 @@ def test_bad_requests_are_clear_errors(tmp_path):
     s = write_store(tmp_path / "run", H)
     with pytest.raises(SpectralError, match="unknown stream"):
         principal_components(s, 2, stream="private")
+
+
+def test_cli_writes_results_a_spectrum_reloads(tmp_path):
+    from conftest import run_cli
+    from spectral.analyse import Spectrum
+
+    H = power_law_trajectory()
+    write_store(tmp_path / "run", H)
+    result = run_cli("spectral.analyse", tmp_path / "run", "--k", "12", "--max-memory", "1M", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "run" / "analysis" / "clipped"
+    spec = Spectrum.load(out)
+    _, sv, Vt = np.linalg.svd(H.astype(np.float64), full_matrices=False)
+    np.testing.assert_allclose(spec.eigenvalues, sv[:12] ** 2, rtol=1e-6)
+    assert isinstance(spec.components, np.memmap) and spec.components.shape == (D, 12)
+    assert largest_angle(spec.components, Vt[:12].T) < 1e-3
+    import pandas as pd
+
+    for name in ("spectrum.csv", "rlc_in_sample.csv", "rlc_held_out.csv", "rlc_steps.csv"):
+        assert len(pd.read_csv(out / name)) > 0
+    assert "gram" in result.stdout  # says which method and why
+
+
+def test_cli_bad_input_exit_2(tmp_path):
+    from conftest import run_cli
+
+    write_store(tmp_path / "run", power_law_trajectory(n=10, d=40))
+    for args, fragment in [((tmp_path / "nope",), "no such store"), ((tmp_path / "run", "--k", "11"), "between 1 and"),
+                           ((tmp_path / "run", "--stream", "private"), "unknown stream")]:
+        result = run_cli("spectral.analyse", *args, "--no-progress")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert fragment in result.stderr.strip().splitlines()[-1]
+    shard = sorted((tmp_path / "run/streams/clipped").iterdir())[0]
+    shard.write_bytes(shard.read_bytes()[:50])
+    result = run_cli("spectral.analyse", tmp_path / "run", "--k", "2")
+    assert result.returncode == 2 and "truncated or corrupt" in result.stderr

@@ -96,6 +96,8 @@ class Spectrum:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         comp_path = directory / "components.npy"
+        if isinstance(self.components, np.memmap):
+            self.components.flush()
         if not (isinstance(self.components, np.memmap) and Path(self.components.filename) == comp_path.resolve()):
             np.save(comp_path, np.asarray(self.components, dtype=np.float32))
         for name in ("eigenvalues", "scores", "row_sq_norms", "residuals"):

@@ -53,17 +53,20 @@ def measure(mode: str, params: str, batch_size: int, physical: int, warmup: int,
     """Time ``steps`` steps of ``mode`` after ``warmup`` steps; returns seconds/step and peak MiB."""
     import torch
 
+    from ..collect.config import CollectConfig
     from ..collect.data import load_data
     from ..collect.engine import DPEngine
     from ..collect.models import load_model, parameter_layout, select_trainable
     from ..collect.run import Batcher
     from ..store import StoreWriter
+    from ..store.format import shard_rows_for
 
     torch.manual_seed(seed)
     train, _, info = load_data(None)
     model, tok = load_model("all-MiniLM-L6-v2", num_labels=len(info["classes"]), seed=seed)
     model = select_trainable(model, params)
     layout = parameter_layout(model)
+    d = sum(p["numel"] for p in layout)
     rng = np.random.default_rng(seed)
     sample = train.head(20_000)
     batcher = Batcher(tok, sample, 128)
@@ -85,8 +88,10 @@ def measure(mode: str, params: str, batch_size: int, physical: int, warmup: int,
                           lr=1e-4, noise_multiplier=1.0, max_grad_norm=0.1, expected_batch_size=batch_size, seed=seed)
         if mode == "dp-ghost+store":
             tmp = tempfile.TemporaryDirectory(prefix="spectral-bench-")
-            writer = StoreWriter.create(f"{tmp.name}/run", layout=layout, streams=["clipped"], dtype="float32",
-                                        shard_rows=16, meta={})
+            cfg = CollectConfig()  # the same shard sizing and commit interval as a default collect run
+            writer = StoreWriter.create(f"{tmp.name}/run", layout=layout, streams=["clipped"], dtype=cfg.dtype,
+                                        shard_rows=shard_rows_for(d, cfg.dtype, cfg.shard_mb, cfg.checkpoint_every),
+                                        meta={})
         count = iter(range(10**9))
 
         def step(chunks):
@@ -106,7 +111,7 @@ def measure(mode: str, params: str, batch_size: int, physical: int, warmup: int,
         seconds = (time.perf_counter() - t0) / steps
     if tmp is not None:
         tmp.cleanup()
-    return {"mode": mode, "params": params, "d": sum(p["numel"] for p in layout), "sec_per_step": seconds,
+    return {"mode": mode, "params": params, "d": d, "sec_per_step": seconds,
             "peak_mib": (mem.peak - mem.base) / 2**20}
 
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..errors import SpectralError
 from ..store import StoreWriter, read_manifest
-from ..store.format import STORAGE_DTYPES
+from ..store.format import STORAGE_DTYPES, shard_rows_for
 from .config import CollectConfig
 from .data import TextData, load_data
 from .engine import DPEngine, NonFiniteGradient
@@ -127,8 +127,7 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
                       expected_batch_size=expected_batch, seed=cfg.seed)
 
     if manifest is None:
-        row_bytes = d * np.dtype(STORAGE_DTYPES[cfg.dtype]).itemsize
-        shard_rows = int(np.clip(cfg.shard_mb * 2**20 // row_bytes, 1, cfg.checkpoint_every))
+        shard_rows = shard_rows_for(d, cfg.dtype, cfg.shard_mb, cfg.checkpoint_every)
         meta = {
             "code_version": code_version(),
             "config": cfg.to_dict(),

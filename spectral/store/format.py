@@ -53,11 +53,7 @@ def from_storage(raw: np.ndarray, dtype: str, out_dtype=np.float32) -> np.ndarra
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(path)  # a directory is fsynced through a read-only descriptor too
 
 
 def _umask() -> int:
@@ -69,11 +65,26 @@ def _umask() -> int:
 UMASK = _umask()
 
 
-def atomic_write(path: Path, write) -> None:
+def shard_rows_for(d: int, dtype: str, shard_mb: int, max_rows: int) -> int:
+    """Rows per shard: about ``shard_mb`` MiB, at least 1, at most ``max_rows`` (the commit interval)."""
+    row_bytes = d * np.dtype(STORAGE_DTYPES[dtype]).itemsize
+    return int(np.clip(shard_mb * 2**20 // row_bytes, 1, max_rows))
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write, durable: bool = True) -> None:
     """Write a file so that readers see the old content or the new, never a mix.
 
-    ``write(fileobj)`` fills a temporary file in the same directory, which is fsynced
-    and renamed over ``path``; the directory is fsynced so the rename survives a crash.
+    ``write(fileobj)`` fills a temporary file in the same directory, which is renamed over
+    ``path``. With ``durable`` the file and its directory are fsynced so the result survives
+    a crash; without, the caller must :func:`fsync_file` it before relying on it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,12 +94,14 @@ def atomic_write(path: Path, write) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def write_json(path: Path, obj) -> None:

@@ -32,6 +32,8 @@ from .format import (
     STEPS_TABLE,
     STORAGE_DTYPES,
     atomic_write,
+    fsync_dir,
+    fsync_file,
     shard_path,
     to_storage,
     write_json,
@@ -49,7 +51,9 @@ class Checkpoint:
 
 
 def _save_npy(path: Path, rows: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.lib.format.write_array(f, rows, allow_pickle=False))
+    # not fsynced here: the commit fsyncs every new shard before the manifest names it, so
+    # the kernel can write shards back while training runs instead of stalling this thread
+    atomic_write(path, lambda f: np.lib.format.write_array(f, rows, allow_pickle=False), durable=False)
 
 
 class StoreWriter:
@@ -72,6 +76,7 @@ class StoreWriter:
         self._streams = list(manifest["streams"])
         self._shard_rows = manifest["shard_rows"]
         self._shards = list(manifest["shards"])  # written, committed or not
+        self._unsynced: list[Path] = []  # shards written since the last commit
         self._buffer = {
             s: np.empty((self._shard_rows, self._d), dtype=STORAGE_DTYPES[self._dtype]) for s in self._streams
         }
@@ -219,13 +224,20 @@ class StoreWriter:
         files = {}
         for s in self._streams:
             rows = self._buffer[s][: self._buffer_count]
-            _save_npy(self.root / shard_path(s, start, stop), rows)
+            path = self.root / shard_path(s, start, stop)
+            _save_npy(path, rows)
+            self._unsynced.append(path)
             files[s] = {"sha256": hashlib.sha256(memoryview(rows).cast("B")).hexdigest()}
         self._shards.append({"start": start, "stop": stop, "files": files})
         self._buffer_start, self._buffer_count = stop, 0
 
     def _do_commit(self, tensors, meta, status) -> None:
         self._flush_shard()
+        for path in self._unsynced:
+            fsync_file(path)
+        for directory in {p.parent for p in self._unsynced}:
+            fsync_dir(directory)
+        self._unsynced.clear()
         n = self._buffer_start
         for name, rows in self._tables.items():
             frame = pd.DataFrame([r for r in rows if r["step"] < n])
