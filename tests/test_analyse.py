@@ -157,7 +157,7 @@ def test_cli_writes_results_a_spectrum_reloads(tmp_path):
     assert largest_angle(spec.components, Vt[:12].T) < 1e-3
     import pandas as pd
 
-    for name in ("spectrum.csv", "rlc_in_sample.csv", "rlc_held_out.csv", "rlc_steps.csv"):
+    for name in ("spectrum.csv", "rlc_in_sample.csv", "rlc_held_out.csv", "rlc_steps.csv", "density_kde.csv"):
         assert len(pd.read_csv(out / name)) > 0
     assert "gram" in result.stdout  # says which method and why
 
@@ -175,3 +175,31 @@ def test_cli_bad_input_exit_2(tmp_path):
     shard.write_bytes(shard.read_bytes()[:50])
     result = run_cli("spectral.analyse", tmp_path / "run", "--k", "2")
     assert result.returncode == 2 and "truncated or corrupt" in result.stderr
+
+
+def test_lanczos_quadrature_is_exact_for_a_diagonal_operator():
+    """For diagonal A and ±1 probes, zᵀ f(A) z = Σ f(λ_i): n-point Gauss quadrature reproduces every moment."""
+    from spectral.analyse.density import lanczos_quadrature
+
+    lam = np.linspace(0.1, 3.0, 25) ** 2
+    nodes, weights = lanczos_quadrature(lambda Q: lam[:, None] * Q, len(lam), probes=3, steps=25)
+    np.testing.assert_allclose(weights.sum(1), 1, atol=1e-10)
+    for p in range(1, 6):
+        np.testing.assert_allclose((weights * nodes**p).sum(1), np.mean(lam**p), rtol=1e-8)
+
+
+def test_slq_density_matches_the_exact_spectrum():
+    from spectral.analyse.density import eigenvalue_kde, slq_density
+
+    H = power_law_trajectory(slope=0.5).astype(np.float64)
+    exact = np.linalg.eigvalsh(H @ H.T / N)
+    density, info = slq_density(H, probes=64, steps=30, points=400)
+    logs = np.log10(density["eigenvalue"].to_numpy())
+    assert np.trapezoid(density["density"], logs) == pytest.approx(1.0, abs=0.02)
+    assert info["zero_mass"] == pytest.approx((D - N) / D)
+    cdf = np.cumsum(density["density"].to_numpy()) * (logs[1] - logs[0])
+    for q in (0.25, 0.5, 0.75):
+        at = np.log10(np.quantile(exact, q))
+        assert np.interp(at, logs, cdf) == pytest.approx(q, abs=0.1)
+    kde = eigenvalue_kde(exact)
+    assert np.trapezoid(kde["density"], np.log10(kde["eigenvalue"])) == pytest.approx(1.0, abs=0.01)

@@ -4,6 +4,8 @@ Writes into RUN_DIR/analysis/<stream>/:
   eigenvalues.npy, components.npy (d x k, memory-mappable), scores.npy, spectrum.csv, summary.json
   rlc_in_sample.csv, rlc_held_out.csv   G_k summaries per k (mean, rms, max, quantiles)
   rlc_steps.csv                         G_k per step for the k grid (in-sample)
+  density_kde.csv                       Gaussian KDE of the top-k eigenvalues (log10 scale)
+  density_slq.csv                       with --slq: the full spectrum of HᵀH/n by stochastic Lanczos quadrature
 
 Examples
 --------
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from ..errors import SpectralError, cli_entry
 from ..store import open as open_store
-from . import rlc
+from . import density, rlc
 from .pca import METHODS, principal_components
 
 UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -46,6 +48,7 @@ def main(argv=None):
     parser.add_argument("--max-memory", type=parse_bytes, default=None, help="memory for block buffers, e.g. 2G")
     parser.add_argument("--holdout", default="half", choices=["half", "alternate", "none"],
                         help="held-out G_k: fit on first half / even steps, measure the rest [half]")
+    parser.add_argument("--slq", action="store_true", help="also estimate the full spectral density (SLQ)")
     parser.add_argument("--out", type=Path, help="output directory [RUN_DIR/analysis/STREAM]")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -67,6 +70,12 @@ def main(argv=None):
             raise SpectralError(f"too few steps ({store.n_steps}) for a held-out curve; pass --holdout none")
         G_out, _ = rlc.held_out(store, k_fit, split=args.holdout, ks=rlc.k_grid(k_fit), **kw)
         rlc.summarize(G_out).to_csv(out / "rlc_held_out.csv", index=False)
+    if spec.k >= 2:
+        density.eigenvalue_kde(spec.eigenvalues).to_csv(out / "density_kde.csv", index=False)
+    if args.slq:
+        slq, info = density.slq_density(store, args.stream, max_memory=args.max_memory)
+        slq.to_csv(out / "density_slq.csv", index=False)
+        print(f"SLQ: {info['passes']} passes; zero eigenvalues of H^T H/n: {info['zero_mass']:.4%} of d")
     summary = spec.summary()
     print(json.dumps({k: summary[k] for k in ("method", "k", "n", "d", "passes", "seconds", "max_residual",
                                                "captured_energy")}))
