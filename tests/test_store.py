@@ -136,3 +136,16 @@ def test_writer_rejects_wrong_row_length(tmp_path):
     w.append(0, {"clipped": np.ones(D + 1, np.float32)}, {})
     with pytest.raises(SpectralError, match="d=17"):
         w.close()
+
+
+def test_resume_removes_a_half_written_shard(tmp_path):
+    H = np.random.default_rng(6).standard_normal((5, D)).astype(np.float32)
+    w = write(tmp_path / "run", H[:3], shard_rows=4, commit_at=(), close=False)
+    w.commit({"x": np.zeros(2, np.float32)}, {})
+    w.append(3, {"clipped": H[3], "private": 2 * H[3]}, {"loss": 3.0})  # opens a new shard file
+    w.close()  # no commit: as if killed mid-shard
+    leftovers = [p.name for p in (tmp_path / "run/streams/clipped").iterdir()]
+    assert any(name.endswith(".tmp") for name in leftovers)
+    store.StoreWriter.resume(tmp_path / "run")[0].close()
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run/streams").glob("*/*"))
+    assert store.open(tmp_path / "run", verify=True).n_steps == 3

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import json
+import os
 import queue
 import shutil
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,7 @@ from .format import (
     MANIFEST,
     STEPS_TABLE,
     STORAGE_DTYPES,
+    UMASK,
     atomic_write,
     fsync_dir,
     fsync_file,
@@ -50,10 +54,45 @@ class Checkpoint:
     meta: dict
 
 
-def _save_npy(path: Path, rows: np.ndarray) -> None:
-    # not fsynced here: the commit fsyncs every new shard before the manifest names it, so
-    # the kernel can write shards back while training runs instead of stalling this thread
-    atomic_write(path, lambda f: np.lib.format.write_array(f, rows, allow_pickle=False), durable=False)
+class _ShardFile:
+    """A shard filled row by row: rows go straight to a temporary .npy file (no buffer copy)
+    with a running SHA-256; :meth:`finish` fixes the header's row count and renames it.
+
+    Not fsynced here: the commit fsyncs every new shard before the manifest names it, so the
+    kernel writes shards back while training runs instead of stalling the writer thread.
+    """
+
+    def __init__(self, path: Path, shape: tuple, dtype):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.dtype, self.d = np.dtype(dtype), shape[1]
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(self.tmp, 0o666 & ~UMASK)
+        self.file = os.fdopen(fd, "wb")
+        self.header = self._header(shape[0])
+        self.file.write(self.header)
+        self.hash = hashlib.sha256()
+
+    def _header(self, rows: int) -> bytes:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            buf, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (rows, self.d)})
+        return buf.getvalue()
+
+    def append(self, row: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(row)).cast("B")
+        self.file.write(data)
+        self.hash.update(data)
+
+    def finish(self, path: Path, rows: int) -> str:
+        header = self._header(rows)
+        # numpy pads .npy headers so the first axis can change in place (GROWTH_AXIS_MAX_DIGITS)
+        if len(header) != len(self.header):
+            raise RuntimeError(f"npy header length changed for {path.name}")
+        self.file.seek(0)
+        self.file.write(header)
+        self.file.close()
+        os.replace(self.tmp, path)
+        return self.hash.hexdigest()
 
 
 class StoreWriter:
@@ -77,9 +116,7 @@ class StoreWriter:
         self._shard_rows = manifest["shard_rows"]
         self._shards = list(manifest["shards"])  # written, committed or not
         self._unsynced: list[Path] = []  # shards written since the last commit
-        self._buffer = {
-            s: np.empty((self._shard_rows, self._d), dtype=STORAGE_DTYPES[self._dtype]) for s in self._streams
-        }
+        self._open: dict = {}  # stream -> _ShardFile being filled
         self._buffer_start = self._n_steps
         self._buffer_count = 0
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -203,12 +240,14 @@ class StoreWriter:
                 return
 
     def _do_row(self, step, rows, record) -> None:
-        i = self._buffer_count
         for s in self._streams:
             row = np.asarray(rows[s]).reshape(-1)
             if row.size != self._d:
                 raise ValueError(f"stream {s!r}: row has {row.size} values, store has d={self._d}")
-            self._buffer[s][i] = to_storage(row, self._dtype)
+            if s not in self._open:
+                path = self.root / shard_path(s, self._buffer_start, self._buffer_start + self._shard_rows)
+                self._open[s] = _ShardFile(path, (self._shard_rows, self._d), STORAGE_DTYPES[self._dtype])
+            self._open[s].append(to_storage(row, self._dtype))
         self._tables[STEPS_TABLE].append(record)
         self._buffer_count += 1
         if self._buffer_count == self._shard_rows:
@@ -223,11 +262,9 @@ class StoreWriter:
         start, stop = self._buffer_start, self._buffer_start + self._buffer_count
         files = {}
         for s in self._streams:
-            rows = self._buffer[s][: self._buffer_count]
             path = self.root / shard_path(s, start, stop)
-            _save_npy(path, rows)
+            files[s] = {"sha256": self._open.pop(s).finish(path, self._buffer_count)}
             self._unsynced.append(path)
-            files[s] = {"sha256": hashlib.sha256(memoryview(rows).cast("B")).hexdigest()}
         self._shards.append({"start": start, "stop": stop, "files": files})
         self._buffer_start, self._buffer_count = stop, 0
 
