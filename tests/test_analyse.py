@@ -203,3 +203,33 @@ def test_slq_density_matches_the_exact_spectrum():
         assert np.interp(at, logs, cdf) == pytest.approx(q, abs=0.1)
     kde = eigenvalue_kde(exact)
     assert np.trapezoid(kde["density"], np.log10(kde["eigenvalue"])) == pytest.approx(1.0, abs=0.01)
+
+
+def test_interrupted_gram_pass_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from spectral.analyse.matrix import TrajectoryMatrix
+
+    s = write_store(tmp_path / "run", power_law_trajectory())
+    full = principal_components(s, 6, method="gram")
+    real = TrajectoryMatrix.blocks
+    read, die = [], [True]
+
+    def dying_blocks(self, desc="pass", start_col=0):
+        for i, item in enumerate(real(self, desc, start_col)):
+            if desc == "gram" and die[0] and i == 5:
+                raise KeyboardInterrupt  # killed in the middle of the first pass
+            read.append(item[0])
+            yield item
+
+    monkeypatch.setattr(TrajectoryMatrix, "blocks", dying_blocks)
+    monkeypatch.setattr("spectral.analyse.matrix.time.monotonic", iter(range(0, 10**6, 100)).__next__)
+    kw = dict(method="gram", max_memory=200_000, checkpoint_dir=tmp_path / "ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        principal_components(s, 6, **kw)
+    read.clear()
+    die[0] = False
+    resumed = principal_components(s, 6, **kw)
+    np.testing.assert_allclose(resumed.eigenvalues, full.eigenvalues, rtol=1e-12)
+    block = TrajectoryMatrix(s, max_memory=200_000).block_cols
+    assert read[0] == 5 * block  # the Gram pass continued where it stopped, not from column 0
+    again = principal_components(s, 3, **kw)  # a finished Gram is reused: only the eigenvector pass
+    assert again.passes == 1

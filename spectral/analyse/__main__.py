@@ -58,7 +58,9 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     kw = dict(stream=args.stream, method=args.method, centered=args.centered, max_memory=args.max_memory,
               progress=not args.no_progress)
-    spec = principal_components(store, args.k, components_out=out / "components.npy", **kw)
+    # per-pass checkpoints: an interrupted run continues; a finished Gram serves any later k
+    spec = principal_components(store, args.k, components_out=out / "components.npy",
+                                checkpoint_dir=out / "checkpoints", **kw)
     print(f"{spec.method}: {spec.reason}")
     spec.save(out)
     G = rlc.in_sample(spec)

@@ -8,10 +8,16 @@ row; accumulation is in float64. ``passes`` counts full reads of the data.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
+from pathlib import Path
+
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import SpectralError
+from ..store.format import atomic_write
 
 DEFAULT_MEMORY = 2 * 2**30  # bytes a pass may use for its block buffers
 
@@ -50,10 +56,20 @@ class TrajectoryMatrix:
     def shape(self) -> tuple:
         return (self.n, self.d)
 
-    def blocks(self, desc: str = "pass"):
+    def identity(self) -> str:
+        """What the data is: store, its committed steps, stream and row subset (for checkpoints)."""
+        if isinstance(self.source, np.ndarray):
+            src = hashlib.sha256(np.ascontiguousarray(self.source[:, : min(self.d, 64)]).tobytes()).hexdigest()
+        else:
+            m = self.source.manifest
+            src = f"{self.source.root.resolve()}|{m['created']}|{m['n_steps']}"
+        rows = hashlib.sha256(self.rows.astype(np.int64).tobytes()).hexdigest()
+        return f"{src}|{self.stream}|{rows}|{self.d}"
+
+    def blocks(self, desc: str = "pass", start_col: int = 0):
         """Yield ``(start, stop, H[:, start:stop] as float64)``; one call = one pass."""
         self.passes += 1
-        starts = range(0, self.d, self.block_cols)
+        starts = range(start_col, self.d, self.block_cols)
         for start in tqdm(starts, desc=desc, unit="block", disable=not self.progress, leave=False):
             stop = min(start + self.block_cols, self.d)
             if isinstance(self.source, np.ndarray):
@@ -63,11 +79,24 @@ class TrajectoryMatrix:
             yield start, stop, np.asarray(block, dtype=np.float64)
 
     # ------------------------------------------------------------------ products
-    def gram(self) -> np.ndarray:
-        """H Hᵀ, shape (n, n), float64."""
-        G = np.zeros((self.n, self.n))
-        for _, _, B in self.blocks("gram"):
+    def gram(self, checkpoint: Path | None = None, every_s: float = 60.0) -> np.ndarray:
+        """H Hᵀ, shape (n, n), float64.
+
+        With ``checkpoint`` (a path stem), the partial sum is saved every ``every_s`` seconds
+        and at the end; a later call on the same data continues from it (or reuses it whole).
+        """
+        G, start = np.zeros((self.n, self.n)), 0
+        saved = load_checkpoint(checkpoint, self.identity()) if checkpoint else None
+        if saved is not None:
+            G, start = saved["array"], saved["next_col"]
+        if start >= self.d:
+            return G
+        last = time.monotonic()
+        for _, stop, B in self.blocks("gram", start_col=start):
             G += B @ B.T
+            if checkpoint and (time.monotonic() - last >= every_s or stop == self.d):
+                save_checkpoint(checkpoint, self.identity(), G, next_col=stop)
+                last = time.monotonic()
         return G
 
     def rmatmat(self, U: np.ndarray, out=None, scale=None) -> np.ndarray:
@@ -104,3 +133,22 @@ class TrajectoryMatrix:
             sq += np.einsum("ij,ij->i", B, B)
             mean_sq += float(np.sum(B.mean(axis=0) ** 2))
         return sq, mean_sq
+
+
+def save_checkpoint(stem: Path, identity: str, array: np.ndarray, **state) -> None:
+    """Atomically save ``array`` (.npy) and ``state`` (.json) for the data named by ``identity``."""
+    stem = Path(stem)
+    atomic_write(stem.with_suffix(".npy"), lambda f: np.save(f, array, allow_pickle=False))
+    atomic_write(stem.with_suffix(".json"), lambda f: f.write(json.dumps({"identity": identity, **state}).encode()))
+
+
+def load_checkpoint(stem: Path, identity: str) -> dict | None:
+    """The saved state if it belongs to the same data, else None (a stale checkpoint is ignored)."""
+    stem = Path(stem)
+    try:
+        state = json.loads(stem.with_suffix(".json").read_text())
+        if state.get("identity") != identity:
+            return None
+        return {**state, "array": np.load(stem.with_suffix(".npy"), allow_pickle=False)}
+    except (OSError, ValueError):
+        return None

@@ -29,7 +29,7 @@ import scipy.linalg
 import scipy.sparse.linalg
 
 from ..errors import SpectralError
-from .matrix import DEFAULT_MEMORY, TrajectoryMatrix
+from .matrix import DEFAULT_MEMORY, TrajectoryMatrix, load_checkpoint, save_checkpoint
 
 METHODS = ("auto", "gram", "randomized", "lanczos", "orthiter")
 
@@ -150,11 +150,11 @@ def check_k(k: int, n: int, d: int, centered: bool) -> None:
 
 
 # ---------------------------------------------------------------------- methods in step space
-def _solve_in_step_space(M: TrajectoryMatrix, k, method, centered, oversample, n_iter, seed):
+def _solve_in_step_space(M: TrajectoryMatrix, k, method, centered, oversample, n_iter, seed, checkpoints=None):
     """Return (λ (k,), U (n, k), apply(Q) = G Q, ‖g_t‖² (n,), trace of the analysed G)."""
     P = _center if centered else (lambda X: X)
     if method == "gram":
-        G = M.gram()
+        G = M.gram(checkpoint=checkpoints / "gram" if checkpoints else None)
         sq = np.diag(G).copy()
         if centered:
             G = _center(_center(G).T)
@@ -165,8 +165,15 @@ def _solve_in_step_space(M: TrajectoryMatrix, k, method, centered, oversample, n
     if method == "randomized":
         rng = np.random.default_rng(seed)
         Q, _ = np.linalg.qr(P(rng.standard_normal((M.n, min(k + oversample, M.n)))))
-        for _ in range(n_iter):
+        stem = checkpoints / f"randomized-k{k}-o{oversample}-s{seed}-c{int(centered)}" if checkpoints else None
+        saved = load_checkpoint(stem, M.identity()) if stem else None
+        done = 0
+        if saved is not None and saved["iteration"] <= n_iter:
+            Q, done = saved["array"], saved["iteration"]
+        for it in range(done, n_iter):
             Q, _ = np.linalg.qr(apply(Q))
+            if stem:
+                save_checkpoint(stem, M.identity(), Q, iteration=it + 1)
         Y = apply(Q)
         lam, W = _top_eigh(Q.T @ Y, k)  # Rayleigh–Ritz in the found subspace
         U = Q @ W
@@ -204,7 +211,8 @@ def _orthiter(M: TrajectoryMatrix, k, centered, iters, seed):
 
 def principal_components(source, k: int, *, stream: str = "clipped", method: str = "auto", centered: bool = False,
                          max_memory: int | None = None, components_out=None, oversample: int = 10, n_iter: int = 4,
-                         orthiter_iters: int = 10, seed: int = 0, rows=None, progress: bool = False) -> Spectrum:
+                         orthiter_iters: int = 10, seed: int = 0, rows=None, progress: bool = False,
+                         checkpoint_dir=None) -> Spectrum:
     """Top-k principal components of a trajectory.
 
     Parameters
@@ -216,6 +224,9 @@ def principal_components(source, k: int, *, stream: str = "clipped", method: str
     max_memory : bytes for block buffers and, for "auto", the Gram matrix
     components_out : path of a .npy file to write the (d, k) components into (memory-mapped)
     rows : optional subset of steps to analyse
+    checkpoint_dir : directory for per-pass checkpoints ("gram": the partial Gram sum, saved
+        every minute; "randomized": the basis after each iteration). A rerun on the same data
+        continues from them; a completed Gram is reused, so another k costs one pass.
 
     Returns
     -------
@@ -242,7 +253,11 @@ def principal_components(source, k: int, *, stream: str = "clipped", method: str
         return Spectrum(lam, V, scores, sq, residuals, _trace(sq, mean_sq, M.n, centered), method, reason, centered, M.passes,
                         time.perf_counter() - t0, {"iterations": orthiter_iters})
 
-    lam, U, apply, sq, trace = _solve_in_step_space(M, k, method, centered, oversample, n_iter, seed)
+    checkpoints = None
+    if checkpoint_dir is not None:
+        checkpoints = Path(checkpoint_dir)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+    lam, U, apply, sq, trace = _solve_in_step_space(M, k, method, centered, oversample, n_iter, seed, checkpoints)
     sigma = np.sqrt(np.clip(lam, 0, None))
     inv = np.divide(1.0, sigma, out=np.zeros_like(sigma), where=sigma > sigma.max() * 1e-12)
     # certificate: HᵀH v − λ v = Hᵀ r with r = (G U − U Λ) Σ⁻¹, so its norm² is rᵀ G r

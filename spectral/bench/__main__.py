@@ -1,14 +1,18 @@
-"""``python -m spectral.bench collect``: DP step cost and logging overhead on the default model.
+"""``python -m spectral.bench collect|analyse``: side-by-side measurements printed as tables.
 
-Prints a Markdown table: seconds per step and peak memory of a non-private step, a DP step
-with per-sample clipping, with ghost clipping, and with ghost clipping plus store writes,
-each as a ratio to the non-private step. Needs SST-2 (see --data resolution in the README).
+collect  seconds per step and peak memory of a non-private step, a DP step with per-sample
+         clipping, with ghost clipping, and with ghost clipping plus store writes, as ratios to
+         the non-private step, on the embedded default model and SST-2.
+analyse  our principal components vs sklearn randomized_svd, torch.svd_lowrank, scipy eigsh and
+         the seed code's orthogonal iteration on a synthetic on-disk trajectory: time, passes,
+         peak RSS, accuracy against an exact reference, and our time against a lower bound.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..errors import cli_entry
 
@@ -25,7 +29,25 @@ def main(argv=None):
     c.add_argument("--warmup", type=int, default=3)
     c.add_argument("--steps", type=int, default=10)
     c.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one mode, print JSON
+    a = sub.add_parser("analyse", help="principal components: ours vs library methods on a synthetic store")
+    a.add_argument("--n", type=int, default=2000, help="steps (rows)")
+    a.add_argument("--d", type=int, default=2_000_000, help="parameters (columns); n*d*4 bytes on disk")
+    a.add_argument("--k", type=int, nargs="+", default=[100, 500])
+    a.add_argument("--slope", type=float, default=1.0, help="singular values fall as j^-slope")
+    a.add_argument("--methods", nargs="+", default=["ours", "orthiter", "sklearn", "torch", "eigsh"])
+    a.add_argument("--dir", type=Path, default=Path("runs/bench-analyse"), help="where the synthetic store lives")
+    a.add_argument("--timeout", type=int, default=1800, help="seconds allowed per method")
+    a.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.what == "analyse":
+        from . import analyse as bench_analyse
+
+        if args.worker:
+            bench_analyse.worker(args.worker, str(args.dir / "store"), args.k[0], str(args.dir / f"k{args.k[0]}"))
+            return
+        print(bench_analyse.run(args.n, args.d, args.k, args.slope, args.dir, args.methods, args.timeout))
+        return
 
     from . import collect as bench
 

@@ -4,6 +4,6 @@
 """
 
 from .reader import Param, Store, open, read_manifest
-from .writer import Checkpoint, StoreWriter, remove_store
+from .writer import Checkpoint, StoreWriter, remove_store, write_matrix
 
-__all__ = ["open", "Store", "Param", "StoreWriter", "Checkpoint", "read_manifest", "remove_store"]
+__all__ = ["open", "Store", "Param", "StoreWriter", "Checkpoint", "read_manifest", "remove_store", "write_matrix"]

@@ -302,3 +302,26 @@ def remove_store(root) -> None:
     root = Path(root)
     read_manifest(root)  # raises a clear error if this is not a store
     shutil.rmtree(root)
+
+
+def write_matrix(root, n: int, d: int, column_blocks, *, dtype: str = "float32", stream: str = "clipped",
+                 meta: dict | None = None) -> Path:
+    """Write an (n, d) matrix given as ``(start, stop, block (n, stop-start))`` column blocks
+    into a new one-shard store (for synthetic trajectories and imported gradients)."""
+    root = Path(root)
+    writer = StoreWriter.create(root, layout=[{"name": stream, "shape": [d], "offset": 0, "numel": d}],
+                                streams=[stream], dtype=dtype, shard_rows=n, meta=meta or {})
+    writer.close()
+    rel = shard_path(stream, 0, n)
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    out = np.lib.format.open_memmap(root / rel, mode="w+", dtype=STORAGE_DTYPES[dtype], shape=(n, d))
+    for start, stop, block in column_blocks:
+        out[:, start:stop] = to_storage(block, dtype)
+    out.flush()
+    digest = hashlib.sha256(memoryview(out).cast("B")).hexdigest()
+    del out
+    fsync_file(root / rel)
+    manifest = read_manifest(root)
+    manifest.update(n_steps=n, shards=[{"start": 0, "stop": n, "files": {stream: {"sha256": digest}}}], status="complete")
+    write_json(root / MANIFEST, manifest)
+    return root
