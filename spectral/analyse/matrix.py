@@ -19,7 +19,11 @@ from tqdm.auto import tqdm
 from ..errors import SpectralError
 from ..store.format import atomic_write
 
-DEFAULT_MEMORY = 2 * 2**30  # bytes a pass may use for its block buffers
+def default_memory() -> int:
+    """Bytes the analyse stage may use when not told: a quarter of the memory available now."""
+    import psutil
+
+    return int(psutil.virtual_memory().available // 4)
 
 
 class TrajectoryMatrix:
@@ -30,7 +34,8 @@ class TrajectoryMatrix:
     source : Store or ndarray of shape (n, d)
     stream : stream name (for a Store)
     rows : optional index array selecting a subset of steps (e.g. a held-out split)
-    max_memory : bytes for block buffers; sets the column block width
+    max_memory : bytes for block buffers; sets the column block width (default: a quarter
+        of the available RAM)
     progress : show a progress bar per pass
     """
 
@@ -47,7 +52,7 @@ class TrajectoryMatrix:
         self.n = len(self.rows)
         if self.n == 0 or self.d == 0:
             raise SpectralError(f"the trajectory is empty (n={self.n}, d={self.d})")
-        budget = DEFAULT_MEMORY if max_memory is None else int(max_memory)
+        budget = default_memory() if max_memory is None else int(max_memory)
         # a block costs its float32 read, a float64 copy, and a product of the same size
         self.block_cols = int(np.clip(budget // (self.n * 24), 1, self.d))
         self.passes = 0

@@ -29,7 +29,7 @@ import scipy.linalg
 import scipy.sparse.linalg
 
 from ..errors import SpectralError
-from .matrix import DEFAULT_MEMORY, TrajectoryMatrix, load_checkpoint, save_checkpoint
+from .matrix import TrajectoryMatrix, default_memory, load_checkpoint, save_checkpoint
 
 METHODS = ("auto", "gram", "randomized", "lanczos", "orthiter")
 
@@ -221,7 +221,8 @@ def principal_components(source, k: int, *, stream: str = "clipped", method: str
     k : number of components, 1 <= k <= min(n, d)
     method : "auto", "gram", "randomized", "lanczos" or "orthiter" (see the module docstring)
     centered : covariance of the steps instead of the uncentred second moment (the paper's)
-    max_memory : bytes for block buffers and, for "auto", the Gram matrix
+    max_memory : bytes for block buffers and, for "auto", the Gram matrix (default: a quarter
+        of the available RAM)
     components_out : path of a .npy file to write the (d, k) components into (memory-mapped)
     rows : optional subset of steps to analyse
     checkpoint_dir : directory for per-pass checkpoints ("gram": the partial Gram sum, saved
@@ -234,7 +235,7 @@ def principal_components(source, k: int, *, stream: str = "clipped", method: str
     """
     if method not in METHODS:
         raise SpectralError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    budget = DEFAULT_MEMORY if max_memory is None else int(max_memory)
+    budget = default_memory() if max_memory is None else int(max_memory)
     M = TrajectoryMatrix(source, stream, rows=rows, max_memory=budget, progress=progress)
     check_k(k, M.n, M.d, centered)
     reason = "requested"
