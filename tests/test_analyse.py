@@ -213,8 +213,8 @@ def test_interrupted_gram_pass_resumes_from_its_checkpoint(tmp_path, monkeypatch
     real = TrajectoryMatrix.blocks
     read, die = [], [True]
 
-    def dying_blocks(self, desc="pass", start_col=0):
-        for i, item in enumerate(real(self, desc, start_col)):
+    def dying_blocks(self, desc="pass", start_col=0, **kwargs):
+        for i, item in enumerate(real(self, desc, start_col, **kwargs)):
             if desc == "gram" and die[0] and i == 5:
                 raise KeyboardInterrupt  # killed in the middle of the first pass
             read.append(item[0])

@@ -268,7 +268,9 @@ def principal_components(source, k: int, *, stream: str = "clipped", method: str
     out = None
     if components_out is not None:
         out = np.lib.format.open_memmap(components_out, mode="w+", dtype=np.float32, shape=(M.d, k))
-    V = M.rmatmat(U, out=out, scale=inv)  # V = Hᵀ U Σ⁻¹ (for centred: U ⟂ 1, so Hᵀ P U = Hᵀ U)
+    # V = Hᵀ U Σ⁻¹ (centred: U ⟂ 1, so Hᵀ P U = Hᵀ U), computed in float32 as it is stored;
+    # the eigenvalues and certificate come from the float64 step-space solution
+    V = M.rmatmat(U, out=out, scale=inv, dtype=np.float32)
     scores = U * sigma if not centered else M.matmat(V)
     return Spectrum(lam, V, scores, sq, residuals, trace, method, reason, centered, M.passes,
                     time.perf_counter() - t0, {"oversample": oversample, "n_iter": n_iter} if method == "randomized" else {})

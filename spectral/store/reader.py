@@ -143,7 +143,10 @@ class Store:
             lo, hi = max(start, row_start), min(stop, row_stop)
             if lo < hi:
                 raw = arr[lo - start : hi - start, col_start:col_stop]
-                out[lo - row_start : hi - row_start] = from_storage(raw, self.dtype, dtype)
+                if self.dtype == "bfloat16":
+                    out[lo - row_start : hi - row_start] = from_storage(raw, self.dtype, dtype)
+                else:  # one casting copy straight from the memmap
+                    out[lo - row_start : hi - row_start] = raw
         return out
 
     def iter_row_blocks(self, stream: str, block_rows: int, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:
