@@ -16,7 +16,7 @@ import pytest
 import spectral.store as store
 from spectral.collect.models import load_model, parameter_layout, select_trainable
 
-from conftest import REPO, make_tiny_data, run_cli
+from conftest import REPO, run_cli
 
 
 def collect_args(model, data, out, *extra):
