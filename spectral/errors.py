@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 
@@ -20,5 +21,8 @@ def cli_entry(main):
         except SpectralError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
+        except BrokenPipeError:  # output piped into e.g. `head`: stop quietly (Python docs recipe)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
 
     return wrapper

@@ -149,3 +149,18 @@ def test_resume_removes_a_half_written_shard(tmp_path):
     store.StoreWriter.resume(tmp_path / "run")[0].close()
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run/streams").glob("*/*"))
     assert store.open(tmp_path / "run", verify=True).n_steps == 3
+
+
+def test_cli_output_into_a_closed_pipe_is_quiet(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    write(tmp_path / "run", np.ones((30, D), np.float32))
+    proc = subprocess.Popen([sys.executable, "-m", "spectral.store", str(tmp_path / "run")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader went away, as `| head -0` does
+    stderr = proc.stderr.read().decode()
+    proc.wait()
+    assert "Traceback" not in stderr
