@@ -79,6 +79,15 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def open_temp(path: Path):
+    """``(binary file, its path)``: a new temporary file beside ``path``, to be renamed over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp creates 0600; store files are ordinary files
+    return os.fdopen(fd, "wb"), tmp
+
+
 def atomic_write(path: Path, write, durable: bool = True) -> None:
     """Write a file so that readers see the old content or the new, never a mix.
 
@@ -87,11 +96,9 @@ def atomic_write(path: Path, write, durable: bool = True) -> None:
     a crash; without, the caller must :func:`fsync_file` it before relying on it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    f, tmp = open_temp(path)
     try:
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp creates 0600; store files are ordinary files
-        with os.fdopen(fd, "wb") as f:
+        with f:
             write(f)
             f.flush()
             if durable:

@@ -17,7 +17,6 @@ import json
 import os
 import queue
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +33,10 @@ from .format import (
     MANIFEST,
     STEPS_TABLE,
     STORAGE_DTYPES,
-    UMASK,
     atomic_write,
     fsync_dir,
     fsync_file,
+    open_temp,
     shard_path,
     to_storage,
     write_json,
@@ -63,11 +62,8 @@ class _ShardFile:
     """
 
     def __init__(self, path: Path, shape: tuple, dtype):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.dtype, self.d = np.dtype(dtype), shape[1]
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.chmod(self.tmp, 0o666 & ~UMASK)
-        self.file = os.fdopen(fd, "wb")
+        self.file, self.tmp = open_temp(path)
         self.header = self._header(shape[0])
         self.file.write(self.header)
         self.hash = hashlib.sha256()
