@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
+
+from .memory import PeakRSS
 
 METHODS = ("ours", "orthiter", "sklearn", "torch", "eigsh")
 
@@ -153,19 +153,9 @@ def machine_rates(root: Path) -> dict:
 
 def worker(method: str, root: str, k: int, out: str) -> None:
     """Run one method while sampling RSS; print a JSON line."""
-    proc, peak, stop = psutil.Process(), [0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    result = run_method(method, Path(root), k, Path(out))
-    stop.set()
-    thread.join()
-    print(json.dumps({**result, "peak_mib": peak[0] / 2**20}))
+    with PeakRSS(interval=0.005) as mem:
+        result = run_method(method, Path(root), k, Path(out))
+    print(json.dumps({**result, "peak_mib": mem.peak / 2**20}))
 
 
 def run(n: int, d: int, ks, slope: float, workdir: Path, methods, timeout: int) -> str:

@@ -18,35 +18,13 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
-import psutil
+
+from .memory import PeakRSS
 
 MODES = ("non-private", "dp-per-sample", "dp-ghost", "dp-ghost+store")
-
-
-class PeakRSS:
-    """Samples this process's RSS in a thread; ``peak`` is the maximum seen."""
-
-    def __init__(self, interval=0.002):
-        self.proc, self.interval, self.peak, self._stop = psutil.Process(), interval, 0, threading.Event()
-
-    def __enter__(self):
-        self.base = self.peak = self.proc.memory_info().rss
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def measure(mode: str, params: str, batch_size: int, physical: int, warmup: int, steps: int, seed: int = 0) -> dict:
