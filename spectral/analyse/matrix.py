@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SpectralError
 from ..store.format import atomic_write
+
 
 def default_memory() -> int:
     """Bytes the analyse stage may use when not told: a quarter of the memory available now."""
@@ -61,10 +63,11 @@ class TrajectoryMatrix:
     def shape(self) -> tuple:
         return (self.n, self.d)
 
+    @cached_property
     def identity(self) -> str:
         """What the data is: store, its committed steps, stream and row subset (for checkpoints)."""
         if isinstance(self.source, np.ndarray):
-            src = hashlib.sha256(np.ascontiguousarray(self.source[:, : min(self.d, 64)]).tobytes()).hexdigest()
+            src = hashlib.sha256(memoryview(np.ascontiguousarray(self.source)).cast("B")).hexdigest()
         else:
             m = self.source.manifest
             src = f"{self.source.root.resolve()}|{m['created']}|{m['n_steps']}"
@@ -93,7 +96,7 @@ class TrajectoryMatrix:
         and at the end; a later call on the same data continues from it (or reuses it whole).
         """
         G, start = np.zeros((self.n, self.n)), 0
-        saved = load_checkpoint(checkpoint, self.identity()) if checkpoint else None
+        saved = load_checkpoint(checkpoint, self.identity) if checkpoint else None
         if saved is not None:
             G, start = saved["array"], saved["next_col"]
         if start >= self.d:
@@ -102,7 +105,7 @@ class TrajectoryMatrix:
         for _, stop, B in self.blocks("gram", start_col=start):
             G += B @ B.T
             if checkpoint and (time.monotonic() - last >= every_s or stop == self.d):
-                save_checkpoint(checkpoint, self.identity(), G, next_col=stop)
+                save_checkpoint(checkpoint, self.identity, G, next_col=stop)
                 last = time.monotonic()
         return G
 
@@ -131,10 +134,6 @@ class TrajectoryMatrix:
         for _, _, B in self.blocks("H H^T Q"):
             out += B @ (B.T @ Q)
         return out
-
-    def hth(self, V) -> np.ndarray:
-        """Hᵀ H V (d, k) in two passes (d-space; V held in memory)."""
-        return self.rmatmat(self.matmat(V))
 
     def norms(self) -> tuple[np.ndarray, float]:
         """(‖g_t‖² for every step (n,), ‖mean step‖²) in one pass."""

@@ -166,14 +166,14 @@ def _solve_in_step_space(M: TrajectoryMatrix, k, method, centered, oversample, n
         rng = np.random.default_rng(seed)
         Q, _ = np.linalg.qr(P(rng.standard_normal((M.n, min(k + oversample, M.n)))))
         stem = checkpoints / f"randomized-k{k}-o{oversample}-s{seed}-c{int(centered)}" if checkpoints else None
-        saved = load_checkpoint(stem, M.identity()) if stem else None
+        saved = load_checkpoint(stem, M.identity) if stem else None
         done = 0
         if saved is not None and saved["iteration"] <= n_iter:
             Q, done = saved["array"], saved["iteration"]
         for it in range(done, n_iter):
             Q, _ = np.linalg.qr(apply(Q))
             if stem:
-                save_checkpoint(stem, M.identity(), Q, iteration=it + 1)
+                save_checkpoint(stem, M.identity, Q, iteration=it + 1)
         Y = apply(Q)
         lam, W = _top_eigh(Q.T @ Y, k)  # Rayleigh–Ritz in the found subspace
         U = Q @ W
