@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import SpectralError
-from ..store import StoreWriter, read_manifest
+from ..store import StoreWriter, read_manifest, remove_store
 from ..store.format import STORAGE_DTYPES, shard_rows_for
 from .config import CollectConfig
 from .data import TextData, load_data
@@ -62,9 +62,7 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise SpectralError(f"{out} exists and is not empty; pass --resume to continue it or --overwrite to replace it")
-        if not (out / "manifest.json").is_file():
-            raise SpectralError(f"{out} is not a spectral store; refusing to delete it with --overwrite")
-        shutil.rmtree(out)
+        remove_store(out)  # refuses a directory that is not a store
 
 
 def check_disk(out: Path, cfg: CollectConfig, d: int) -> int:

@@ -296,7 +296,8 @@ class StoreWriter:
 def remove_store(root) -> None:
     """Delete a store directory, refusing anything that is not a store (no manifest)."""
     root = Path(root)
-    read_manifest(root)  # raises a clear error if this is not a store
+    if not (root / MANIFEST).is_file():
+        raise SpectralError(f"{root} is not a spectral store; refusing to delete it")
     shutil.rmtree(root)
 
 
