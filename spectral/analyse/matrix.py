@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from tqdm.auto import tqdm
 
 from ..errors import SpectralError
 from ..store.format import atomic_write
+
+
+BLOCK_BYTES = 128 * 2**20
 
 
 def default_memory() -> int:
@@ -55,8 +59,9 @@ class TrajectoryMatrix:
         if self.n == 0 or self.d == 0:
             raise SpectralError(f"the trajectory is empty (n={self.n}, d={self.d})")
         budget = default_memory() if max_memory is None else int(max_memory)
-        # a block costs its float32 read, a float64 copy, and a product of the same size
-        self.block_cols = int(np.clip(budget // (self.n * 24), 1, self.d))
+        # two float64 read buffers (one being filled ahead) and a product of the same size;
+        # blocks above ~128 MiB buy no GEMM speed, only page faults
+        self.block_cols = int(np.clip(min(budget // 24, BLOCK_BYTES // 8) // n_all, 1, self.d))
         self.passes = 0
 
     @property
@@ -75,18 +80,37 @@ class TrajectoryMatrix:
         return f"{src}|{self.stream}|{rows}|{self.d}"
 
     def blocks(self, desc: str = "pass", start_col: int = 0, dtype=np.float64):
-        """Yield ``(start, stop, H[:, start:stop] as dtype)``; one call = one pass."""
+        """Yield ``(start, stop, H[:, start:stop] as dtype)``; one call = one pass.
+
+        A store's blocks are read by a background thread one block ahead, into two buffers
+        used in turn: a yielded block is valid until the next one is requested.
+        """
         self.passes += 1
-        starts = range(start_col, self.d, self.block_cols)
-        for start in tqdm(starts, desc=desc, unit="block", disable=not self.progress, leave=False):
-            stop = min(start + self.block_cols, self.d)
-            if isinstance(self.source, np.ndarray):
-                block = np.asarray(self.source[self.rows, start:stop], dtype=dtype)
-            else:
-                block = self.source.columns(self.stream, start, stop, dtype=dtype)
-                if self.n != self.source.n_steps:
-                    block = block[self.rows]
-            yield start, stop, block
+        spans = [(a, min(a + self.block_cols, self.d)) for a in range(start_col, self.d, self.block_cols)]
+        bar = tqdm(total=len(spans), desc=desc, unit="block", disable=not self.progress, leave=False)
+        if isinstance(self.source, np.ndarray):
+            for start, stop in spans:
+                yield start, stop, np.asarray(self.source[self.rows, start:stop], dtype=dtype)
+                bar.update()
+            bar.close()
+            return
+        n_all = self.source.n_steps
+        buffers = [np.empty(n_all * self.block_cols, dtype=dtype) for _ in range(min(2, len(spans)))]
+
+        def read(i):
+            start, stop = spans[i]
+            out = buffers[i % 2][: n_all * (stop - start)].reshape(n_all, stop - start)
+            self.source.block(self.stream, 0, n_all, start, stop, dtype=dtype, out=out)
+            return out if self.n == n_all else out[self.rows]
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(read, 0) if spans else None
+            for i, (start, stop) in enumerate(spans):
+                block = ahead.result()
+                ahead = pool.submit(read, i + 1) if i + 1 < len(spans) else None
+                yield start, stop, block
+                bar.update()
+        bar.close()
 
     # ------------------------------------------------------------------ products
     def gram(self, checkpoint: Path | None = None, every_s: float = 60.0) -> np.ndarray:

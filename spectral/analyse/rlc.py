@@ -19,8 +19,8 @@ QUANTILES = (0.1, 0.5, 0.9)
 
 
 def k_grid(k_max: int, points: int = 30) -> np.ndarray:
-    """Log-spaced distinct integers 1..k_max (the curve's k values)."""
-    return np.unique(np.round(np.logspace(0, np.log10(k_max), points)).astype(int))
+    """0 (G_0 = ‖g‖, the plain Lipschitz constant), then log-spaced distinct integers 1..k_max."""
+    return np.unique(np.r_[0, np.round(np.logspace(0, np.log10(k_max), points)).astype(int)])
 
 
 def residual_norms(scores: np.ndarray, row_sq_norms: np.ndarray, ks) -> pd.DataFrame:

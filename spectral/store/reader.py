@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -52,6 +53,33 @@ class Param:
     shape: tuple
     offset: int
     numel: int
+
+
+def _pread(arr: np.memmap, row_start: int, row_stop: int, col_start: int, col_stop: int, buf: np.ndarray) -> None:
+    """Fill ``buf`` with ``arr[row_start:row_stop, col_start:col_stop]`` of a row-major .npy memmap.
+
+    Copying out of a fresh memory map costs a page fault per 4 KiB (several times the read
+    itself on our machines); reading each row's contiguous run with pread does not.
+    """
+    rows, cols = row_stop - row_start, col_stop - col_start
+    item, width = arr.dtype.itemsize, arr.shape[1]
+    base = arr.offset + (row_start * width + col_start) * item
+    flat = memoryview(buf.reshape(-1)).cast("B")
+    if cols == width:  # whole rows: one contiguous run
+        runs = [(flat, base)]
+    else:
+        step = cols * item
+        runs = ((flat[i * step : (i + 1) * step], base + i * width * item) for i in range(rows))
+    fd = os.open(arr.filename, os.O_RDONLY)
+    try:
+        for view, offset in runs:
+            while len(view):
+                got = os.preadv(fd, [view], offset)
+                if got == 0:
+                    raise SpectralError(f"{arr.filename} ended early (truncated shard)")
+                view, offset = view[got:], offset + got
+    finally:
+        os.close(fd)
 
 
 class Store:
@@ -129,8 +157,13 @@ class Store:
         """Columns ``[start, stop)`` of every step, shape ``(n_steps, stop-start)``."""
         return self.block(stream, 0, self.n_steps, start, stop, dtype)
 
-    def block(self, stream, row_start=0, row_stop=None, col_start=0, col_stop=None, dtype=np.float32) -> np.ndarray:
-        """The sub-matrix ``H[row_start:row_stop, col_start:col_stop]`` widened to ``dtype``."""
+    def block(self, stream, row_start=0, row_stop=None, col_start=0, col_stop=None, dtype=np.float32,
+              out: np.ndarray | None = None) -> np.ndarray:
+        """The sub-matrix ``H[row_start:row_stop, col_start:col_stop]`` widened to ``dtype``.
+
+        ``out``: a C-contiguous array of that shape and dtype to fill (reusing one buffer across
+        blocks avoids fresh-memory page faults on every read). Not for concurrent calls on one Store.
+        """
         self._check_stream(stream)
         row_stop = self.n_steps if row_stop is None else row_stop
         col_stop = self.d if col_stop is None else col_stop
@@ -138,16 +171,30 @@ class Store:
             raise SpectralError(
                 f"block rows [{row_start}, {row_stop}) cols [{col_start}, {col_stop}) is outside ({self.n_steps}, {self.d})"
             )
-        out = np.empty((row_stop - row_start, col_stop - col_start), dtype=dtype)
+        shape = (row_stop - row_start, col_stop - col_start)
+        if out is None:
+            out = np.empty(shape, dtype=dtype)
+        elif out.shape != shape or out.dtype != np.dtype(dtype) or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {np.dtype(dtype)} array of shape {shape}")
+        stored = np.dtype(STORAGE_DTYPES[self.dtype])
         for start, stop, arr in self.shards(stream):
             lo, hi = max(start, row_start), min(stop, row_stop)
             if lo < hi:
-                raw = arr[lo - start : hi - start, col_start:col_stop]
-                if self.dtype == "bfloat16":
-                    out[lo - row_start : hi - row_start] = from_storage(raw, self.dtype, dtype)
-                else:  # one casting copy straight from the memmap
-                    out[lo - row_start : hi - row_start] = raw
+                dest = out[lo - row_start : hi - row_start]
+                if stored == out.dtype:
+                    _pread(arr, lo - start, hi - start, col_start, col_stop, dest)
+                    continue
+                raw = self._scratch(stored, (hi - lo, shape[1]))
+                _pread(arr, lo - start, hi - start, col_start, col_stop, raw)
+                dest[:] = from_storage(raw, self.dtype, dtype) if self.dtype == "bfloat16" else raw
         return out
+
+    def _scratch(self, dtype, shape) -> np.ndarray:
+        """A reused raw read buffer (grown on demand)."""
+        size = int(np.prod(shape)) * dtype.itemsize
+        if getattr(self, "_scratch_buf", None) is None or self._scratch_buf.size < size:
+            self._scratch_buf = np.empty(size, dtype=np.uint8)
+        return self._scratch_buf[:size].view(dtype).reshape(shape)
 
     def iter_row_blocks(self, stream: str, block_rows: int, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` for consecutive row blocks of at most ``block_rows`` steps."""

@@ -1,0 +1,93 @@
+"""Redraw every figure of a run from its saved data: fits, figures, and the data beside them.
+
+Reads (whatever is there; a missing part is reported, not fatal unless nothing is there):
+  RUN_DIR/analysis/<stream>/spectrum.csv, density_kde.csv, rlc_in_sample.csv, rlc_held_out.csv, summary.json
+  RUN_DIR/retrain/retrain_history.csv     (python -m spectral.retrain)
+  RUN_DIR/toy/toy_best.csv                (python -m spectral.toy --out RUN_DIR/toy)
+Writes into ``out`` (default RUN_DIR/figures): fig1_spectrum … fig6_toy as PNG + PDF + data, and
+fits.json with every fit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import SpectralError
+from . import figures, fits
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise SpectralError(f"{path} is not a readable CSV table ({exc})") from None
+
+
+def report(run_dir, out=None, stream: str = "clipped", fit_range=(1, 500), toy_dir=None, retrain_dir=None) -> dict:
+    """Fit and draw everything available for ``run_dir``; returns {"fits": …, "figures": […], "missing": […]}."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SpectralError(f"{run_dir}: no such run directory")
+    out = Path(out) if out else run_dir / "figures"
+    analysis = run_dir / "analysis" / stream
+    toy_dir = Path(toy_dir) if toy_dir else run_dir / "toy"
+    retrain_dir = Path(retrain_dir) if retrain_dir else run_dir / "retrain"
+    result = {"fits": {}, "figures": [], "missing": []}
+    title = run_dir.name
+
+    spectrum = _read_csv(analysis / "spectrum.csv")
+    summary = json.loads((analysis / "summary.json").read_text()) if (analysis / "summary.json").is_file() else {}
+    d_run = summary.get("d")
+    if spectrum is not None:
+        sv = spectrum.singular_value.to_numpy()
+        fit = fits.spectrum_fit(sv, fit_range)
+        result["fits"]["spectrum"] = fit
+        result["fits"]["spectrum_ranges"] = fits.range_table(sv).to_dict(orient="records")
+        result["figures"] += figures.spectrum_figure(spectrum, fit, out / "fig1_spectrum",
+                                                     f"Spectrum of the {stream} gradients ({title}, n={summary.get('n')}, d={d_run:,})"
+                                                     if d_run else "")
+    else:
+        result["missing"].append(f"spectrum ({analysis / 'spectrum.csv'}; run python -m spectral.analyse)")
+
+    kde = _read_csv(analysis / "density_kde.csv")
+    if kde is not None:
+        result["figures"] += figures.density_figure(kde, out / "fig2_density")
+    else:
+        result["missing"].append("spectral density (density_kde.csv)")
+
+    curves = {label: c for label, c in (("in-sample", _read_csv(analysis / "rlc_in_sample.csv")),
+                                         ("held-out", _read_csv(analysis / "rlc_held_out.csv"))) if c is not None}
+    if curves:
+        rlc_fits = {label: fits.rlc_fit(c) for label, c in curves.items()}
+        result["fits"]["rlc"] = rlc_fits
+        result["figures"] += figures.rlc_figure(curves, rlc_fits, out / "fig3_rlc")
+        frames = {label: fits.dimension_curve(c) for label, c in curves.items()}
+        if d_run:  # the bound's factor at this run's own d, next to G_0 √d
+            result["fits"]["dimension_factor_at_d"] = {
+                label: fits.dimension_curve(c, ds=[d_run]).iloc[0].to_dict() for label, c in curves.items()}
+        result["figures"] += figures.dimension_figure(frames, out / "fig4_dimension", d_run=d_run)
+    else:
+        result["missing"].append("restricted-Lipschitz curves (rlc_in_sample.csv / rlc_held_out.csv)")
+
+    history = _read_csv(retrain_dir / "retrain_history.csv")
+    if history is not None:
+        result["figures"] += figures.retrain_figure(history, out / "fig5_retrain")
+    else:
+        result["missing"].append(f"subspace retraining ({retrain_dir}; run python -m spectral.retrain)")
+
+    best = _read_csv(toy_dir / "toy_best.csv")
+    if best is not None:
+        result["figures"] += figures.toy_figure(best, out / "fig6_toy")
+    else:
+        result["missing"].append(f"geometric-median toy ({toy_dir}; run python -m spectral.toy --out {toy_dir})")
+
+    if not result["figures"]:
+        raise SpectralError(f"{run_dir} has nothing to report: run python -m spectral.analyse {run_dir} first")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fits.json").write_text(json.dumps(result["fits"], indent=1, default=figures._json_default))
+    return result

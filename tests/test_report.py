@@ -1,0 +1,104 @@
+"""Report stage: fits recover known exponents; figures are redrawn from saved data only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from spectral.analyse import principal_components, rlc
+from spectral.report import fits
+from test_analyse import power_law_trajectory, write_store
+
+
+@pytest.mark.parametrize("a", [0.6, 1.0, 1.5])
+def test_slope_recovery_on_a_noisy_power_law(a):
+    rng = np.random.default_rng(1)
+    k = np.arange(1, 501)
+    s = 3.0 * k ** -a * np.exp(0.05 * rng.standard_normal(500))
+    f = fits.spectrum_fit(s, (1, 500))
+    assert f["slope"] == pytest.approx(-a, abs=0.02)  # stated tolerance: 0.02
+    assert f["ci_low"] <= -a <= f["ci_high"] and f["boot_low"] <= -a <= f["boot_high"]
+    assert f["r2"] > 0.98 and f["c_implied"] == pytest.approx(a - 0.5, abs=0.02)
+    table = fits.range_table(s)
+    assert len(table) == len(fits.DEFAULT_RANGES) and np.allclose(table.slope, -a, atol=0.06)
+
+
+def test_fit_matches_scipy_linregress_on_exact_data():
+    from scipy.stats import linregress
+
+    k, s = np.arange(1, 101), 2.0 * np.arange(1, 101) ** -0.8
+    f = fits.spectrum_fit(s, (1, 100))
+    r = linregress(np.log(k), np.log(s))
+    assert f["slope"] == pytest.approx(r.slope) and f["r2"] == pytest.approx(1.0)
+    assert f["verdict"] == "polynomial" and fits.spectrum_fit(k ** -1.3, (1, 100))["verdict"] == "dimension-free"
+
+
+def test_rlc_exponent_tracks_the_spectrum_slope_on_a_store(tmp_path):
+    """σ_j ∝ j^{-a} ⇒ G_k ∝ k^{1/2−a}: c from the measured G_k equals a − 1/2 from the spectrum."""
+    a = 1.0
+    H = power_law_trajectory(n=400, d=2000, slope=a, seed=3)
+    spec = principal_components(write_store(tmp_path / "s", H), 60)
+    curve = rlc.summarize(rlc.in_sample(spec))
+    c = fits.rlc_fit(curve, k_range=(1, 40))
+    s = fits.spectrum_fit(spec.singular_values, (1, 60))
+    assert s["slope"] == pytest.approx(-a, abs=0.01)
+    assert c["c"] == pytest.approx(a - 0.5, abs=0.08)  # finite n makes the tail sum slightly steeper
+    assert c["g0"] == pytest.approx(np.sqrt((np.linalg.norm(H.astype(float), axis=1) ** 2).mean()), rel=1e-5)
+    assert c["verdict_interval"] in ("logarithmic", "undecided (logarithmic to dimension-free)")
+    frame = fits.dimension_curve(curve, ds=[10, 64, 1000])  # d needs G_k up to k = 2^{⌈log₂ d⌉−1}
+    assert frame.measured.tolist() == [True, True, False]
+
+
+def test_verdicts_for_synthetic_curves():
+    k = np.r_[0, np.unique(np.round(np.logspace(0, 2, 20)).astype(int))]
+    for c, verdict in ((0.3, "polynomial"), (0.5, "logarithmic"), (0.8, "dimension-free")):
+        curve = pd.DataFrame({"k": k, "rms": np.maximum(k, 1.0) ** -c})
+        f = fits.rlc_fit(curve)
+        assert f["c"] == pytest.approx(c) and f["verdict"] == verdict
+
+
+def make_reported_run(tmp_path):
+    """A tiny analysed run with toy and retraining results, as the stages would leave it."""
+    H = power_law_trajectory(n=80, d=1500, slope=0.9, seed=5)
+    run = tmp_path / "run"
+    write_store(run, H)
+    proc = run_cli("spectral.analyse", run, "--k", "40", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("spectral.toy", "--quick", "--dims", "20", "200", "--modes", "const", "linear", "--no-figure",
+                   "--out", run / "toy")
+    assert proc.returncode == 0, proc.stderr
+    rows = [{"variant": v, "seed": s, "step": t, "accuracy": 0.5 + 0.001 * t * (r / 100) + 0.01 * s}
+            for v, r in (("rank 10", 10), ("rank 100", 100), ("full", 200)) for s in range(3) for t in range(0, 101, 25)]
+    (run / "retrain").mkdir()
+    pd.DataFrame(rows).to_csv(run / "retrain" / "retrain_history.csv", index=False)
+    return run
+
+
+def test_report_redraws_every_figure_from_saved_data(tmp_path):
+    run = make_reported_run(tmp_path)
+    proc = run_cli("spectral.report", run, "--fit-range", "1", "40")
+    assert proc.returncode == 0, proc.stderr
+    figs = run / "figures"
+    for name in ("fig1_spectrum", "fig2_density", "fig3_rlc", "fig4_dimension", "fig5_retrain", "fig6_toy"):
+        assert (figs / f"{name}.png").stat().st_size > 10_000, name
+        assert (figs / f"{name}.pdf").is_file() and (figs / f"{name}.csv").is_file(), name
+    saved = json.loads((figs / "fits.json").read_text())
+    assert saved["spectrum"]["slope"] == pytest.approx(-0.9, abs=0.02)
+    assert {"in-sample", "held-out"} <= set(saved["rlc"])
+    assert "slope -0.90" in proc.stdout or "slope -0.89" in proc.stdout or "slope -0.91" in proc.stdout
+    # the data beside a figure is what was plotted
+    plotted = pd.read_csv(figs / "fig1_spectrum.csv")
+    spectrum = pd.read_csv(run / "analysis" / "clipped" / "spectrum.csv")
+    np.testing.assert_allclose(plotted.singular_value, spectrum.singular_value)
+
+
+def test_report_bad_input_exit_2(tmp_path):
+    proc = run_cli("spectral.report", tmp_path / "missing")
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("spectral.report", tmp_path / "empty")
+    assert proc.returncode == 2 and "nothing to report" in proc.stderr
