@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from spectral.analyse import principal_components, rlc
 from spectral.report import fits
 from test_analyse import power_law_trajectory, write_store
@@ -102,3 +102,16 @@ def test_report_bad_input_exit_2(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = run_cli("spectral.report", tmp_path / "empty")
     assert proc.returncode == 2 and "nothing to report" in proc.stderr
+
+
+def test_notebook_executes_on_a_tiny_run(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    run = make_reported_run(tmp_path)
+    monkeypatch.setenv("SPECTRAL_RUN", str(run))
+    nb = nbformat.read(REPO / "experiments" / "explore_run.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "experiments")}}).execute()
+    outputs = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
+    assert "slope -0.9" in outputs and "c = " in outputs

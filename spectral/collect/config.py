@@ -56,6 +56,10 @@ class CollectConfig:
     checkpoint_every: int = 50
     shard_mb: int = 256
 
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of step ``step`` (linear decay to 0 over ``steps``, or constant)."""
+        return self.lr * (1 - step / self.steps) if self.lr_schedule == "linear" else self.lr
+
     def validate(self) -> "CollectConfig":
         choices = {
             "params": PARAM_SETS, "clipping": CLIPPING, "sampling": SAMPLING, "accountant": ACCOUNTANTS,

@@ -40,6 +40,10 @@ class TextData:
     def head(self, n: int | None) -> "TextData":
         return self if n is None else TextData(self.texts[:n], self.labels[:n])
 
+    def rows(self, start: int, stop: int | None = None) -> "TextData":
+        """Examples ``[start, stop)`` (e.g. to set a public part aside)."""
+        return TextData(self.texts[start:stop], self.labels[start:stop])
+
 
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV/TSV/JSONL file into a DataFrame (TSV as GLUE writes it: no quoting)."""

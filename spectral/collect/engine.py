@@ -59,6 +59,22 @@ def _flat(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
+@torch.no_grad()
+def evaluate(model, chunks) -> dict:
+    """Mean loss and accuracy of ``model`` over ``chunks`` with dropout off."""
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    try:
+        for inputs, labels in chunks:
+            logits = model(**inputs).logits
+            total_loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            correct += (logits.argmax(-1) == labels).sum().item()
+            n += len(labels)
+    finally:
+        model.train()
+    return {"loss": total_loss / n, "accuracy": correct / n, "n": n}
+
+
 class DPEngine:
     """DP-SGD / DP-Adam on the trainable parameters of ``model``.
 
@@ -96,6 +112,37 @@ class DPEngine:
             raise SpectralError(f"unknown clipping mode {clipping!r}")
         self.expected_batch_size = expected_batch_size
         self._explicit_positions = _needs_explicit_positions(model)
+        self._project, self._restriction = None, None
+
+    # ------------------------------------------------------------------ subspace restriction
+    RESTRICTIONS = ("signal", "signal+noise")
+
+    def restrict(self, project, mode: str) -> None:
+        """Restrict updates to a subspace; ``project`` maps a flat (d,) gradient to its projection.
+
+        ``signal``: project the summed clipped gradient, then add full-dimensional noise
+        (the seed code's retraining). ``signal+noise``: project the noised gradient (PDP-SGD
+        style), so the noise energy falls from d to r dimensions. Privacy is unchanged either
+        way: projection is post-processing of the clipped sum or of the released gradient.
+        """
+        if mode not in self.RESTRICTIONS:
+            raise SpectralError(f"unknown restriction {mode!r}; choose from {', '.join(self.RESTRICTIONS)}")
+        self._project, self._restriction = project, mode
+        if mode == "signal":  # between clipping and noise, on both of step()'s paths
+            add_noise = self.optimizer.add_noise
+
+            def project_then_add_noise():
+                self._project_in_place([p.summed_grad for p in self.params])
+                add_noise()
+
+            self.optimizer.add_noise = project_then_add_noise
+
+    def _project_in_place(self, tensors) -> None:
+        flat = self._project(_flat(tensors))
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
 
     # ------------------------------------------------------------------ one step
     def _per_example_norms(self) -> torch.Tensor:
@@ -135,6 +182,8 @@ class DPEngine:
             opt.add_noise()
             for p in self.params:
                 p.grad /= self.expected_batch_size
+        if self._restriction == "signal+noise":
+            self._project_in_place([p.grad for p in self.params])
         clipped = _flat(p.summed_grad for p in self.params) / self.expected_batch_size
         private = _flat(p.grad for p in self.params)
         if not (torch.isfinite(clipped).all() and torch.isfinite(private).all()):
@@ -151,20 +200,9 @@ class DPEngine:
         )
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def evaluate(self, chunks) -> dict:
         """Mean loss and accuracy over ``chunks`` with dropout off."""
-        self.model.eval()
-        total_loss, correct, n = 0.0, 0, 0
-        try:
-            for inputs, labels in chunks:
-                logits = self.model(**inputs).logits
-                total_loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-                correct += (logits.argmax(-1) == labels).sum().item()
-                n += len(labels)
-        finally:
-            self.model.train()
-        return {"loss": total_loss / n, "accuracy": correct / n, "n": n}
+        return evaluate(self.model, chunks)
 
     # ------------------------------------------------------------------ checkpointing
     def state(self) -> dict:

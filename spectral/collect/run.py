@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,69 @@ def check_disk(out: Path, cfg: CollectConfig, d: int) -> int:
     return projected
 
 
+@dataclass
+class Training:
+    """Everything a DP training loop needs, built from a :class:`CollectConfig` (see :func:`prepare`)."""
+
+    cfg: CollectConfig
+    model: torch.nn.Module
+    engine: DPEngine | None
+    plan: PrivacyPlan
+    layout: list
+    d: int
+    n_total: int
+    pooling: str
+    n_train: int
+    n_dev: int
+    data_info: dict
+    train_batches: Batcher
+    dev_chunks: list
+
+    def chunks(self, step: int) -> list:
+        """The physical chunks of logical step ``step`` (deterministic in seed and step)."""
+        return self.train_batches.chunks(batch_indices(self.plan, self.cfg.seed, step), self.cfg.physical_batch_size)
+
+    def describe(self) -> str:
+        c, p = self.cfg, self.plan
+        return (f"{c.model} ({c.params}: {self.d:,} of {self.n_total:,} parameters trained), {self.n_train:,} training "
+                f"examples, sigma={p.noise_multiplier:.4f}, C={c.max_grad_norm}, q={p.sample_rate:.5f}, "
+                f"delta={p.delta:.3g}, {c.clipping} clipping")
+
+
+def prepare(cfg: CollectConfig, plan: PrivacyPlan | None = None, split=None, engine: bool = True) -> Training:
+    """Load data and model, choose the trainable set, plan privacy and build the DP engine.
+
+    plan : a privacy plan to reuse (on resume); by default planned from ``cfg``
+    split : optional ``(train, dev)`` :class:`TextData` to use instead of loading ``cfg.data``
+    engine : build the :class:`DPEngine` (False: the caller wraps ``model`` in its own engine)
+    """
+    warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
+    warnings.filterwarnings("ignore", message=".*(full_backward_hook|Using a non-full backward hook).*")
+    torch.manual_seed(cfg.seed)
+    if split is None:
+        train, dev, data_info = load_data(cfg.data, cfg.text_column, cfg.label_column, cfg.seed)
+        train, dev = train.head(cfg.train_size), dev.head(cfg.eval_size)
+    else:
+        (train, dev), data_info = split, {"classes": sorted({int(x) for x in split[0].labels})}
+    if len(dev) == 0 and cfg.eval_every:
+        raise SpectralError("the dev split is empty; pass --eval-every 0 to train without evaluation")
+    model, tokenizer = load_model(cfg.model, num_labels=len(data_info["classes"]), seed=cfg.seed, pooling=cfg.pooling)
+    n_total, pooling = sum(p.numel() for p in model.parameters()), model.pooling
+    model = select_trainable(model, cfg.params, cfg.lora_rank)
+    layout = parameter_layout(model)
+    if plan is None:
+        plan = plan_privacy(sampling=cfg.sampling, accountant=cfg.accountant, n_train=len(train),
+                            batch_size=cfg.batch_size, steps=cfg.steps, max_grad_norm=cfg.max_grad_norm,
+                            epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=cfg.noise_multiplier)
+    expected_batch = plan.sample_rate * plan.n_train if cfg.sampling == "poisson" else cfg.batch_size
+    engine = DPEngine(model, clipping=cfg.clipping, optimizer=cfg.optimizer, lr=cfg.lr,
+                      noise_multiplier=plan.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
+                      expected_batch_size=expected_batch, seed=cfg.seed) if engine else None
+    dev_chunks = Batcher(tokenizer, dev, cfg.max_length).chunks(np.arange(len(dev)), 128) if cfg.eval_every else []
+    return Training(cfg, model, engine, plan, layout, sum(p["numel"] for p in layout), n_total, pooling, len(train), len(dev),
+                    data_info, Batcher(tokenizer, train, cfg.max_length), dev_chunks)
+
+
 def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Run (or continue) DP fine-tuning and log every step's gradient to a store at ``out``.
 
@@ -96,33 +160,11 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
             print(f"{out}: already complete ({manifest['n_steps']} steps); nothing to resume")
             return out
     cfg.validate()
-    warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
-    warnings.filterwarnings("ignore", message=".*(full_backward_hook|Using a non-full backward hook).*")
-
-    torch.manual_seed(cfg.seed)
-    train, dev, data_info = load_data(cfg.data, cfg.text_column, cfg.label_column, cfg.seed)
-    train, dev = train.head(cfg.train_size), dev.head(cfg.eval_size)
-    if len(dev) == 0 and cfg.eval_every:
-        raise SpectralError("the dev split is empty; pass --eval-every 0 to train without evaluation")
-    model, tokenizer = load_model(cfg.model, num_labels=len(data_info["classes"]), seed=cfg.seed,
-                                  pooling=cfg.pooling)
-    n_total, pooling = sum(p.numel() for p in model.parameters()), model.pooling
-    model = select_trainable(model, cfg.params, cfg.lora_rank)
-    layout = parameter_layout(model)
-    d = sum(p["numel"] for p in layout)
-
-    if manifest is not None:
-        fields = {k: v for k, v in manifest["dp"].items() if k not in ("sample_rate", "steps_per_epoch")}
-        plan = PrivacyPlan(**fields)
-    else:
-        plan = plan_privacy(sampling=cfg.sampling, accountant=cfg.accountant, n_train=len(train),
-                            batch_size=cfg.batch_size, steps=cfg.steps, max_grad_norm=cfg.max_grad_norm,
-                            epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=cfg.noise_multiplier)
+    t = prepare(cfg, plan=PrivacyPlan(**{k: v for k, v in manifest["dp"].items()
+                                          if k not in ("sample_rate", "steps_per_epoch")}) if manifest else None)
+    model, engine, plan, d = t.model, t.engine, t.plan, t.d
+    if manifest is None:
         check_disk(out, cfg, d)
-    expected_batch = plan.sample_rate * plan.n_train if cfg.sampling == "poisson" else cfg.batch_size
-    engine = DPEngine(model, clipping=cfg.clipping, optimizer=cfg.optimizer, lr=cfg.lr,
-                      noise_multiplier=plan.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
-                      expected_batch_size=expected_batch, seed=cfg.seed)
 
     if manifest is None:
         shard_rows = shard_rows_for(d, cfg.dtype, cfg.shard_mb, cfg.checkpoint_every)
@@ -130,12 +172,12 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
             "code_version": code_version(),
             "config": cfg.to_dict(),
             "model": {"name": cfg.model, "source": resolve_model(cfg.model), "class": type(model).__name__,
-                      "n_parameters": n_total, "n_trainable": d, "params": cfg.params,
-                      "pooling": pooling},
-            "data": {**data_info, "n_train_used": len(train), "n_dev_used": len(dev)},
+                      "n_parameters": t.n_total, "n_trainable": d, "params": cfg.params,
+                      "pooling": t.pooling},
+            "data": {**t.data_info, "n_train_used": t.n_train, "n_dev_used": t.n_dev},
             "dp": plan.to_dict(),
         }
-        writer = StoreWriter.create(out, layout=layout, streams=cfg.streams, dtype=cfg.dtype,
+        writer = StoreWriter.create(out, layout=t.layout, streams=cfg.streams, dtype=cfg.dtype,
                                     shard_rows=shard_rows, meta=meta)
         ledger, start = PrivacyLedger(plan), 0
     else:
@@ -145,11 +187,7 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
             engine.load_state(checkpoint.tensors)
             ledger, start = PrivacyLedger(plan, checkpoint.meta["accountant"]), checkpoint.step
 
-    train_batches = Batcher(tokenizer, train, cfg.max_length)
-    dev_chunks = Batcher(tokenizer, dev, cfg.max_length).chunks(np.arange(len(dev)), 128) if cfg.eval_every else []
-    print(f"collect: {cfg.model} ({cfg.params}: {d:,} of {n_total:,} parameters trained), "
-          f"{len(train):,} training examples, sigma={plan.noise_multiplier:.4f}, C={cfg.max_grad_norm}, "
-          f"q={plan.sample_rate:.5f}, delta={plan.delta:.3g}, {cfg.clipping} clipping -> {out}")
+    print(f"collect: {t.describe()} -> {out}")
 
     def commit(status="running"):
         writer.commit(engine.state(), {"accountant": ledger.state(), "epsilon": ledger.epsilon()}, status=status)
@@ -158,8 +196,8 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
-            chunks = train_batches.chunks(batch_indices(plan, cfg.seed, step), cfg.physical_batch_size)
-            lr = cfg.lr * (1 - step / cfg.steps) if cfg.lr_schedule == "linear" else cfg.lr
+            chunks = t.chunks(step)
+            lr = cfg.learning_rate(step)
             try:
                 res = engine.step(chunks, lr)
             except NonFiniteGradient as exc:
@@ -179,7 +217,7 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
             writer.append(step, {s: getattr(res, s).numpy() for s in cfg.streams}, record)
             last = step + 1 == cfg.steps
             if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
-                writer.log("eval", {"step": step, **engine.evaluate(dev_chunks)})
+                writer.log("eval", {"step": step, **engine.evaluate(t.dev_chunks)})
             if (step + 1) % cfg.checkpoint_every == 0 or last:
                 commit(status="complete" if last else "running")
             bar.update(1)

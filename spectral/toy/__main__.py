@@ -30,6 +30,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="a small grid (seconds), for tests and the quick reproduction")
     p.add_argument("--dims", type=int, nargs="+", help="dimensions (default: 20 50 100 200 500 1000 2000)")
     p.add_argument("--modes", nargs="+", choices=MODES, help="decay modes (default: all five)")
+    p.add_argument("--steps", type=int, nargs="+", help="step counts T of the grid (default: 10 20 40 ... 5120)")
+    p.add_argument("--lrs", type=float, nargs="+", help="learning rates of the grid (default: 1e-4 3e-4 ... 3)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5)")
     p.add_argument("--epsilon", type=float, default=2.0)
     p.add_argument("--delta", type=float, default=1e-6)
@@ -47,6 +49,10 @@ def main(argv=None):
         overrides["dims"] = tuple(args.dims)
     if args.modes:
         overrides["modes"] = tuple(args.modes)
+    if args.steps:
+        overrides["steps"] = tuple(args.steps)
+    if args.lrs:
+        overrides["lrs"] = tuple(args.lrs)
     if args.seeds is not None:
         overrides["seeds"] = tuple(range(args.seeds))
     config = replace(config, **overrides)

@@ -1,0 +1,7 @@
+"""Retraining inside a top-r gradient subspace (the paper's subspace experiment)."""
+
+from .coordinates import CoordinateEngine
+from .run import MODES, SOURCES, RetrainConfig, retrain
+from .subspace import Subspace
+
+__all__ = ["CoordinateEngine", "MODES", "RetrainConfig", "SOURCES", "Subspace", "retrain"]

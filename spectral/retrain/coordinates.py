@@ -1,0 +1,77 @@
+"""DP training in subspace coordinates: θ = θ0 + V z, with only z (r numbers) trained.
+
+The per-example gradient with respect to z is Vᵀ ∇θ ℓ_i. It is clipped to C and the noise
+N(0, σ²C² I_r) is added in r dimensions, so the noise energy is r σ²C² instead of d σ²C². The
+accounting is that of the unrestricted run (same σ, sampling and steps): only the dimension of the
+released vector changes. Per-example gradients come from Opacus' GradSampleModule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from opacus.grad_sample import GradSampleModule
+
+from ..collect.engine import NonFiniteGradient, StepOutput, _flat, _needs_explicit_positions, evaluate
+from .subspace import Subspace
+
+
+class CoordinateEngine:
+    """The ``coordinates`` restriction: same interface as :class:`spectral.collect.engine.DPEngine`."""
+
+    def __init__(self, model, subspace: Subspace, *, optimizer, lr, noise_multiplier, max_grad_norm,
+                 expected_batch_size, seed):
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.subspace = subspace
+        self.theta0 = _flat(p.detach() for p in self.params).clone()
+        self.dtype = self.params[0].dtype
+        self.z = torch.zeros(subspace.rank, dtype=self.dtype, requires_grad=True)
+        self.optimizer = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer]([self.z], lr=lr)
+        self.noise_std = noise_multiplier * max_grad_norm
+        self.max_grad_norm, self.expected_batch_size = max_grad_norm, expected_batch_size
+        self.noise_generator = torch.Generator().manual_seed(int(seed) + 7919)
+        model.train()
+        self.module = GradSampleModule(model, loss_reduction="sum")
+        self._explicit_positions = _needs_explicit_positions(model)
+
+    def step(self, chunks, lr: float) -> StepOutput:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        summed = torch.zeros(self.subspace.rank, dtype=self.dtype)
+        losses, norms, n = [], [], 0
+        for inputs, labels in chunks:
+            if self._explicit_positions:
+                batch, length = inputs["input_ids"].shape
+                inputs = {**inputs, "position_ids": torch.arange(length).repeat(batch, 1)}
+            loss = torch.nn.functional.cross_entropy(self.module(**inputs).logits, labels, reduction="sum")
+            loss.backward()
+            per_example = torch.cat([p.grad_sample.reshape(len(labels), -1) for p in self.params], dim=1)
+            Gz = self.subspace.coordinates(per_example).to(self.dtype)  # (B, r)
+            norm = Gz.norm(dim=1)
+            summed += (Gz * (self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)[:, None]).sum(0)
+            losses.append(loss.item())
+            norms.append(norm)
+            n += len(labels)
+            for p in self.params:
+                p.grad_sample, p.grad = None, None
+        noise = torch.normal(0.0, self.noise_std, size=summed.shape, generator=self.noise_generator, dtype=self.dtype)
+        clipped = summed / self.expected_batch_size
+        private = (summed + noise) / self.expected_batch_size
+        if not torch.isfinite(private).all():
+            raise NonFiniteGradient("the gradient became non-finite (NaN or inf); stopped before applying it")
+        self.z.grad = private
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        with torch.no_grad():  # θ = θ0 + V z
+            flat = self.theta0 + (self.subspace.V @ self.z.to(self.subspace.V.dtype)).to(self.dtype)
+            offset = 0
+            for p in self.params:
+                p.copy_(flat[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+        return StepOutput(loss=sum(losses) / n if n else math.nan, clipped=clipped, private=private,
+                          per_example_norms=torch.cat(norms) if norms else torch.zeros(0), batch_size=n)
+
+    def evaluate(self, chunks) -> dict:
+        return evaluate(self.model, chunks)

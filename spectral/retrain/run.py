@@ -1,0 +1,173 @@
+"""Retraining from the pretrained model with every update restricted to a top-r subspace.
+
+For each variant (rank r, or "full" = unrestricted) and seed, a fresh DP fine-tuning run with the
+collect run's settings (model, data, trainable set, DP-Adam, C, ε, δ) for ``steps`` steps; dev
+accuracy every ``eval_every`` steps. Results: retrain_history.csv (one row per evaluation),
+retrain_summary.json (final accuracy per variant, per-step time) and retrain_config.json, saved after
+every finished (variant, seed) run; a rerun with the same settings skips finished runs.
+
+Where the subspace comes from matters for privacy:
+  trajectory  the top-r components of the run's own (private) gradient trajectory. That trajectory
+              was computed from the private data without noise, so this subspace — and hence the
+              retrained model — is NOT differentially private. It shows where the gradients live.
+  public      the top-r components of non-private gradients on a disjoint public part of the
+              training set (the first ``public_size`` examples, which private training then leaves
+              out). Honest: the subspace costs no privacy, and the retraining is (ε, δ)-DP.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..collect.config import CollectConfig
+from ..collect.data import load_data
+from ..collect.privacy import PrivacyLedger
+from ..collect.run import prepare
+from ..errors import SpectralError
+from ..store import read_manifest
+from ..store.format import atomic_write
+from .coordinates import CoordinateEngine
+from .subspace import Subspace
+
+MODES = ("signal", "signal+noise", "coordinates")
+SOURCES = ("trajectory", "public")
+
+
+@dataclass
+class RetrainConfig:
+    """What to retrain. ``settings`` overrides collect settings of the run (e.g. {"lr": 1e-3})."""
+
+    components: str  # an analysis directory: RUN/analysis/<stream>
+    ranks: tuple = (10, 20, 100)
+    seeds: int = 3
+    mode: str = "signal"
+    subspace_from: str = "trajectory"
+    steps: int = 200
+    eval_every: int = 25
+    full: bool = True
+    public_size: int = 2000
+    public_steps: int = 100
+    settings: dict = field(default_factory=dict)
+
+    def validate(self) -> "RetrainConfig":
+        if self.mode not in MODES:
+            raise SpectralError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
+        if self.subspace_from not in SOURCES:
+            raise SpectralError(f"unknown subspace source {self.subspace_from!r}; choose from {', '.join(SOURCES)}")
+        if min(self.ranks, default=1) < 1 or self.seeds < 1 or self.steps < 1 or self.eval_every < 1:
+            raise SpectralError("ranks, seeds, steps and eval_every must be >= 1")
+        return self
+
+
+def run_settings(components) -> CollectConfig:
+    """The collect settings of the run an analysis directory belongs to (RUN/analysis/<stream>)."""
+    run_dir = Path(components).resolve().parents[1]
+    try:
+        manifest = read_manifest(run_dir)
+    except SpectralError:
+        raise SpectralError(f"{components} is not inside a collect run (expected RUN/analysis/<stream>)") from None
+    return CollectConfig.from_dict(manifest["config"])
+
+
+def public_subspace(cfg: CollectConfig, public, dev, rank: int, steps: int, progress: bool) -> Subspace:
+    """Top-``rank`` components of non-private clipped gradients along ``steps`` steps on public data."""
+    from ..analyse import principal_components
+
+    pub = replace(cfg, noise_multiplier=0.0, epsilon=None, steps=steps, eval_every=0)
+    t = prepare(pub, split=(public, dev))
+    rows = []
+    for step in tqdm(range(steps), desc="public gradients", disable=not progress, leave=False):
+        rows.append(t.engine.step(t.chunks(step), pub.learning_rate(step)).clipped.numpy())
+    spec = principal_components(np.stack(rows), min(rank, steps))
+    return Subspace(spec.components)
+
+
+def train_variant(cfg: CollectConfig, split, subspace: Subspace | None, mode: str, progress: bool, desc: str):
+    """One DP run; returns (evaluations: list of dicts, seconds per step)."""
+    t = prepare(cfg, split=split, engine=subspace is None or mode != "coordinates")
+    engine = t.engine
+    if subspace is not None:
+        if subspace.d != t.d:
+            raise SpectralError(f"the subspace has d={subspace.d:,} but this model trains d={t.d:,} parameters")
+        if mode == "coordinates":
+            engine = CoordinateEngine(t.model, subspace, optimizer=cfg.optimizer, lr=cfg.lr,
+                                      noise_multiplier=t.plan.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
+                                      expected_batch_size=t.plan.batch_size, seed=cfg.seed)
+        else:
+            engine.restrict(subspace.project, mode)
+    ledger, evals, seconds = PrivacyLedger(t.plan), [], 0.0
+    evals.append({"step": 0, **engine.evaluate(t.dev_chunks), "epsilon": 0.0})
+    for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        engine.step(t.chunks(step), cfg.learning_rate(step))
+        seconds += time.perf_counter() - t0
+        ledger.record_step(step)
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            evals.append({"step": step + 1, **engine.evaluate(t.dev_chunks), "epsilon": ledger.epsilon()})
+    return evals, seconds / cfg.steps
+
+
+def retrain(config: RetrainConfig, out, progress: bool = True) -> pd.DataFrame:
+    """Run every (variant, seed); returns the history (variant, rank, seed, step, accuracy, loss, epsilon)."""
+    config.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = replace(run_settings(config.components), steps=config.steps, eval_every=config.eval_every,
+                   **config.settings).validate()
+    history_path, record = out / "retrain_history.csv", asdict(config)
+    history = pd.DataFrame()
+    saved = out / "retrain_config.json"
+    if history_path.is_file() and saved.is_file() and json.loads(saved.read_text()) == json.loads(json.dumps(record)):
+        history = pd.read_csv(history_path)  # same settings: continue after the finished runs
+    saved.write_text(json.dumps(record, indent=1))
+
+    train, dev, _ = load_data(base.data, base.text_column, base.label_column, base.seed)
+    train, dev = train.head(base.train_size), dev.head(base.eval_size)
+    if config.subspace_from == "public":
+        if config.public_size >= len(train):
+            raise SpectralError(f"public_size={config.public_size} leaves no private training data ({len(train)})")
+        public, train = train.rows(0, config.public_size), train.rows(config.public_size)
+    variants = [(f"rank {r}", r) for r in config.ranks] + ([("full", None)] if config.full else [])
+    bases: dict = {}
+    timing = json.loads((out / "retrain_summary.json").read_text()).get("seconds_per_step", {}) \
+        if (out / "retrain_summary.json").is_file() and len(history) else {}
+    for seed in range(config.seeds):
+        for name, rank in variants:
+            done = len(history) and ((history.variant == name) & (history.seed == seed)).any()
+            if done:
+                continue
+            subspace = None
+            if rank is not None:
+                if config.subspace_from == "trajectory":
+                    subspace = Subspace.from_analysis(config.components, rank)
+                else:
+                    if "public" not in bases:
+                        bases["public"] = public_subspace(base, public, dev, max(config.ranks), config.public_steps,
+                                                          progress)
+                    subspace = Subspace(bases["public"].V[:, :rank])
+            cfg = replace(base, seed=base.seed + seed)
+            evals, per_step = train_variant(cfg, (train, dev), subspace, config.mode, progress, f"{name} seed {seed}")
+            rows = pd.DataFrame([{"variant": name, "rank": rank if rank else 0, "mode": config.mode if rank else "full",
+                                  "subspace_from": config.subspace_from, "seed": seed, **e} for e in evals])
+            history = pd.concat([history, rows], ignore_index=True) if len(history) else rows
+            timing.setdefault(name, []).append(per_step)
+            atomic_write(history_path, lambda f: f.write(history.to_csv(index=False).encode()))
+            (out / "retrain_summary.json").write_text(json.dumps(summarize(history, timing), indent=1))
+    return history
+
+
+def summarize(history: pd.DataFrame, timing: dict) -> dict:
+    """Final dev accuracy per variant (mean ± std over seeds) and seconds per step."""
+    last = history[history.step == history.step.max()]
+    final = last.groupby("variant").accuracy.agg(["mean", "std", "count"]).fillna(0.0)
+    return {"final_accuracy": {v: {"mean": r["mean"], "std": r["std"], "seeds": int(r["count"])}
+                               for v, r in final.iterrows()},
+            "final_epsilon": float(last.epsilon.max()),
+            "seconds_per_step": timing}

@@ -1,0 +1,144 @@
+"""Subspace retraining: projections, the coordinates mode, rank = d, accounting, the command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_cli
+from spectral.collect.engine import DPEngine
+from spectral.retrain import CoordinateEngine, Subspace
+from test_engine import _chunks, _model
+
+
+def _flat_params(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
+
+
+def _random_subspace(d, r, seed=0):
+    Q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, r)))
+    return Subspace(torch.from_numpy(Q))  # float64 basis for float64 models
+
+
+def _engine(model, sigma, C=1e9, seed=0):
+    return DPEngine(model, clipping="per-sample", optimizer="sgd", lr=0.1, noise_multiplier=sigma,
+                    max_grad_norm=C, expected_batch_size=8.0, seed=seed)
+
+
+def _subspace64(sub):
+    sub.V = sub.V.double()
+    return sub
+
+
+@pytest.mark.parametrize("mode", ["signal", "signal+noise"])
+def test_projected_updates_lie_in_the_subspace(tiny_model, mode):
+    model, tok = _model(tiny_model, "attention-qv")
+    sub = _subspace64(_random_subspace(_flat_params(model).numel(), 5))
+    engine = _engine(model, sigma=1.0, C=0.5)
+    engine.restrict(sub.project, mode)
+    before = _flat_params(model)
+    out = engine.step(_chunks(tok, 4), lr=0.1)
+    update = _flat_params(model) - before
+    torch.testing.assert_close(update, -0.1 * out.private)  # SGD applies the released gradient
+    inside = lambda v: ((v - sub.project(v)).norm() / v.norm()).item()  # noqa: E731
+    if mode == "signal":  # the clipped signal is projected; the noise is full-dimensional
+        assert inside(out.clipped) < 1e-6
+        assert inside(out.private - out.clipped) > 0.9
+    else:  # the whole update lies in the subspace
+        assert inside(update) < 1e-6
+
+
+def test_coordinates_equal_signal_plus_noise_without_noise(tiny_model):
+    runs = {}
+    for mode in ("signal+noise", "coordinates"):
+        model, tok = _model(tiny_model, "attention-qv")
+        sub = _subspace64(_random_subspace(_flat_params(model).numel(), 6, seed=1))
+        if mode == "coordinates":
+            engine = CoordinateEngine(model, sub, optimizer="sgd", lr=0.1, noise_multiplier=0.0, max_grad_norm=1e9,
+                                      expected_batch_size=8.0, seed=0)
+        else:
+            engine = _engine(model, sigma=0.0)
+            engine.restrict(sub.project, mode)
+        for _ in range(3):
+            engine.step(_chunks(tok, 4), lr=0.1)
+        runs[mode] = _flat_params(model)
+    torch.testing.assert_close(runs["coordinates"], runs["signal+noise"], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_rank_d_reproduces_unrestricted_training(tiny_model, sigma):
+    runs = []
+    for restricted in (False, True):
+        model, tok = _model(tiny_model, "attention-qv")
+        engine = _engine(model, sigma=sigma, C=0.5)
+        if restricted:
+            engine.restrict(Subspace(torch.eye(_flat_params(model).numel(), dtype=torch.float64)).project, "signal")
+        for _ in range(3):
+            engine.step(_chunks(tok, 4), lr=0.1)
+        runs.append(_flat_params(model))
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-12, atol=1e-12)
+
+
+def test_coordinates_noise_lives_in_r_dimensions(tiny_model):
+    model, tok = _model(tiny_model, "attention-qv")
+    sub = _subspace64(_random_subspace(_flat_params(model).numel(), 4))
+    engine = CoordinateEngine(model, sub, optimizer="sgd", lr=0.0, noise_multiplier=2.0, max_grad_norm=0.1,
+                              expected_batch_size=8.0, seed=0)
+    draws = torch.stack([(o.private - o.clipped) * 8.0 for o in (engine.step(_chunks(tok, 8), 0.0) for _ in range(200))])
+    assert draws.shape == (200, 4)
+    assert draws.std().item() == pytest.approx(2.0 * 0.1, rel=0.1)  # σC per coordinate, 800 draws
+
+
+@pytest.fixture(scope="module")
+def analysed_run(tiny_model, tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("retrain") / "run"
+    proc = run_cli("spectral.collect", "--model", tiny_model, "--data", tiny_data, "--out", run, "--no-progress",
+                   "--batch-size", "16", "--physical-batch-size", "8", "--steps", "12", "--eval-every", "6",
+                   "--params", "attention-qv", "--lr", "0.01")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("spectral.analyse", run, "--k", "6", "--no-progress", "--holdout", "none")
+    assert proc.returncode == 0, proc.stderr
+    return run
+
+
+def test_cli_retrains_every_variant_with_identical_accounting(analysed_run):
+    out = analysed_run / "retrain"
+    args = ["spectral.retrain", "--components", analysed_run / "analysis" / "clipped", "--rank", "2", "6",
+            "--seeds", "2", "--steps", "4", "--eval-every", "2", "--no-progress", "--out", out]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    h = pd.read_csv(out / "retrain_history.csv")
+    assert set(h.variant) == {"rank 2", "rank 6", "full"} and set(h.seed) == {0, 1}
+    assert sorted(h.step.unique()) == [0, 2, 4]
+    final = h[h.step == 4]
+    assert final.epsilon.nunique() == 1 and final.epsilon.iloc[0] > 0  # same ε for every variant
+    summary = json.loads((out / "retrain_summary.json").read_text())
+    assert set(summary["seconds_per_step"]) == {"rank 2", "rank 6", "full"}
+    again = run_cli(*args)  # finished runs are not repeated
+    assert again.returncode == 0 and pd.read_csv(out / "retrain_history.csv").shape == h.shape
+    proc = run_cli("spectral.report", analysed_run, "--fit-range", "1", "6")
+    assert proc.returncode == 0, proc.stderr
+    assert (analysed_run / "figures" / "fig5_retrain.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("mode", ["coordinates", "signal+noise"])
+def test_cli_public_subspace(analysed_run, tmp_path, mode):
+    out = tmp_path / "public"
+    proc = run_cli("spectral.retrain", "--components", analysed_run / "analysis" / "clipped", "--rank", "3",
+                   "--seeds", "1", "--steps", "3", "--eval-every", "3", "--no-progress", "--no-full",
+                   "--subspace-from", "public", "--public-size", "60", "--mode", mode, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    h = pd.read_csv(out / "retrain_history.csv")
+    assert set(h.subspace_from) == {"public"} and set(h["mode"]) == {mode}
+
+
+def test_cli_bad_input_exit_2(analysed_run, tmp_path):
+    proc = run_cli("spectral.retrain", "--components", analysed_run / "analysis" / "clipped", "--rank", "50",
+                   "--out", tmp_path / "x", "--no-progress")
+    assert proc.returncode == 2 and "rank 50 is not available" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("spectral.retrain", "--components", tmp_path, "--out", tmp_path / "y")
+    assert proc.returncode == 2 and proc.stderr.startswith("error:")
