@@ -120,6 +120,9 @@ def test_cli_retrains_every_variant_with_identical_accounting(analysed_run):
     assert set(summary["seconds_per_step"]) == {"rank 2", "rank 6", "full"}
     again = run_cli(*args)  # finished runs are not repeated
     assert again.returncode == 0 and pd.read_csv(out / "retrain_history.csv").shape == h.shape
+    other = run_cli(*args[:-1], out, "--rank", "3")  # other settings never overwrite silently
+    assert other.returncode == 2 and "other settings" in other.stderr
+    assert pd.read_csv(out / "retrain_history.csv").shape == h.shape
     proc = run_cli("spectral.report", analysed_run, "--fit-range", "1", "6")
     assert proc.returncode == 0, proc.stderr
     assert (analysed_run / "figures" / "fig5_retrain.png").stat().st_size > 10_000
@@ -134,6 +137,14 @@ def test_cli_public_subspace(analysed_run, tmp_path, mode):
     assert proc.returncode == 0, proc.stderr
     h = pd.read_csv(out / "retrain_history.csv")
     assert set(h.subspace_from) == {"public"} and set(h["mode"]) == {mode}
+
+
+def test_cli_non_private_setting_has_its_own_directory(analysed_run):
+    proc = run_cli("spectral.retrain", "--components", analysed_run / "analysis" / "clipped", "--rank", "2",
+                   "--seeds", "1", "--steps", "2", "--eval-every", "2", "--no-progress", "--no-full", "--non-private")
+    assert proc.returncode == 0, proc.stderr
+    h = pd.read_csv(analysed_run / "retrain" / "signal-trajectory-nonprivate" / "retrain_history.csv")
+    assert np.isinf(h.epsilon.iloc[-1]) and not h.private.any()
 
 
 def test_cli_bad_input_exit_2(analysed_run, tmp_path):

@@ -162,22 +162,29 @@ def dimension_figure(frames: dict, stem, d_run: int | None = None, title: str = 
 
 # ---------------------------------------------------------------------- 5. retraining
 def retrain_figure(history: pd.DataFrame, stem, metric: str = "accuracy", title: str = "") -> list[Path]:
-    """Accuracy vs step for each subspace rank and the unrestricted baseline, mean ± std over seeds.
+    """Accuracy vs step per subspace rank and the unrestricted baseline, mean ± std over seeds;
+    one panel per setting (e.g. ``signal-trajectory``, ``signal-trajectory-nonprivate``).
 
-    history : columns ``variant`` (e.g. "rank 10", "full"), ``seed``, ``step``, ``metric``
+    history : columns ``setting`` (optional), ``variant`` ("rank 10", …, "full"), ``seed``, ``step``, ``metric``
     """
-    stats = history.groupby(["variant", "step"])[metric].agg(["mean", "std", "count"]).reset_index()
+    history = history if "setting" in history else history.assign(setting="")
+    stats = history.groupby(["setting", "variant", "step"], sort=False)[metric].agg(["mean", "std", "count"]).reset_index()
     stats["std"] = stats["std"].fillna(0.0)
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots()
-        for i, (variant, g) in enumerate(stats.groupby("variant", sort=False)):
-            color = "black" if variant == "full" else COLORS[i]
-            ax.plot(g.step, g["mean"], marker=MARKERS[i % len(MARKERS)], ms=3.5, color=color, label=variant)
-            ax.fill_between(g.step, g["mean"] - g["std"], g["mean"] + g["std"], color=color, alpha=0.15, lw=0)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(f"dev {metric} (mean ± std over seeds)")
-        ax.set_title(title or "Retraining inside the top-r gradient subspace")
-        ax.legend(loc="lower right")
+    settings = list(dict.fromkeys(stats.setting))
+    with plt.rc_context({**STYLE, "figure.figsize": (4.6 * len(settings) + 0.6, 4.0)}):
+        fig, axes = plt.subplots(1, len(settings), sharey=True, squeeze=False)
+        for ax, setting in zip(axes[0], settings):
+            variants = list(dict.fromkeys(stats[stats.setting == setting].variant))
+            for i, variant in enumerate(variants):
+                g = stats[(stats.setting == setting) & (stats.variant == variant)]
+                color = "black" if variant == "full" else COLORS[i]
+                ax.plot(g.step, g["mean"], marker=MARKERS[i % len(MARKERS)], ms=3.5, color=color, label=variant)
+                ax.fill_between(g.step, g["mean"] - g["std"], g["mean"] + g["std"], color=color, alpha=0.15, lw=0)
+            ax.set_xlabel("training step")
+            ax.set_title(setting.replace("-", ", ") if setting else "")
+            ax.legend(loc="upper left")
+        axes[0][0].set_ylabel(f"dev {metric} (mean ± std over seeds)")
+        fig.suptitle(title or "Retraining with updates restricted to the top-r gradient subspace")
     return _save(fig, stem, {"": stats})
 
 

@@ -2,8 +2,9 @@
 
 Reads (whatever is there; a missing part is reported, not fatal unless nothing is there):
   RUN_DIR/analysis/<stream>/spectrum.csv, density_kde.csv, rlc_in_sample.csv, rlc_held_out.csv, summary.json
-  RUN_DIR/retrain/retrain_history.csv     (python -m spectral.retrain)
+  RUN_DIR/retrain/*/retrain_history.csv   (python -m spectral.retrain; one panel per setting)
   RUN_DIR/toy/toy_best.csv                (python -m spectral.toy --out RUN_DIR/toy)
+  RUN_DIR/toy-seedcode/toy_best.csv       (optional: ... --seed-code-const --out RUN_DIR/toy-seedcode)
 Writes into ``out`` (default RUN_DIR/figures): fig1_spectrum … fig6_toy as PNG + PDF + data, and
 fits.json with every fit.
 """
@@ -74,14 +75,22 @@ def report(run_dir, out=None, stream: str = "clipped", fit_range=(1, 500), toy_d
     else:
         result["missing"].append("restricted-Lipschitz curves (rlc_in_sample.csv / rlc_held_out.csv)")
 
-    history = _read_csv(retrain_dir / "retrain_history.csv")
-    if history is not None:
-        result["figures"] += figures.retrain_figure(history, out / "fig5_retrain")
+    histories = []
+    for path in sorted([retrain_dir / "retrain_history.csv", *retrain_dir.glob("*/retrain_history.csv")]):
+        h = _read_csv(path)
+        if h is not None:
+            histories.append(h if "setting" in h else h.assign(setting=path.parent.name))
+    if histories:
+        result["figures"] += figures.retrain_figure(pd.concat(histories, ignore_index=True), out / "fig5_retrain")
     else:
         result["missing"].append(f"subspace retraining ({retrain_dir}; run python -m spectral.retrain)")
 
     best = _read_csv(toy_dir / "toy_best.csv")
+    seed_code = _read_csv(toy_dir.parent / f"{toy_dir.name}-seedcode" / "toy_best.csv")
     if best is not None:
+        if seed_code is not None:  # the seed code's const mode, drawn beside the correct one
+            extra = seed_code[seed_code["mode"] == "const"].assign(mode="const as in the seed code")
+            best = pd.concat([best, extra], ignore_index=True)
         result["figures"] += figures.toy_figure(best, out / "fig6_toy")
     else:
         result["missing"].append(f"geometric-median toy ({toy_dir}; run python -m spectral.toy --out {toy_dir})")

@@ -2,8 +2,9 @@
 
 Retrains from the pretrained model with the collect run's settings, once per rank and seed, plus the
 unrestricted baseline ("full"), and writes retrain_history.csv (dev accuracy vs step),
-retrain_summary.json and retrain_config.json into --out (default: RUN/retrain, which
-python -m spectral.report draws as figure 5). A rerun with the same settings skips finished runs.
+retrain_summary.json and retrain_config.json into --out (default: RUN/retrain/<mode>-<source>,
+which python -m spectral.report draws as figure 5, one panel per setting). A rerun with the same
+settings skips finished runs.
 
 Modes (how the update is restricted; the privacy accounting is that of the unrestricted run):
   signal        project the clipped gradient, then add full-dimensional noise (the seed code)
@@ -28,7 +29,9 @@ from pathlib import Path
 from ..errors import cli_entry
 from .run import MODES, SOURCES, RetrainConfig, retrain
 
-SCALES = {"quick": {"steps": 60, "eval_every": 20, "seeds": 2}, "paper": {"steps": 260, "eval_every": 25, "seeds": 3}}
+SCALES = {"quick": {"steps": 40, "eval_every": 10, "seeds": 2, "ranks": [10, 100]},
+          "paper": {"steps": 260, "eval_every": 25, "seeds": 3, "ranks": [10, 20, 100]}}
+DEFAULT = {"steps": 200, "eval_every": 25, "seeds": 3, "ranks": [10, 20, 100]}
 
 
 @cli_entry
@@ -36,7 +39,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m spectral.retrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--components", type=Path, required=True, help="an analysis directory: RUN/analysis/<stream>")
-    p.add_argument("--rank", type=int, nargs="+", default=[10, 20, 100], help="subspace ranks [10 20 100]")
+    p.add_argument("--rank", type=int, nargs="+", help="subspace ranks [10 20 100]")
     p.add_argument("--seeds", type=int, help="seeds per variant [3]")
     p.add_argument("--mode", choices=MODES, default="signal", help="how updates are restricted [signal]")
     p.add_argument("--subspace-from", choices=SOURCES, default="trajectory",
@@ -47,18 +50,24 @@ def main(argv=None):
     p.add_argument("--no-full", action="store_true", help="skip the unrestricted baseline")
     p.add_argument("--public-size", type=int, default=2000, help="public examples set aside [2000]")
     p.add_argument("--lr", type=float, help="override the run's learning rate")
-    p.add_argument("--out", type=Path, help="results directory [RUN/retrain]")
+    p.add_argument("--non-private", action="store_true",
+                   help="no noise (σ = 0): where gradients live, without DP's noise floor (not private)")
+    p.add_argument("--out", type=Path, help="results directory [RUN/retrain/<mode>-<source>[-nonprivate]]")
+    p.add_argument("--overwrite", action="store_true", help="replace results of other settings in --out")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
-    preset = SCALES.get(args.scale, {"steps": 200, "eval_every": 25, "seeds": 3})
+    preset = SCALES.get(args.scale, DEFAULT)
+    settings = {"lr": args.lr} if args.lr else {}
+    if args.non_private:
+        settings["noise_multiplier"] = 0.0
     config = RetrainConfig(
-        components=str(args.components), ranks=tuple(args.rank), seeds=args.seeds or preset["seeds"],
+        components=str(args.components), ranks=tuple(args.rank or preset["ranks"]), seeds=args.seeds or preset["seeds"],
         mode=args.mode, subspace_from=args.subspace_from, steps=args.steps or preset["steps"],
         eval_every=args.eval_every or preset["eval_every"], full=not args.no_full, public_size=args.public_size,
-        settings={"lr": args.lr} if args.lr else {})
-    out = args.out or args.components.resolve().parents[1] / "retrain"
-    history = retrain(config, out, progress=not args.no_progress)
+        settings=settings)
+    out = args.out or args.components.resolve().parents[1] / "retrain" / config.tag
+    history = retrain(config, out, progress=not args.no_progress, overwrite=args.overwrite)
     summary = json.loads((out / "retrain_summary.json").read_text())
     for variant, r in summary["final_accuracy"].items():
         print(f"{variant:>10}: final dev accuracy {r['mean']:.4f} ± {r['std']:.4f} ({r['seeds']} seeds)")

@@ -56,6 +56,15 @@ class RetrainConfig:
     public_steps: int = 100
     settings: dict = field(default_factory=dict)
 
+    @property
+    def private(self) -> bool:
+        return self.settings.get("noise_multiplier", None) != 0
+
+    @property
+    def tag(self) -> str:
+        """A name for this setting, e.g. ``signal-trajectory`` or ``signal-trajectory-nonprivate``."""
+        return f"{self.mode}-{self.subspace_from}" + ("" if self.private else "-nonprivate")
+
     def validate(self) -> "RetrainConfig":
         if self.mode not in MODES:
             raise SpectralError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
@@ -114,18 +123,26 @@ def train_variant(cfg: CollectConfig, split, subspace: Subspace | None, mode: st
     return evals, seconds / cfg.steps
 
 
-def retrain(config: RetrainConfig, out, progress: bool = True) -> pd.DataFrame:
-    """Run every (variant, seed); returns the history (variant, rank, seed, step, accuracy, loss, epsilon)."""
+def retrain(config: RetrainConfig, out=None, progress: bool = True, overwrite: bool = False) -> pd.DataFrame:
+    """Run every (variant, seed); returns the history (variant, rank, seed, step, accuracy, loss, epsilon).
+
+    out : results directory (default RUN/retrain/<config.tag>). One directory holds one setting:
+        a rerun with the same settings continues; other settings are refused unless ``overwrite``.
+    """
     config.validate()
-    out = Path(out)
+    out = Path(out) if out else Path(config.components).resolve().parents[1] / "retrain" / config.tag
     out.mkdir(parents=True, exist_ok=True)
     base = replace(run_settings(config.components), steps=config.steps, eval_every=config.eval_every,
                    **config.settings).validate()
     history_path, record = out / "retrain_history.csv", asdict(config)
     history = pd.DataFrame()
     saved = out / "retrain_config.json"
-    if history_path.is_file() and saved.is_file() and json.loads(saved.read_text()) == json.loads(json.dumps(record)):
-        history = pd.read_csv(history_path)  # same settings: continue after the finished runs
+    if history_path.is_file() and saved.is_file():
+        if json.loads(saved.read_text()) == json.loads(json.dumps(record)):
+            history = pd.read_csv(history_path)  # same settings: continue after the finished runs
+        elif not overwrite:
+            raise SpectralError(f"{out} holds retraining results of other settings; choose another --out "
+                                "or pass --overwrite to replace them")
     saved.write_text(json.dumps(record, indent=1))
 
     train, dev, _ = load_data(base.data, base.text_column, base.label_column, base.seed)
@@ -154,8 +171,9 @@ def retrain(config: RetrainConfig, out, progress: bool = True) -> pd.DataFrame:
                     subspace = Subspace(bases["public"].V[:, :rank])
             cfg = replace(base, seed=base.seed + seed)
             evals, per_step = train_variant(cfg, (train, dev), subspace, config.mode, progress, f"{name} seed {seed}")
-            rows = pd.DataFrame([{"variant": name, "rank": rank if rank else 0, "mode": config.mode if rank else "full",
-                                  "subspace_from": config.subspace_from, "seed": seed, **e} for e in evals])
+            rows = pd.DataFrame([{"setting": config.tag, "variant": name, "rank": rank if rank else 0,
+                                  "mode": config.mode if rank else "full", "subspace_from": config.subspace_from,
+                                  "private": config.private, "seed": seed, **e} for e in evals])
             history = pd.concat([history, rows], ignore_index=True) if len(history) else rows
             timing.setdefault(name, []).append(per_step)
             atomic_write(history_path, lambda f: f.write(history.to_csv(index=False).encode()))

@@ -17,7 +17,7 @@ class Subspace:
     """
 
     def __init__(self, V):
-        V = torch.as_tensor(np.ascontiguousarray(V, dtype=np.float32) if isinstance(V, np.ndarray) else V)
+        V = torch.from_numpy(np.array(V, dtype=np.float32)) if isinstance(V, np.ndarray) else torch.as_tensor(V)
         if V.ndim != 2 or V.shape[1] > V.shape[0]:
             raise SpectralError(f"a subspace basis must have shape (d, r) with r <= d, got {tuple(V.shape)}")
         self.V = V.float()
