@@ -1,4 +1,4 @@
-"""``python -m spectral.bench collect|analyse``: side-by-side measurements printed as tables.
+"""``python -m spectral.bench collect|analyse|retrain``: side-by-side measurements printed as tables.
 
 collect  seconds per step and peak memory of a non-private step, a DP step with per-sample
          clipping, with ghost clipping, and with ghost clipping plus store writes, as ratios to
@@ -6,6 +6,8 @@ collect  seconds per step and peak memory of a non-private step, a DP step with 
 analyse  our principal components vs sklearn randomized_svd, torch.svd_lowrank, scipy eigsh and
          the seed code's orthogonal iteration on a synthetic on-disk trajectory: time, passes,
          peak RSS, accuracy against an exact reference, and our time against a lower bound.
+retrain  seconds per DP step restricted to a top-r subspace (each mode) vs unrestricted, taking
+         turns on the same batches of the embedded default.
 """
 
 from __future__ import annotations
@@ -38,7 +40,16 @@ def main(argv=None):
     a.add_argument("--dir", type=Path, default=Path("runs/bench-analyse"), help="where the synthetic store lives")
     a.add_argument("--timeout", type=int, default=1800, help="seconds allowed per method")
     a.add_argument("--worker", help=argparse.SUPPRESS)
+    r = sub.add_parser("retrain", help="cost of subspace-restricted DP steps vs unrestricted")
+    r.add_argument("--ranks", type=int, nargs="+", default=[10, 100])
+    r.add_argument("--steps", type=int, default=8)
     args = parser.parse_args(argv)
+
+    if args.what == "retrain":
+        from . import retrain as bench_retrain
+
+        print(bench_retrain.run(tuple(args.ranks), steps=args.steps))
+        return
 
     if args.what == "analyse":
         from . import analyse as bench_analyse

@@ -149,8 +149,8 @@ def dimension_figure(frames: dict, stem, d_run: int | None = None, title: str = 
         ax.loglog(first.d, first.classical_factor, "--", color="0.3", label="classical G_0 √d")
         if d_run:
             ax.axvline(d_run, color="0.5", lw=0.8)
-            ax.annotate(f"this run: d = {d_run:,}", (d_run, ax.get_ylim()[1]), xytext=(-4, -4),
-                        textcoords="offset points", fontsize=8, color="0.3", rotation=90, ha="right", va="top")
+            ax.annotate(f"this run: d = {d_run:,}", (d_run, ax.get_ylim()[0]), xytext=(4, 6),
+                        textcoords="offset points", fontsize=8, color="0.3", rotation=90, ha="left", va="bottom")
         ax.set_xlabel("dimension d")
         ax.set_ylabel("dimension factor of the DP-GD risk bound")
         ax.set_title(title or "Dimension dependence implied by the measured G_k")
@@ -161,6 +161,15 @@ def dimension_figure(frames: dict, stem, d_run: int | None = None, title: str = 
 
 
 # ---------------------------------------------------------------------- 5. retraining
+def _setting_title(tag: str) -> str:
+    """``signal-public-nonprivate`` -> ``non-private; signal mode; subspace from public data``."""
+    parts = tag.split("-")
+    if len(parts) < 2:
+        return tag
+    privacy = "non-private" if "nonprivate" in parts[2:] else "DP"
+    return f"{privacy}; {parts[0]} mode; subspace from {'public data' if parts[1] == 'public' else 'the trajectory'}"
+
+
 def retrain_figure(history: pd.DataFrame, stem, metric: str = "accuracy", title: str = "") -> list[Path]:
     """Accuracy vs step per subspace rank and the unrestricted baseline, mean ± std over seeds;
     one panel per setting (e.g. ``signal-trajectory``, ``signal-trajectory-nonprivate``).
@@ -171,9 +180,13 @@ def retrain_figure(history: pd.DataFrame, stem, metric: str = "accuracy", title:
     stats = history.groupby(["setting", "variant", "step"], sort=False)[metric].agg(["mean", "std", "count"]).reset_index()
     stats["std"] = stats["std"].fillna(0.0)
     settings = list(dict.fromkeys(stats.setting))
-    with plt.rc_context({**STYLE, "figure.figsize": (4.6 * len(settings) + 0.6, 4.0)}):
-        fig, axes = plt.subplots(1, len(settings), sharey=True, squeeze=False)
-        for ax, setting in zip(axes[0], settings):
+    cols = min(len(settings), 2)
+    rows = -(-len(settings) // cols)
+    with plt.rc_context({**STYLE, "figure.figsize": (4.8 * cols + 0.6, 3.6 * rows + 0.4)}):
+        fig, axes = plt.subplots(rows, cols, sharey=True, squeeze=False)
+        for ax in axes.flat[len(settings):]:
+            ax.set_visible(False)
+        for ax, setting in zip(axes.flat, settings):
             variants = list(dict.fromkeys(stats[stats.setting == setting].variant))
             for i, variant in enumerate(variants):
                 g = stats[(stats.setting == setting) & (stats.variant == variant)]
@@ -181,20 +194,30 @@ def retrain_figure(history: pd.DataFrame, stem, metric: str = "accuracy", title:
                 ax.plot(g.step, g["mean"], marker=MARKERS[i % len(MARKERS)], ms=3.5, color=color, label=variant)
                 ax.fill_between(g.step, g["mean"] - g["std"], g["mean"] + g["std"], color=color, alpha=0.15, lw=0)
             ax.set_xlabel("training step")
-            ax.set_title(setting.replace("-", ", ") if setting else "")
+            ax.set_title(_setting_title(setting))
             ax.legend(loc="upper left")
-        axes[0][0].set_ylabel(f"dev {metric} (mean ± std over seeds)")
+        for row in axes:
+            row[0].set_ylabel(f"dev {metric}\n(mean ± std over seeds)")
         fig.suptitle(title or "Retraining with updates restricted to the top-r gradient subspace")
     return _save(fig, stem, {"": stats})
 
 
 # ---------------------------------------------------------------------- 6. toy
 def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
-    """Train and test loss vs d per decay mode (mean ± std over seeds at the best (T, lr))."""
-    with plt.rc_context({**STYLE, "figure.figsize": (10.0, 4.0)}):
-        fig, axes = plt.subplots(1, 2, sharey=True)
+    """Train and test loss vs d per decay mode (mean ± std over seeds at the best (T, lr)).
+
+    Rows whose mode is not one of the five decay modes (e.g. "const as in the seed code") get a
+    third panel of their own, on a log scale beside the correct const mode, so that their very
+    different scale does not flatten the others.
+    """
+    from ..toy.geomedian import MODES
+
+    main, extra = best[best["mode"].isin(MODES)], best[~best["mode"].isin(MODES)]
+    panels = 3 if len(extra) else 2
+    with plt.rc_context({**STYLE, "figure.figsize": (5.0 * panels, 4.0)}):
+        fig, axes = plt.subplots(1, panels)
         for ax, split in zip(axes, ("train", "test")):
-            for i, (mode, g) in enumerate(best.groupby("mode", sort=False)):
+            for i, (mode, g) in enumerate(main.groupby("mode", sort=False)):
                 ax.errorbar(g.d, g[f"{split}_mean"], yerr=g[f"{split}_std"], marker=MARKERS[i], ms=4, capsize=2,
                             color=COLORS[i], label=mode)
             ax.set_xscale("log")
@@ -202,5 +225,16 @@ def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
             ax.set_ylabel(f"{split} loss F(β̄) of the averaged iterate")
             ax.set_title(f"{split} loss")
         axes[0].legend(title="coefficient decay", loc="upper left")
+        if len(extra):
+            ax = axes[2]
+            for i, (mode, g) in enumerate(pd.concat([main[main["mode"] == "const"], extra]).groupby("mode", sort=False)):
+                ax.errorbar(g.d, g.test_mean, yerr=g.test_std, marker=MARKERS[i], ms=4, capsize=2,
+                            color=COLORS[0] if mode == "const" else COLORS[5], label=mode)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("dimension d")
+            ax.set_ylabel("test loss F(β̄) (log scale)")
+            ax.set_title("const: a_j = g0 vs the seed code's g0·j")
+            ax.legend(loc="upper left")
         fig.suptitle(title or "Private geometric median: loss vs dimension (best T, lr per point)")
     return _save(fig, stem, {"": best})

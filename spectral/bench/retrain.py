@@ -1,0 +1,58 @@
+"""Per-step cost of restricting DP updates to a top-r subspace, against unrestricted DP steps.
+
+Unrestricted and restricted engines (same model, same batches) take turns step by step, so slow
+drifts of the machine hit both alike. The subspace is a random orthonormal d × r basis: the cost
+does not depend on which subspace it is.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..collect.config import CollectConfig
+from ..collect.run import prepare
+from ..retrain import CoordinateEngine, Subspace
+
+
+def run(ranks=(10, 100), modes=("signal", "signal+noise", "coordinates"), steps: int = 8, warmup: int = 2) -> str:
+    cfg = CollectConfig(steps=steps + warmup, eval_every=0).validate()
+    base = prepare(cfg)
+    variants = {"unrestricted": base}
+    d = base.d
+    for r in ranks:
+        Q, _ = np.linalg.qr(np.random.default_rng(r).standard_normal((d, r)).astype(np.float32))
+        sub = Subspace(Q)
+        for mode in modes:
+            t = prepare(cfg, engine=mode != "coordinates")
+            if mode == "coordinates":
+                t.engine = CoordinateEngine(t.model, sub, optimizer=cfg.optimizer, lr=cfg.lr,
+                                            noise_multiplier=t.plan.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
+                                            expected_batch_size=t.plan.batch_size, seed=cfg.seed)
+            else:
+                t.engine.restrict(sub.project, mode)
+            variants[f"rank {r}, {mode}"] = t
+            x = torch.randn(d)
+            t0 = time.perf_counter()
+            for _ in range(20):
+                sub.project(x)
+            variants[f"rank {r}, {mode}"].project_ms = (time.perf_counter() - t0) / 20 * 1e3
+    seconds = {name: [] for name in variants}
+    for step in range(steps + warmup):
+        for name, t in variants.items():
+            chunks = t.chunks(step)
+            t0 = time.perf_counter()
+            t.engine.step(chunks, cfg.learning_rate(step))
+            if step >= warmup:
+                seconds[name].append(time.perf_counter() - t0)
+    ref = float(np.median(seconds["unrestricted"]))
+    lines = [f"DP step on {cfg.model} ({cfg.params}, d={d:,}, batch {cfg.batch_size}, {cfg.clipping} clipping); "
+             f"median of {steps} steps, variants taking turns on the same batches", "",
+             "| variant | s / step | vs unrestricted | one projection V(Vᵀg) |", "|---|---|---|---|"]
+    for name, times in seconds.items():
+        med = float(np.median(times))
+        proj = getattr(variants[name], "project_ms", None)
+        lines.append(f"| {name} | {med:.3f} | {med / ref:.3f}x | {f'{proj:.1f} ms' if proj is not None else ''} |")
+    return "\n".join(lines)
