@@ -12,6 +12,7 @@ Examples
   python -m spectral.analyse runs/demo --k 100
   python -m spectral.analyse runs/demo --k 500 --method randomized --max-memory 4G
   python -m spectral.analyse runs/demo --k 50 --stream private --centered
+  python -m spectral.analyse runs/demo --k 100 --dask local:2          # or --dask tcp://scheduler:8786
 """
 
 from __future__ import annotations
@@ -50,14 +51,22 @@ def main(argv=None):
                         help="held-out G_k: fit on first half / even steps, measure the rest [half]")
     parser.add_argument("--slq", action="store_true", help="also estimate the full spectral density (SLQ)")
     parser.add_argument("--out", type=Path, help="output directory [RUN_DIR/analysis/STREAM]")
+    parser.add_argument("--dask", metavar="SPEC",
+                        help="run the passes on a dask cluster: local:N (N worker processes here) or tcp://HOST:PORT")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
     store = open_store(args.run_dir)
     out = args.out or args.run_dir / "analysis" / args.stream
     out.mkdir(parents=True, exist_ok=True)
+    client = None
+    if args.dask:
+        from .distributed import connect
+
+        client = connect(args.dask)
+        print(f"dask: {client}")
     kw = dict(stream=args.stream, method=args.method, centered=args.centered, max_memory=args.max_memory,
-              progress=not args.no_progress)
+              progress=not args.no_progress, client=client)
     # per-pass checkpoints: an interrupted run continues; a finished Gram serves any later k
     spec = principal_components(store, args.k, components_out=out / "components.npy",
                                 checkpoint_dir=out / "checkpoints", **kw)
@@ -82,6 +91,8 @@ def main(argv=None):
     print(json.dumps({k: summary[k] for k in ("method", "k", "n", "d", "passes", "seconds", "max_residual",
                                                "captured_energy")}))
     print(f"results in {out}")
+    if client is not None:
+        client.close()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,15 @@ def default_memory() -> int:
     return int(psutil.virtual_memory().available // 4)
 
 
+def trajectory_matrix(source, stream="clipped", rows=None, max_memory=None, progress=False, client=None):
+    """A :class:`TrajectoryMatrix`, or its dask counterpart when a ``dask.distributed`` client is given."""
+    if client is not None:
+        from .distributed import DaskTrajectoryMatrix
+
+        return DaskTrajectoryMatrix(source, stream, rows=rows, client=client, progress=progress)
+    return TrajectoryMatrix(source, stream, rows=rows, max_memory=max_memory, progress=progress)
+
+
 class TrajectoryMatrix:
     """H (n, d) from a :class:`spectral.store.Store` stream or an in-memory array.
 

@@ -29,7 +29,7 @@ import scipy.linalg
 import scipy.sparse.linalg
 
 from ..errors import SpectralError
-from .matrix import TrajectoryMatrix, default_memory, load_checkpoint, save_checkpoint
+from .matrix import TrajectoryMatrix, default_memory, load_checkpoint, save_checkpoint, trajectory_matrix
 
 METHODS = ("auto", "gram", "randomized", "lanczos", "orthiter")
 
@@ -212,7 +212,7 @@ def _orthiter(M: TrajectoryMatrix, k, centered, iters, seed):
 def principal_components(source, k: int, *, stream: str = "clipped", method: str = "auto", centered: bool = False,
                          max_memory: int | None = None, components_out=None, oversample: int = 10, n_iter: int = 4,
                          orthiter_iters: int = 10, seed: int = 0, rows=None, progress: bool = False,
-                         checkpoint_dir=None) -> Spectrum:
+                         checkpoint_dir=None, client=None) -> Spectrum:
     """Top-k principal components of a trajectory.
 
     Parameters
@@ -228,6 +228,8 @@ def principal_components(source, k: int, *, stream: str = "clipped", method: str
     checkpoint_dir : directory for per-pass checkpoints ("gram": the partial Gram sum, saved
         every minute; "randomized": the basis after each iteration). A rerun on the same data
         continues from them; a completed Gram is reused, so another k costs one pass.
+    client : a ``dask.distributed.Client``: every pass runs blockwise on its workers
+        (see :mod:`spectral.analyse.distributed`); checkpoints are not used then.
 
     Returns
     -------
@@ -236,7 +238,7 @@ def principal_components(source, k: int, *, stream: str = "clipped", method: str
     if method not in METHODS:
         raise SpectralError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     budget = default_memory() if max_memory is None else int(max_memory)
-    M = TrajectoryMatrix(source, stream, rows=rows, max_memory=budget, progress=progress)
+    M = trajectory_matrix(source, stream, rows=rows, max_memory=budget, progress=progress, client=client)
     check_k(k, M.n, M.d, centered)
     reason = "requested"
     if method == "auto":
@@ -255,7 +257,7 @@ def principal_components(source, k: int, *, stream: str = "clipped", method: str
                         time.perf_counter() - t0, {"iterations": orthiter_iters})
 
     checkpoints = None
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and client is None:
         checkpoints = Path(checkpoint_dir)
         checkpoints.mkdir(parents=True, exist_ok=True)
     lam, U, apply, sq, trace = _solve_in_step_space(M, k, method, centered, oversample, n_iter, seed, checkpoints)

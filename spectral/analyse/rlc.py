@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SpectralError
-from .matrix import TrajectoryMatrix
+from .matrix import trajectory_matrix
 from .pca import Spectrum, principal_components
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -69,7 +69,8 @@ def held_out(source, k: int, *, stream="clipped", split="half", ks=None, **pca_k
     n = source.shape[0] if isinstance(source, np.ndarray) else source.n_steps
     fit, test = split_rows(n, split)
     spectrum = principal_components(source, k, stream=stream, rows=fit, **pca_kwargs)
-    M = TrajectoryMatrix(source, stream, rows=test, max_memory=pca_kwargs.get("max_memory"))
+    M = trajectory_matrix(source, stream, rows=test, max_memory=pca_kwargs.get("max_memory"),
+                          client=pca_kwargs.get("client"))
     scores = M.matmat(spectrum.components)
     sq, _ = M.norms()
     G = residual_norms(scores, sq, k_grid(k) if ks is None else ks)

@@ -1,4 +1,4 @@
-"""``python -m spectral.bench collect|analyse|retrain``: side-by-side measurements printed as tables.
+"""``python -m spectral.bench collect|analyse|dask|retrain``: side-by-side measurements printed as tables.
 
 collect  seconds per step and peak memory of a non-private step, a DP step with per-sample
          clipping, with ghost clipping, and with ghost clipping plus store writes, as ratios to
@@ -6,6 +6,7 @@ collect  seconds per step and peak memory of a non-private step, a DP step with 
 analyse  our principal components vs sklearn randomized_svd, torch.svd_lowrank, scipy eigsh and
          the seed code's orthogonal iteration on a synthetic on-disk trajectory: time, passes,
          peak RSS, accuracy against an exact reference, and our time against a lower bound.
+dask     the analyse stage single-process vs a local dask cluster (same store, same answer).
 retrain  seconds per DP step restricted to a top-r subspace (each mode) vs unrestricted, taking
          turns on the same batches of the embedded default.
 """
@@ -43,7 +44,19 @@ def main(argv=None):
     r = sub.add_parser("retrain", help="cost of subspace-restricted DP steps vs unrestricted")
     r.add_argument("--ranks", type=int, nargs="+", default=[10, 100])
     r.add_argument("--steps", type=int, default=8)
+    k = sub.add_parser("dask", help="analyse single-process vs a local dask cluster on a synthetic store")
+    k.add_argument("--n", type=int, default=1000)
+    k.add_argument("--d", type=int, default=200_000)
+    k.add_argument("--k", type=int, default=100)
+    k.add_argument("--workers", type=int, default=2)
+    k.add_argument("--dir", type=Path, default=Path("runs/bench-dask"))
     args = parser.parse_args(argv)
+
+    if args.what == "dask":
+        from . import dask as bench_dask
+
+        print(bench_dask.run(args.n, args.d, args.k, args.workers, args.dir))
+        return
 
     if args.what == "retrain":
         from . import retrain as bench_retrain

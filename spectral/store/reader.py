@@ -55,31 +55,53 @@ class Param:
     numel: int
 
 
-def _pread(arr: np.memmap, row_start: int, row_stop: int, col_start: int, col_stop: int, buf: np.ndarray) -> None:
-    """Fill ``buf`` with ``arr[row_start:row_stop, col_start:col_stop]`` of a row-major .npy memmap.
+def _pread(path, offset: int, width: int, row_start: int, row_stop: int, col_start: int, col_stop: int,
+           buf: np.ndarray) -> None:
+    """Fill ``buf`` with rows ``[row_start, row_stop)`` × columns ``[col_start, col_stop)`` of a row-major
+    array of ``width`` columns stored at byte ``offset`` of ``path`` (a .npy body), read with pread.
 
     Copying out of a fresh memory map costs a page fault per 4 KiB (several times the read
     itself on our machines); reading each row's contiguous run with pread does not.
     """
     rows, cols = row_stop - row_start, col_stop - col_start
-    item, width = arr.dtype.itemsize, arr.shape[1]
-    base = arr.offset + (row_start * width + col_start) * item
+    item = buf.dtype.itemsize
+    base = offset + (row_start * width + col_start) * item
     flat = memoryview(buf.reshape(-1)).cast("B")
     if cols == width:  # whole rows: one contiguous run
         runs = [(flat, base)]
     else:
         step = cols * item
         runs = ((flat[i * step : (i + 1) * step], base + i * width * item) for i in range(rows))
-    fd = os.open(arr.filename, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY)
     try:
-        for view, offset in runs:
+        for view, pos in runs:
             while len(view):
-                got = os.preadv(fd, [view], offset)
+                got = os.preadv(fd, [view], pos)
                 if got == 0:
-                    raise SpectralError(f"{arr.filename} ended early (truncated shard)")
-                view, offset = view[got:], offset + got
+                    raise SpectralError(f"{path} ended early (truncated shard)")
+                view, pos = view[got:], pos + got
     finally:
         os.close(fd)
+
+
+class ShardReader:
+    """One shard as a lazily read, picklable array-like (shape, dtype, ``__getitem__``): what
+    ``dask.array.from_array`` needs to read chunks on the workers, without copying the store."""
+
+    def __init__(self, path, offset: int, shape: tuple, storage: str, dtype=np.float32):
+        self.path, self.offset, self.shape, self.storage = str(path), int(offset), tuple(shape), storage
+        self.dtype, self.ndim = np.dtype(dtype), 2
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        r0, r1, rs = rows.indices(self.shape[0])
+        c0, c1, cs = cols.indices(self.shape[1])
+        if rs != 1 or cs != 1:
+            raise IndexError("a ShardReader reads contiguous blocks only")
+        raw = np.empty((max(r1 - r0, 0), max(c1 - c0, 0)), dtype=STORAGE_DTYPES[self.storage])
+        if raw.size:
+            _pread(self.path, self.offset, self.shape[1], r0, r1, c0, c1, raw)
+        return from_storage(raw, self.storage, self.dtype)
 
 
 class Store:
@@ -181,11 +203,12 @@ class Store:
             lo, hi = max(start, row_start), min(stop, row_stop)
             if lo < hi:
                 dest = out[lo - row_start : hi - row_start]
+                where = (arr.filename, arr.offset, arr.shape[1], lo - start, hi - start, col_start, col_stop)
                 if stored == out.dtype:
-                    _pread(arr, lo - start, hi - start, col_start, col_stop, dest)
+                    _pread(*where, dest)
                     continue
                 raw = self._scratch(stored, (hi - lo, shape[1]))
-                _pread(arr, lo - start, hi - start, col_start, col_stop, raw)
+                _pread(*where, raw)
                 dest[:] = from_storage(raw, self.dtype, dtype) if self.dtype == "bfloat16" else raw
         return out
 
@@ -195,6 +218,24 @@ class Store:
         if getattr(self, "_scratch_buf", None) is None or self._scratch_buf.size < size:
             self._scratch_buf = np.empty(size, dtype=np.uint8)
         return self._scratch_buf[:size].view(dtype).reshape(shape)
+
+    def to_dask(self, stream: str, block_cols: int | None = None, dtype=np.float32):
+        """The stream as a ``dask.array`` of shape (n_steps, d), chunked as shards × column blocks.
+
+        Nothing is copied: each chunk is read (pread) by whichever worker computes with it, so the
+        store must be on a file system the workers share. ``block_cols`` defaults to ~64 MiB chunks.
+        """
+        import dask.array as da
+
+        self._check_stream(stream)
+        parts = []
+        for start, stop, arr in self.shards(stream):
+            rows = stop - start
+            cols = block_cols or max(1, min(self.d, (64 * 2**20) // (max(rows, 1) * np.dtype(dtype).itemsize)))
+            reader = ShardReader(arr.filename, arr.offset, arr.shape, self.dtype, dtype)
+            parts.append(da.from_array(reader, chunks=(rows, cols), asarray=False, fancy=False,
+                                       name=f"spectral-{stream}-{arr.filename}-{cols}-{np.dtype(dtype).name}"))
+        return da.concatenate(parts, axis=0) if parts else da.zeros((0, self.d), dtype=dtype)
 
     def iter_row_blocks(self, stream: str, block_rows: int, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` for consecutive row blocks of at most ``block_rows`` steps."""
