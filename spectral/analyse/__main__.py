@@ -51,7 +51,7 @@ def main(argv=None):
                         help="held-out G_k: fit on first half / even steps, measure the rest [half]")
     parser.add_argument("--slq", action="store_true", help="also estimate the full spectral density (SLQ)")
     parser.add_argument("--out", type=Path, help="output directory [RUN_DIR/analysis/STREAM]")
-    parser.add_argument("--dask", metavar="SPEC",
+    parser.add_argument("--dask", "--scheduler", dest="dask", metavar="SPEC",
                         help="run the passes on a dask cluster: local:N (N worker processes here) or tcp://HOST:PORT")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
