@@ -1,0 +1,54 @@
+"""LoRA's implicit noise: the variance formula against Monte Carlo, Gaussianity, the study script."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spectral.analyse import lora
+
+
+@pytest.mark.parametrize("r", [1, 4, 16])
+def test_deviation_variance_matches_monte_carlo(r):
+    rng = np.random.default_rng(r)
+    G = rng.standard_normal((5, 12)) * np.linspace(0.2, 2.0, 12)  # uneven columns: the G_ij² term matters
+    draws = np.stack([lora.deviation(G, lora.random_a(r, 12, rng)) for _ in range(40_000)])
+    np.testing.assert_allclose(draws.mean(0), 0.0, atol=5 * np.sqrt(lora.deviation_variance(G, r).max() / 40_000))
+    np.testing.assert_allclose(draws.var(0), lora.deviation_variance(G, r), rtol=0.05)
+    # the deviation is G (AᵀA − I) computed without AᵀA
+    A = lora.random_a(r, 12, rng)
+    np.testing.assert_allclose(lora.deviation(G, A), G @ (A.T @ A - np.eye(12)), atol=1e-12)
+
+
+def test_gaussianity_and_equivalent_sigma():
+    rng = np.random.default_rng(0)
+    G = rng.standard_normal((200, 300))
+    var = lora.deviation_variance(G, 64)
+    g = lora.gaussianity(lora.deviation(G, lora.random_a(64, 300, rng)), var)
+    assert g["ks_statistic"] < 0.02 and abs(g["std"] - 1) < 0.02 and g["histogram_overlap"] > 0.95
+    heavy = lora.gaussianity(rng.standard_t(2, size=(200, 300)), np.ones((200, 300)))
+    assert heavy["ks_statistic"] > g["ks_statistic"]  # the check can tell a heavy tail apart
+    sigma = lora.equivalent_noise_multiplier(np.full((3, 3), 4e-6), max_grad_norm=0.1, batch_size=64)
+    assert sigma == pytest.approx(2e-3 * 64 / 0.1)
+
+
+def test_study_script_runs_on_a_store(tmp_path):
+    import spectral.store as store
+    from conftest import REPO, run_cli
+
+    rng = np.random.default_rng(0)
+    layout = [{"name": "w", "shape": [10, 30], "offset": 0, "numel": 300}, {"name": "b", "shape": [10], "offset": 300, "numel": 10}]
+    w = store.StoreWriter.create(tmp_path / "run", layout=layout, streams=["clipped"], dtype="float32", shard_rows=8,
+                                 meta={"dp": {"max_grad_norm": 0.1, "batch_size": 16}})
+    for i in range(24):
+        w.append(i, {"clipped": (rng.standard_normal(310) * np.r_[np.linspace(1, 0.1, 300), np.ones(10)]).astype(np.float32)},
+                 {"loss": 0.0})
+    w.commit(status="complete")
+    w.close()
+    proc = run_cli("experiments.lora_noise", tmp_path / "run", "--steps", "4", "--ranks", "1", "4", "--draws", "2",
+                   "--spectrum-rank", "2", "--out", tmp_path / "lora")
+    assert proc.returncode == 0, proc.stderr
+    table = np.genfromtxt(tmp_path / "lora" / "lora_variance.csv", delimiter=",", names=True)
+    assert list(table["rank"]) == [1, 4] and table["rms_deviation"][1] < table["rms_deviation"][0]
+    assert (tmp_path / "lora" / "lora_noise.png").stat().st_size > 10_000
+    assert REPO.joinpath("experiments", "lora_noise.py").is_file()
