@@ -52,3 +52,24 @@ def test_study_script_runs_on_a_store(tmp_path):
     assert list(table["rank"]) == [1, 4] and table["rms_deviation"][1] < table["rms_deviation"][0]
     assert (tmp_path / "lora" / "lora_noise.png").stat().st_size > 10_000
     assert REPO.joinpath("experiments", "lora_noise.py").is_file()
+
+
+def test_public_projector_curve_equals_in_sample_for_the_own_components(tmp_path):
+    """G_k under a given basis: with the trajectory's own components it is the in-sample curve;
+    with a random basis almost nothing is captured."""
+    import importlib
+
+    from spectral.analyse import principal_components, rlc
+    from test_analyse import power_law_trajectory, write_store
+
+    study = importlib.import_module("experiments.public_subspace")
+    H = power_law_trajectory(n=40, d=800, seed=7)
+    s = write_store(tmp_path / "s", H)
+    spec = principal_components(s, 10)
+    ks = [0, 1, 5, 10]
+    own = study.projector_curve(s, np.asarray(spec.components), ks)
+    pd_expected = rlc.summarize(rlc.in_sample(spec, ks))
+    np.testing.assert_allclose(own.rms, pd_expected.rms, rtol=1e-5)
+    Q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((800, 10)))
+    rand = study.projector_curve(s, Q, ks)
+    assert rand.rms.iloc[-1] > 0.9 * rand.rms.iloc[0] and own.rms.iloc[-1] < 0.5 * own.rms.iloc[0]
