@@ -55,6 +55,12 @@ def _needs_explicit_positions(model) -> bool:
     )
 
 
+def add_position_ids(inputs: dict) -> dict:
+    """``inputs`` with explicit (B, L) position ids (see :func:`_needs_explicit_positions`)."""
+    batch, length = inputs["input_ids"].shape
+    return {**inputs, "position_ids": torch.arange(length).repeat(batch, 1)}
+
+
 def _flat(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
@@ -162,8 +168,7 @@ class DPEngine:
         losses, norms, n = [], [], 0
         for i, (inputs, labels) in enumerate(chunks):
             if self._explicit_positions:
-                batch, length = inputs["input_ids"].shape
-                inputs = {**inputs, "position_ids": torch.arange(length).repeat(batch, 1)}
+                inputs = add_position_ids(inputs)
             logits = self.module(**inputs).logits
             loss = self.criterion(logits, labels)
             loss.backward()

@@ -13,7 +13,8 @@ import math
 import torch
 from opacus.grad_sample import GradSampleModule
 
-from ..collect.engine import NonFiniteGradient, StepOutput, _flat, _needs_explicit_positions, evaluate
+from ..collect.engine import (NonFiniteGradient, StepOutput, _flat, _needs_explicit_positions, add_position_ids,
+                              evaluate)
 from .subspace import Subspace
 
 
@@ -43,8 +44,7 @@ class CoordinateEngine:
         losses, norms, n = [], [], 0
         for inputs, labels in chunks:
             if self._explicit_positions:
-                batch, length = inputs["input_ids"].shape
-                inputs = {**inputs, "position_ids": torch.arange(length).repeat(batch, 1)}
+                inputs = add_position_ids(inputs)
             loss = torch.nn.functional.cross_entropy(self.module(**inputs).logits, labels, reduction="sum")
             loss.backward()
             per_example = torch.cat([p.grad_sample.reshape(len(labels), -1) for p in self.params], dim=1)

@@ -162,13 +162,11 @@ def retrain(config: RetrainConfig, out=None, progress: bool = True, overwrite: b
                 continue
             subspace = None
             if rank is not None:
-                if config.subspace_from == "trajectory":
-                    subspace = Subspace.from_analysis(config.components, rank)
-                else:
-                    if "public" not in bases:
-                        bases["public"] = public_subspace(base, public, dev, max(config.ranks), config.public_steps,
-                                                          progress)
-                    subspace = Subspace(bases["public"].V[:, :rank])
+                if "basis" not in bases:  # the top max(ranks) components, loaded or estimated once
+                    bases["basis"] = (Subspace.from_analysis(config.components, max(config.ranks))
+                                      if config.subspace_from == "trajectory" else
+                                      public_subspace(base, public, dev, max(config.ranks), config.public_steps, progress))
+                subspace = Subspace(bases["basis"].V[:, :rank])
             cfg = replace(base, seed=base.seed + seed)
             evals, per_step = train_variant(cfg, (train, dev), subspace, config.mode, progress, f"{name} seed {seed}")
             rows = pd.DataFrame([{"setting": config.tag, "variant": name, "rank": rank if rank else 0,

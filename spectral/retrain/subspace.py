@@ -20,7 +20,7 @@ class Subspace:
         V = torch.from_numpy(np.array(V, dtype=np.float32)) if isinstance(V, np.ndarray) else torch.as_tensor(V)
         if V.ndim != 2 or V.shape[1] > V.shape[0]:
             raise SpectralError(f"a subspace basis must have shape (d, r) with r <= d, got {tuple(V.shape)}")
-        self.V = V.float()
+        self.V = V.float().contiguous()
 
     @property
     def d(self) -> int:

@@ -129,6 +129,7 @@ class Store:
         self._shards = m["shards"]
         self._starts = np.array([s["start"] for s in self._shards], dtype=np.int64)
         self._maps = {s: [self._open_shard(s, sh) for sh in self._shards] for s in self.streams}
+        self._scratch_buf = np.empty(0, dtype=np.uint8)
         if verify:
             self.verify()
 
@@ -215,7 +216,7 @@ class Store:
     def _scratch(self, dtype, shape) -> np.ndarray:
         """A reused raw read buffer (grown on demand)."""
         size = int(np.prod(shape)) * dtype.itemsize
-        if getattr(self, "_scratch_buf", None) is None or self._scratch_buf.size < size:
+        if self._scratch_buf.size < size:
             self._scratch_buf = np.empty(size, dtype=np.uint8)
         return self._scratch_buf[:size].view(dtype).reshape(shape)
 
