@@ -31,7 +31,7 @@ HELP = {
     "max_length": "truncate inputs to this many tokens",
     "pooling": "sentence representation: mean (over tokens), cls (the model's own head), auto (mean for "
                "sentence-transformers checkpoints such as the default)",
-    "params": "trained parameters: " + ", ".join(C.PARAM_SETS),
+    "params": "trained parameters: " + ", ".join(C.PARAM_SETS) + "; join sets with + (attention-qv+classifier)",
     "lora_rank": "rank of the LoRA adapters (--params lora)",
     "optimizer": "adam (DP-Adam) or sgd (DP-SGD)",
     "lr": "peak learning rate",
@@ -53,6 +53,8 @@ HELP = {
     "eval_size": "evaluate on the first N dev examples",
     "checkpoint_every": "commit rows and a resumable checkpoint every N steps",
     "shard_mb": "target shard size in MiB",
+    "init_from": "a finished run to start from (its trained weights; its privacy spending composes into this "
+                 "run's epsilon, so --epsilon is then the total budget)",
 }
 
 

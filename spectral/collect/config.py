@@ -33,7 +33,7 @@ class CollectConfig:
     train_size: int | None = None  # use only the first N training examples
     max_length: int = 128
     pooling: str = "auto"  # mean for sentence-transformers checkpoints, [CLS] head otherwise
-    params: str = "attention-qv"
+    params: str = "attention-qv"  # a set, or sets joined by "+" (e.g. "attention-qv+classifier")
     lora_rank: int = 8
     optimizer: str = "adam"
     lr: float = 5e-4
@@ -55,14 +55,22 @@ class CollectConfig:
     eval_size: int | None = None  # evaluate on the first N dev examples
     checkpoint_every: int = 50
     shard_mb: int = 256
+    # start from the weights a finished run trained (e.g. linear probing, then fine-tuning); that
+    # run's privacy spending composes into this run's epsilon (it trained on the same data)
+    init_from: str | None = None
 
     def learning_rate(self, step: int) -> float:
         """The learning rate of step ``step`` (linear decay to 0 over ``steps``, or constant)."""
         return self.lr * (1 - step / self.steps) if self.lr_schedule == "linear" else self.lr
 
     def validate(self) -> "CollectConfig":
+        parts = self.params.split("+")
+        if any(part not in PARAM_SETS for part in parts) or len(set(parts)) != len(parts) or (
+                "lora" in parts and len(parts) > 1):
+            raise SpectralError(f"unknown params {self.params!r}; choose from {', '.join(PARAM_SETS)}, or join "
+                                "sets other than lora with '+' (e.g. attention-qv+classifier)")
         choices = {
-            "params": PARAM_SETS, "clipping": CLIPPING, "sampling": SAMPLING, "accountant": ACCOUNTANTS,
+            "clipping": CLIPPING, "sampling": SAMPLING, "accountant": ACCOUNTANTS,
             "optimizer": OPTIMIZERS, "pooling": POOLING, "lr_schedule": SCHEDULES, "dtype": DTYPES,
         }
         for name, allowed in choices.items():

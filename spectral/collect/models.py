@@ -5,6 +5,7 @@ Trainable parameter sets (``--params``):
   ``attention-qv``  attention query/value weights and biases only (the paper's choice)
   ``classifier``    the classification head only (linear probing)
   ``lora``          LoRA adapters (peft) on the attention query/value projections
+Sets other than ``lora`` combine with ``+``: ``attention-qv+classifier`` trains both.
 """
 
 from __future__ import annotations
@@ -130,14 +131,11 @@ def select_trainable(model: torch.nn.Module, params: str, lora_rank: int = 8) ->
         for n, p in model.named_parameters():
             p.requires_grad_("lora_" in n)
         return model
-    if params == "all":
-        keep = lambda n: True  # noqa: E731
-    elif params == "attention-qv":
-        keep = QV_PATTERN.search
-    elif params == "classifier":
-        keep = HEAD_PATTERN.search
-    else:
+    patterns = {"all": lambda n: True, "attention-qv": QV_PATTERN.search, "classifier": HEAD_PATTERN.search}
+    parts = params.split("+")
+    if any(part not in patterns for part in parts):
         raise SpectralError(f"unknown parameter set {params!r}")
+    keep = lambda n: any(patterns[part](n) for part in parts)  # noqa: E731
     chosen = [n for n in names if keep(n)]
     if not chosen:
         raise SpectralError(f"parameter set {params!r} matches no parameter of this model")

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +16,13 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..errors import SpectralError
 from ..store import StoreWriter, read_manifest, remove_store
+from ..store import open as open_store
 from ..store.format import STORAGE_DTYPES, shard_rows_for
 from .config import CollectConfig
 from .data import TextData, load_data
 from .engine import DPEngine, NonFiniteGradient
 from .models import load_model, parameter_layout, resolve_model, select_trainable
-from .privacy import PrivacyLedger, PrivacyPlan, batch_indices, plan_privacy
+from .privacy import PrivacyLedger, PrivacyPlan, batch_indices, compose_epsilon, plan_privacy
 
 
 class Batcher:
@@ -83,6 +84,26 @@ def check_disk(out: Path, cfg: CollectConfig, d: int) -> int:
     return projected
 
 
+def load_init(model: torch.nn.Module, path, model_source: str) -> list:
+    """Copy into ``model`` the weights trained by the finished run at ``path`` (and by the runs it
+    continued, oldest first); returns the privacy history they spent."""
+    prior = open_store(path)
+    cfg = prior.manifest.get("config", {})
+    if prior.manifest.get("status") != "complete":
+        raise SpectralError(f"init-from: {path} is not a finished run (status {prior.manifest.get('status')!r})")
+    if prior.manifest.get("model", {}).get("source") != model_source:
+        raise SpectralError(f"init-from: {path} trained {prior.manifest.get('model', {}).get('source')}, not {model_source}")
+    if cfg.get("init_from"):
+        load_init(model, cfg["init_from"], model_source)
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in prior.trained_weights().items():
+            if name not in own or tuple(own[name].shape) != value.shape:
+                raise SpectralError(f"init-from: {path} trained {name} {list(value.shape)}, which this model does not have")
+            own[name].copy_(torch.from_numpy(np.array(value)))
+    return prior.privacy_history()
+
+
 @dataclass
 class Training:
     """Everything a DP training loop needs, built from a :class:`CollectConfig` (see :func:`prepare`)."""
@@ -109,7 +130,9 @@ class Training:
         c, p = self.cfg, self.plan
         return (f"{c.model} ({c.params}: {self.d:,} of {self.n_total:,} parameters trained), {self.n_train:,} training "
                 f"examples, sigma={p.noise_multiplier:.4f}, C={c.max_grad_norm}, q={p.sample_rate:.5f}, "
-                f"delta={p.delta:.3g}, {c.clipping} clipping")
+                f"delta={p.delta:.3g}, {c.clipping} clipping"
+                + (f", from {c.init_from} (which spent epsilon={compose_epsilon(p.prior, p.delta, p.accountant):.2f})"
+                   if c.init_from else ""))
 
 
 def prepare(cfg: CollectConfig, plan: PrivacyPlan | None = None, split=None, engine: bool = True) -> Training:
@@ -119,7 +142,6 @@ def prepare(cfg: CollectConfig, plan: PrivacyPlan | None = None, split=None, eng
     split : optional ``(train, dev)`` :class:`TextData` to use instead of loading ``cfg.data``
     engine : build the :class:`DPEngine` (False: the caller wraps ``model`` in its own engine)
     """
-    warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
     warnings.filterwarnings("ignore", message=".*(full_backward_hook|Using a non-full backward hook).*")
     torch.manual_seed(cfg.seed)
     if split is None:
@@ -131,12 +153,13 @@ def prepare(cfg: CollectConfig, plan: PrivacyPlan | None = None, split=None, eng
         raise SpectralError("the dev split is empty; pass --eval-every 0 to train without evaluation")
     model, tokenizer = load_model(cfg.model, num_labels=len(data_info["classes"]), seed=cfg.seed, pooling=cfg.pooling)
     n_total, pooling = sum(p.numel() for p in model.parameters()), model.pooling
+    prior = load_init(model, cfg.init_from, resolve_model(cfg.model)) if cfg.init_from else []
     model = select_trainable(model, cfg.params, cfg.lora_rank)
     layout = parameter_layout(model)
     if plan is None:
         plan = plan_privacy(sampling=cfg.sampling, accountant=cfg.accountant, n_train=len(train),
                             batch_size=cfg.batch_size, steps=cfg.steps, max_grad_norm=cfg.max_grad_norm,
-                            epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=cfg.noise_multiplier)
+                            epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=cfg.noise_multiplier, prior=prior)
     expected_batch = plan.sample_rate * plan.n_train if cfg.sampling == "poisson" else cfg.batch_size
     engine = DPEngine(model, clipping=cfg.clipping, optimizer=cfg.optimizer, lr=cfg.lr,
                       noise_multiplier=plan.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
@@ -160,6 +183,8 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
             print(f"{out}: already complete ({manifest['n_steps']} steps); nothing to resume")
             return out
     cfg.validate()
+    if cfg.init_from and manifest is None:
+        cfg = replace(cfg, init_from=str(Path(cfg.init_from).expanduser().resolve()))  # named from anywhere
     t = prepare(cfg, plan=PrivacyPlan(**{k: v for k, v in manifest["dp"].items()
                                           if k not in ("sample_rate", "steps_per_epoch")}) if manifest else None)
     model, engine, plan, d = t.model, t.engine, t.plan, t.d

@@ -19,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+from safetensors.numpy import load as st_load
 
 from ..errors import SpectralError
 from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, STEPS_TABLE, STORAGE_DTYPES, from_storage, shard_path
@@ -254,6 +255,33 @@ class Store:
         if row.shape != (self.d,):
             raise SpectralError(f"row has shape {row.shape}, expected ({self.d},)")
         return {p.name: row[p.offset : p.offset + p.numel].reshape(p.shape) for p in self.layout}
+
+    # ------------------------------------------------------------------ training state
+    def checkpoint(self) -> tuple[dict, dict]:
+        """The training state of the last commit: ``(arrays by name, JSON metadata)`` (safetensors, no pickle)."""
+        base = self.manifest.get("checkpoint")
+        if not base:
+            raise SpectralError(f"{self.root} has no checkpoint (no step was committed)")
+        base = self.root / base
+        try:
+            return st_load(base.with_suffix(".safetensors").read_bytes()), json.loads(base.with_suffix(".json").read_text())
+        except (OSError, ValueError) as exc:
+            raise SpectralError(f"{self.root}: checkpoint {base.name} is unreadable ({exc})") from None
+
+    def trained_weights(self) -> dict:
+        """The trained parameters after the last committed step, ``{name: array of its shape}``."""
+        tensors, _ = self.checkpoint()
+        return {p.name: tensors[f"param.{i}"].reshape(p.shape) for i, p in enumerate(self.layout)}
+
+    def privacy_history(self) -> list:
+        """Every mechanism spent on the training data up to the last commit, including the runs this
+        one continued: ``[(noise_multiplier, sample_rate, count), ...]`` (sigma 0: no privacy)."""
+        dp = self.manifest.get("dp", {})
+        _, meta = self.checkpoint()
+        own = [tuple(h) for h in meta.get("accountant", [])]
+        if not own and dp.get("noise_multiplier") == 0 and self.n_steps:
+            own = [(0.0, dp["sample_rate"], self.n_steps)]  # stores written before sigma-0 steps were recorded
+        return [tuple(h) for h in dp.get("prior", [])] + own
 
     # ------------------------------------------------------------------ tables
     def table(self, name: str) -> pd.DataFrame:
