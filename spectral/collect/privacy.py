@@ -23,9 +23,13 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from ..errors import SpectralError
 
-# Opacus warns when the best RDP order sits at the edge of its grid; the bound is still valid, and
-# widening the grid to order 1024 leaves our small-sigma epsilons unchanged (checked at sigma 0.42).
-warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
+
+def _quiet(fn, **kwargs):
+    # Opacus warns when the best RDP order sits at the edge of its grid; the bound is still valid, and
+    # widening the grid to order 1024 leaves our small-sigma epsilons unchanged (checked at sigma 0.42)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
+        return fn(**kwargs)
 
 
 @dataclass
@@ -71,7 +75,7 @@ def compose_epsilon(history, delta: float, accountant: str = "rdp") -> float:
         return 0.0
     acc = create_accountant(accountant)
     acc.history = history
-    return float(acc.get_epsilon(delta=delta))
+    return float(_quiet(acc.get_epsilon, delta=delta))
 
 
 def _calibrate_after(prior, epsilon, delta, sample_rate, mechanisms, accountant, tolerance=0.005) -> float:
@@ -112,7 +116,8 @@ def plan_privacy(*, sampling, accountant, n_train, batch_size, steps, max_grad_n
                                                  plan.mechanisms(steps), accountant)
         return plan
     try:
-        plan.noise_multiplier = float(get_noise_multiplier(
+        plan.noise_multiplier = float(_quiet(
+            get_noise_multiplier,
             target_epsilon=epsilon, target_delta=delta, sample_rate=plan.sample_rate,
             steps=plan.mechanisms(steps), accountant=accountant, epsilon_tolerance=0.005))
     except ValueError as exc:
