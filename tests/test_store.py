@@ -84,6 +84,16 @@ def test_commit_is_the_unit_of_durability(tmp_path):
     assert len(list((tmp_path / "run/checkpoint").iterdir())) == 2  # one checkpoint (.safetensors + .json)
 
 
+def test_a_run_that_has_just_started_reads_as_empty(tmp_path):
+    """A store opened before its first commit (a run in progress) has empty tables, not an error."""
+    w = write(tmp_path / "run", np.zeros((0, D), np.float32), close=False)
+    s = store.open(tmp_path / "run")
+    assert s.n_steps == 0 and len(s.steps) == 0
+    with pytest.raises(SpectralError, match="no table 'eval'"):  # not logged yet
+        s.table("eval")
+    w.close()
+
+
 def test_truncated_shard_is_detected(tmp_path):
     write(tmp_path / "run", np.ones((6, D), np.float32))
     shard = sorted((tmp_path / "run/streams/clipped").iterdir())[1]

@@ -287,9 +287,10 @@ class Store:
     def table(self, name: str) -> pd.DataFrame:
         """A per-step table (``steps``, ``eval``, ...) restricted to committed steps."""
         path = self.root / f"{name}.csv"
-        if name not in self.manifest["tables"] or not path.exists():
+        if name not in self.manifest["tables"]:
             raise SpectralError(f"{self.root} has no table {name!r}; it has {self.manifest['tables']}")
-        frame = pd.read_csv(path) if path.stat().st_size else pd.DataFrame({"step": []})
+        # a declared table is written with its first row: empty until then
+        frame = pd.read_csv(path) if path.exists() and path.stat().st_size else pd.DataFrame({"step": []})
         return frame[frame["step"] < self.n_steps].reset_index(drop=True)
 
     @cached_property
