@@ -10,6 +10,12 @@ composes the two phases: the FT store's final ε is the total. f = 0 is FT alone
 Every phase is a collect run with its gradients stored, so the spectra of LP and FT gradients
 come from the analyse stage (top components, held-out G_k) and the report stage's fits.
 
+Optimizers: LP uses DP-SGD (lr 100), FT the paper's DP-Adam (lr 5e-4). With C = 0.1 every
+example's head gradient (norm ~3.6) is clipped, so LP descends along normalized gradients whose
+size never shrinks; Adam then keeps stepping lr per coordinate and overshoots (dev accuracy 0.52-0.57
+at any lr from 1e-4 to 1e-2, with or without noise), while SGD with lr·C = 10 reaches 0.70-0.78 in
+10-40 steps even at ε = 1 (measured on cached features; see paper_repro.md).
+
     SPECTRAL_DATA=../shared/data python experiments/lp_ft.py runs/lp-ft      # CPU scale, ~40 min
 
 Rerunning continues: finished phases are kept, an interrupted one resumes.
@@ -80,20 +86,22 @@ def run_phase(cfg: CollectConfig, out: Path, progress: bool) -> Path:
     return collect(cfg, out, progress=progress)
 
 
-def run_point(base: CollectConfig, epsilon: float, f: float, steps: int, sigma: float, lp_lr: float, ft_lr: float,
-              ft_params: str, out: Path, progress: bool = True) -> dict:
-    """Train one (ε, f) point: LP then FT, each a stored collect run; returns its final evaluation."""
+def run_point(base: CollectConfig, epsilon: float, f: float, steps: int, sigma: float, lp: dict, ft: dict,
+              out: Path, progress: bool = True) -> dict:
+    """Train one (ε, f) point: LP then FT, each a stored collect run; returns its final evaluation.
+
+    lp, ft : the phases' own settings (``params``, ``optimizer``, ``lr``)
+    """
     lp_steps, ft_steps = phase_steps(steps, f)
     # one sigma for both phases; only the last phase is evaluated (on the dev split, the paper's test set)
     common = dict(noise_multiplier=sigma, epsilon=epsilon, checkpoint_every=steps)
     last = None
     if lp_steps:
-        cfg = replace(base, params="classifier", steps=lp_steps, lr=lp_lr, eval_every=0 if ft_steps else lp_steps,
-                      **common)
+        cfg = replace(base, **lp, steps=lp_steps, eval_every=0 if ft_steps else lp_steps, **common)
         last = run_phase(cfg.validate(), out / "lp", progress)
     if ft_steps:
-        cfg = replace(base, params=ft_params, steps=ft_steps, lr=ft_lr, eval_every=ft_steps,
-                      init_from=str(last) if last else None, **common)
+        cfg = replace(base, **ft, steps=ft_steps, eval_every=ft_steps, init_from=str(last) if last else None,
+                      **common)
         last = run_phase(cfg.validate(), out / "ft", progress)
     store = open_store(last)
     final = store.table("eval").iloc[-1]
@@ -170,8 +178,10 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=40, help="total steps T of both phases")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--physical-batch-size", type=int, default=64)
-    p.add_argument("--lp-lr", type=float, default=1e-2, help="Adam learning rate of the head (LP phase)")
-    p.add_argument("--ft-lr", type=float, default=5e-4, help="Adam learning rate of the FT phase")
+    p.add_argument("--lp-optimizer", default="sgd", help="optimizer of the LP phase (sgd or adam)")
+    p.add_argument("--lp-lr", type=float, default=100.0, help="learning rate of the LP phase")
+    p.add_argument("--ft-optimizer", default="adam", help="optimizer of the FT phase (adam or sgd)")
+    p.add_argument("--ft-lr", type=float, default=5e-4, help="learning rate of the FT phase")
     p.add_argument("--ft-params", default="attention-qv+classifier", help="parameters of the FT phase (e.g. all)")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--spectra-epsilon", type=float, help="ε whose phases' spectra are compared [the largest]")
@@ -193,13 +203,17 @@ def main(argv=None):
                        for e in args.epsilons], ignore_index=True)
     print(split.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
+    lp = dict(params="classifier", optimizer=args.lp_optimizer, lr=args.lp_lr)
+    ft = dict(params=args.ft_params, optimizer=args.ft_optimizer, lr=args.ft_lr)
+    for phase in (lp, ft):
+        replace(base, **phase).validate()  # a bad optimizer or parameter set fails before any training
     rows = []
     for seed in range(args.seeds):
         for b in split.itertuples():
             point = args.out / f"eps{b.epsilon:g}" / f"f{b.f:g}" / f"seed{seed}"
             print(f"ε = {b.epsilon:g}, f = {b.f:g}, seed {seed}: {b.lp_steps} LP + {b.ft_steps} FT steps, σ = {b.sigma:.4f}")
-            res = run_point(replace(base, seed=seed), b.epsilon, b.f, args.steps, b.sigma, args.lp_lr, args.ft_lr,
-                            args.ft_params, point, progress=not args.no_progress)
+            res = run_point(replace(base, seed=seed), b.epsilon, b.f, args.steps, b.sigma, lp, ft, point,
+                            progress=not args.no_progress)
             rows.append({**b._asdict(), "seed": seed, **res})
     utility = pd.DataFrame(rows).drop(columns="Index")
     print(utility[["epsilon", "f", "seed", "epsilon_spent", "test_accuracy", "test_loss"]].to_string(index=False))

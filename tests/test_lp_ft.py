@@ -130,6 +130,8 @@ def test_study_script_runs_and_resumes(tiny_model, tiny_data, tmp_path):
     args = ["experiments.lp_ft", out, "--model", tiny_model, "--data", tiny_data, "--steps", "16", "--batch-size", "32",
             "--physical-batch-size", "32", "--epsilons", "3", "8", "--fractions", "0", "0.5", "1", "--max-length", "32",
             "--lp-lr", "0.05", "--ft-lr", "0.005", "--no-progress"]
+    r = run_cli(*args[:-1], "--lp-optimizer", "momentum")  # a bad phase setting stops before any training
+    assert r.returncode == 2 and "momentum" in r.stderr and "Traceback" not in r.stderr and not out.exists()
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
     utility = pd.read_csv(out / "lp_ft_utility.csv")
