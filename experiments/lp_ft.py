@@ -13,8 +13,8 @@ come from the analyse stage (top components, held-out G_k) and the report stage'
 Optimizers: LP uses DP-SGD (lr 100), FT the paper's DP-Adam (lr 5e-4). With C = 0.1 every
 example's head gradient (norm ~3.6) is clipped, so LP descends along normalized gradients whose
 size never shrinks; Adam then keeps stepping lr per coordinate and overshoots (dev accuracy 0.52-0.57
-at any lr from 1e-4 to 1e-2, with or without noise), while SGD with lr·C = 10 reaches 0.70-0.78 in
-10-40 steps even at ε = 1 (measured on cached features; see paper_repro.md).
+for lr 1e-3 to 1e-2, even without noise), while SGD with lr·C = 10 reaches 0.77 in 20 steps at
+ε = 7.4 (the commands are in paper_repro.md).
 
     SPECTRAL_DATA=../shared/data python experiments/lp_ft.py runs/lp-ft      # CPU scale, ~40 min
 
