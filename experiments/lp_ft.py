@@ -146,12 +146,13 @@ def plot(utility: pd.DataFrame, spectra: pd.DataFrame, curves: pd.DataFrame, tab
             ax.set_xlabel("share of the budget spent on linear probing, f")
             ax.set_ylabel(name)
             ax.set_xticks(sorted(utility.f.unique()))
-            ax.legend()
+        axes[0, 0].legend(loc="lower right")
+        axes[0, 1].legend(loc="upper right")
         axes[0, 0].set_title("Utility curve of the budget split (0 = FT, 1 = LP)")
         for i, (label, g) in enumerate(spectra.groupby("phase", sort=False)):
             r = table.set_index("phase").loc[label]
             axes[1, 0].loglog(g["rank"], g.relative, marker=MARKERS[i % len(MARKERS)], ms=3, color=COLORS[i],
-                              label=f"{label} (d={r.d:,}; slope {r.slope:.2f})")
+                              label=f"{label} (d = {int(r.d):,}; slope {r.slope:.2f})")
         axes[1, 0].set_xlabel("rank k")
         axes[1, 0].set_ylabel("σ_k / σ_1 of the stored gradients")
         axes[1, 0].set_title("Gradient spectra of the phases")
