@@ -89,6 +89,18 @@ def test_batches_are_deterministic_and_match_the_sampler():
     np.testing.assert_array_equal(np.sort(epoch), np.arange(1000))  # every example once per epoch
 
 
+def test_a_continued_run_draws_fresh_batches():
+    """Composing two runs' mechanisms needs independent sampling: the second run continues the
+    first's sequence of draws instead of repeating its batches."""
+    kw = dict(sampling="poisson", accountant="rdp", n_train=5000, batch_size=50, max_grad_norm=1.0, noise_multiplier=1.0)
+    first = plan_privacy(**kw, steps=6)
+    second = plan_privacy(**kw, steps=4, prior=[(1.0, first.sample_rate, 6)])
+    chained = [batch_indices(first, 0, t) for t in range(6)] + [batch_indices(second, 0, t) for t in range(4)]
+    alone = plan_privacy(**kw, steps=10)
+    for t in range(10):  # the chain draws exactly the batches of one uninterrupted 10-step run
+        np.testing.assert_array_equal(chained[t], batch_indices(alone, 0, t))
+
+
 def test_impossible_settings_are_refused():
     with pytest.raises(SpectralError, match="exceeds"):
         plan_privacy(**{**PAPER, "batch_size": 10**6}, epsilon=8.0)

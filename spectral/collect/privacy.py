@@ -57,6 +57,11 @@ class PrivacyPlan:
     def steps_per_epoch(self) -> int:
         return max(1, self.n_train // self.batch_size)
 
+    @property
+    def prior_mechanisms(self) -> int:
+        """How many mechanisms the runs this one continues released: the batch draws continue after them."""
+        return int(sum(h[2] for h in self.prior))
+
     def mechanisms(self, steps: int) -> int:
         """How many (subsampled) Gaussian mechanisms the first ``steps`` steps compose."""
         return steps if self.sampling == "poisson" else math.ceil(steps / self.steps_per_epoch)
@@ -158,10 +163,15 @@ class PrivacyLedger:
 
 def batch_indices(plan: PrivacyPlan, seed: int, step: int) -> np.ndarray:
     """Training-example indices of step ``step``: a pure function of (seed, step), so a
-    resumed run draws exactly the batches the uninterrupted run would have."""
+    resumed run draws exactly the batches the uninterrupted run would have.
+
+    A run that continues others (``plan.prior``) continues their sequence of draws: composing the
+    accountant's mechanisms assumes every step samples afresh, which reusing the first run's
+    batches (same seed, same step numbers) would break.
+    """
     if plan.sampling == "poisson":
-        rng = np.random.default_rng([seed, 1, step])
+        rng = np.random.default_rng([seed, 1, plan.prior_mechanisms + step])
         return np.flatnonzero(rng.random(plan.n_train) < plan.sample_rate)
     epoch, k = divmod(step, plan.steps_per_epoch)
-    order = np.random.default_rng([seed, 2, epoch]).permutation(plan.n_train)
+    order = np.random.default_rng([seed, 2, plan.prior_mechanisms + epoch]).permutation(plan.n_train)
     return np.sort(order[k * plan.batch_size : (k + 1) * plan.batch_size])
