@@ -156,7 +156,8 @@ def plot(utility: pd.DataFrame, spectra: pd.DataFrame, curves: pd.DataFrame, tab
         axes[1, 0].set_xlabel("rank k")
         axes[1, 0].set_ylabel("σ_k / σ_1 of the stored gradients")
         axes[1, 0].set_title("Gradient spectra of the phases")
-        axes[1, 0].legend(fontsize=8)
+        axes[1, 0].set_ylim(top=4)  # room for the legend above the curves
+        axes[1, 0].legend(fontsize=8, loc="upper right")
         for i, (label, g) in enumerate(curves.groupby("phase", sort=False)):
             r = table.set_index("phase").loc[label]
             g = g[g.k >= 1]
