@@ -103,20 +103,18 @@ def run_point(base: CollectConfig, epsilon: float, f: float, steps: int, sigma: 
         cfg = replace(base, **ft, steps=ft_steps, eval_every=ft_steps, init_from=str(last) if last else None,
                       **common)
         last = run_phase(cfg.validate(), out / "ft", progress)
-    store = open_store(last)
+    stores = {ph: open_store(out / ph) for ph, n in (("lp", lp_steps), ("ft", ft_steps)) if n}
+    store = stores["ft" if ft_steps else "lp"]
     final = store.table("eval").iloc[-1]
-    lp_store = open_store(out / "lp") if lp_steps else None
     return {"test_loss": float(final["loss"]), "test_accuracy": float(final["accuracy"]),
             "epsilon_spent": float(store.steps.epsilon.iloc[-1]),
-            "epsilon_after_lp": float(lp_store.steps.epsilon.iloc[-1]) if lp_store else 0.0,
-            "seconds": float(sum(open_store(out / ph).steps.seconds.sum() for ph in ("lp", "ft")
-                                 if (out / ph / "manifest.json").is_file()))}
+            "epsilon_after_lp": float(stores["lp"].steps.epsilon.iloc[-1]) if lp_steps else 0.0,
+            "seconds": float(sum(s.steps.seconds.sum() for s in stores.values()))}
 
 
-def phase_spectrum(path: Path, label: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+def phase_spectrum(store, label: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Spectrum and held-out G_k of one phase's stored clipped gradients (analyse stage),
     fitted by the report stage: (summary row, singular values, G_k curve)."""
-    store = open_store(path)
     k = min(store.n_steps, store.d) - 1
     spec = principal_components(store, k)
     s = spec.singular_values
@@ -225,8 +223,8 @@ def main(argv=None):
               "LP-FT (f = 0.5): LP phase": (0.5, "lp"), "LP-FT (f = 0.5): FT phase": (0.5, "ft")}
     paths = {label: args.out / f"eps{eps:g}" / f"f{f:g}" / "seed0" / ph for label, (f, ph) in phases.items()}
     # a held-out G_k fit needs a few components fitted on half of the steps
-    results = [phase_spectrum(path, label) for label, path in paths.items()
-               if (path / "manifest.json").is_file() and open_store(path).n_steps >= 8]
+    stores = {label: open_store(path) for label, path in paths.items() if (path / "manifest.json").is_file()}
+    results = [phase_spectrum(s, label) for label, s in stores.items() if s.n_steps >= 8]
     if not results:
         raise SpectralError(f"no phase at ε = {eps:g} has the 8 stored steps a spectrum fit needs; use more --steps")
     table = pd.DataFrame([r[0] for r in results])

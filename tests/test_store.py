@@ -94,6 +94,17 @@ def test_a_run_that_has_just_started_reads_as_empty(tmp_path):
     w.close()
 
 
+def test_a_corrupt_checkpoint_is_one_clear_error(tmp_path):
+    """Reading the trained state (init-from) and resuming share one checkpoint reader."""
+    write(tmp_path / "run", np.ones((4, D), np.float32))
+    assert store.open(tmp_path / "run").checkpoint.meta == {"step_seen": 4}
+    next((tmp_path / "run/checkpoint").glob("*.safetensors")).write_bytes(b"not safetensors")
+    with pytest.raises(SpectralError, match="checkpoint .* is unreadable"):
+        store.open(tmp_path / "run").checkpoint
+    with pytest.raises(SpectralError, match="checkpoint .* is unreadable"):
+        store.StoreWriter.resume(tmp_path / "run")
+
+
 def test_truncated_shard_is_detected(tmp_path):
     write(tmp_path / "run", np.ones((6, D), np.float32))
     shard = sorted((tmp_path / "run/streams/clipped").iterdir())[1]

@@ -87,17 +87,23 @@ def _calibrate_after(prior, epsilon, delta, sample_rate, mechanisms, accountant,
     """The noise multiplier for which ``prior`` followed by this run spends ``epsilon`` in total
     (Opacus' own bracket-and-bisect search, run on the composed history)."""
     spent = lambda sigma: compose_epsilon([*prior, (sigma, sample_rate, mechanisms)], delta, accountant)  # noqa: E731
-    if compose_epsilon(prior, delta, accountant) >= epsilon:
-        raise SpectralError(f"the run this one continues already spent epsilon="
-                            f"{compose_epsilon(prior, delta, accountant):.3g} >= the target {epsilon}")
+    already = compose_epsilon(prior, delta, accountant)
+    if already >= epsilon:
+        raise SpectralError(f"the run this one continues already spent epsilon={already:.3g} >= the target {epsilon}")
     low, high = 0.0, 10.0
-    while spent(high) > epsilon:
+    eps_high = spent(high)
+    while eps_high > epsilon:
         low, high = high, 2 * high
         if high > 1e6:
             raise SpectralError(f"cannot reach epsilon={epsilon} with these settings")
-    while spent(high) < epsilon - tolerance:
+        eps_high = spent(high)
+    while eps_high < epsilon - tolerance:
         mid = (low + high) / 2
-        low, high = (mid, high) if spent(mid) > epsilon else (low, mid)
+        eps_mid = spent(mid)
+        if eps_mid > epsilon:
+            low = mid
+        else:
+            high, eps_high = mid, eps_mid
     return high
 
 

@@ -3,7 +3,7 @@
 ``open(path)`` reads a store (see :class:`Store`); :class:`StoreWriter` writes one.
 """
 
-from .reader import Param, Store, open, read_manifest
-from .writer import Checkpoint, StoreWriter, remove_store, write_matrix
+from .reader import Checkpoint, Param, Store, open, read_manifest
+from .writer import StoreWriter, remove_store, write_matrix
 
 __all__ = ["open", "Store", "Param", "StoreWriter", "Checkpoint", "read_manifest", "remove_store", "write_matrix"]

@@ -19,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 
 from ..errors import SpectralError
@@ -44,6 +45,28 @@ def read_manifest(root) -> dict:
             f"{path} has format version {manifest.get('format_version')}; this spectral reads version {FORMAT_VERSION}"
         )
     return manifest
+
+
+@dataclass
+class Checkpoint:
+    """Training state saved with a commit: named arrays plus JSON metadata."""
+
+    step: int
+    tensors: dict
+    meta: dict
+
+
+def read_checkpoint(root, manifest: dict) -> Checkpoint | None:
+    """The checkpoint of the manifest's last commit (safetensors, no pickle); None before any commit."""
+    if not manifest.get("checkpoint"):
+        return None
+    base = Path(root) / manifest["checkpoint"]
+    try:
+        tensors = st_load(base.with_suffix(".safetensors").read_bytes())
+        meta = json.loads(base.with_suffix(".json").read_text())
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise SpectralError(f"{root}: checkpoint {base.name} is unreadable ({exc})") from None
+    return Checkpoint(step=manifest["n_steps"], tensors=tensors, meta=meta)
 
 
 @dataclass(frozen=True)
@@ -257,28 +280,24 @@ class Store:
         return {p.name: row[p.offset : p.offset + p.numel].reshape(p.shape) for p in self.layout}
 
     # ------------------------------------------------------------------ training state
-    def checkpoint(self) -> tuple[dict, dict]:
-        """The training state of the last commit: ``(arrays by name, JSON metadata)`` (safetensors, no pickle)."""
-        base = self.manifest.get("checkpoint")
-        if not base:
+    @cached_property
+    def checkpoint(self) -> Checkpoint:
+        """The training state of the last commit (read once)."""
+        checkpoint = read_checkpoint(self.root, self.manifest)
+        if checkpoint is None:
             raise SpectralError(f"{self.root} has no checkpoint (no step was committed)")
-        base = self.root / base
-        try:
-            return st_load(base.with_suffix(".safetensors").read_bytes()), json.loads(base.with_suffix(".json").read_text())
-        except (OSError, ValueError) as exc:
-            raise SpectralError(f"{self.root}: checkpoint {base.name} is unreadable ({exc})") from None
+        return checkpoint
 
     def trained_weights(self) -> dict:
         """The trained parameters after the last committed step, ``{name: array of its shape}``."""
-        tensors, _ = self.checkpoint()
+        tensors = self.checkpoint.tensors
         return {p.name: tensors[f"param.{i}"].reshape(p.shape) for i, p in enumerate(self.layout)}
 
     def privacy_history(self) -> list:
         """Every mechanism spent on the training data up to the last commit, including the runs this
         one continued: ``[(noise_multiplier, sample_rate, count), ...]`` (sigma 0: no privacy)."""
         dp = self.manifest.get("dp", {})
-        _, meta = self.checkpoint()
-        own = [tuple(h) for h in meta.get("accountant", [])]
+        own = [tuple(h) for h in self.checkpoint.meta.get("accountant", [])]
         if not own and dp.get("noise_multiplier") == 0 and self.n_steps:
             own = [(0.0, dp["sample_rate"], self.n_steps)]  # stores written before sigma-0 steps were recorded
         return [tuple(h) for h in dp.get("prior", [])] + own

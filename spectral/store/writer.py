@@ -13,17 +13,14 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
-import json
 import os
 import queue
 import shutil
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from ..errors import SpectralError
@@ -41,16 +38,7 @@ from .format import (
     to_storage,
     write_json,
 )
-from .reader import read_manifest
-
-
-@dataclass
-class Checkpoint:
-    """Training state saved with a commit: named arrays plus JSON metadata."""
-
-    step: int
-    tensors: dict
-    meta: dict
+from .reader import Checkpoint, read_checkpoint, read_manifest
 
 
 class _ShardFile:
@@ -172,12 +160,7 @@ class StoreWriter:
             path = root / f"{name}.csv"
             rows = pd.read_csv(path).to_dict("records") if path.exists() and path.stat().st_size else []
             tables[name] = [r for r in rows if r["step"] < n]
-        checkpoint = None
-        if manifest["checkpoint"]:
-            base = root / manifest["checkpoint"]
-            tensors = st_load(base.with_suffix(".safetensors").read_bytes())
-            meta = json.loads(base.with_suffix(".json").read_text())
-            checkpoint = Checkpoint(step=n, tensors=tensors, meta=meta)
+        checkpoint = read_checkpoint(root, manifest)
         for f in (root / "checkpoint").glob("state-*"):
             if not manifest["checkpoint"] or f.stem != Path(manifest["checkpoint"]).name:
                 f.unlink()
