@@ -23,8 +23,8 @@ def _model(path, params="all"):
     return select_trainable(model.double(), params), tok  # float64: the comparison measures the method, not rounding
 
 
-def _chunks(tok, size):
-    return Batcher(tok, TextData(TEXTS, LABELS), 32).chunks(np.arange(len(TEXTS)), size)
+def _chunks(tok, size, model=None):
+    return Batcher(model, tok, TextData(TEXTS, LABELS), 32).chunks(np.arange(len(TEXTS)), size)
 
 
 def brute_force_clipped_sum(model, chunks, C):

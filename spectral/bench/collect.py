@@ -47,7 +47,7 @@ def measure(mode: str, params: str, batch_size: int, physical: int, warmup: int,
     d = sum(p["numel"] for p in layout)
     rng = np.random.default_rng(seed)
     sample = train.head(20_000)
-    batcher = Batcher(tok, sample, 128)
+    batcher = Batcher(model, tok, sample, 128)
     batches = [batcher.chunks(rng.choice(len(sample), batch_size, replace=False), physical) for _ in range(warmup + steps)]
 
     writer = tmp = None

@@ -29,7 +29,14 @@ HELP = {
     "label_column": "label column of --data (default: label)",
     "train_size": "use only the first N training examples",
     "max_length": "truncate inputs to this many tokens",
-    "pooling": "sentence representation: mean (over tokens), cls (the model's own head), auto (mean for "
+    "objective": "prompt (the pretrained masked-LM head's scores of label words at the mask of a template; the "
+                 "paper's), similarity (cosine similarity to the encoder's embeddings of label prompts; for "
+                 "sentence encoders), classifier (a fresh linear head), auto (similarity for sentence-transformers "
+                 "checkpoints such as the default, prompt for masked LMs, classifier otherwise)",
+    "label_text": "one text per class: label words for prompt [terrible great], label prompts for similarity "
+                  "['It was terrible.' 'It was great.']",
+    "template": "prompt objective's input, with {sentence} and {mask}",
+    "pooling": "classifier objective's sentence representation: mean (over tokens), cls (the model's own head), auto (mean for "
                "sentence-transformers checkpoints such as the default)",
     "params": "trained parameters: " + ", ".join(C.PARAM_SETS) + "; join sets with + (attention-qv+classifier)",
     "lora_rank": "rank of the LoRA adapters (--params lora)",
@@ -74,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs = dict(default=argparse.SUPPRESS, help=f"{HELP[f.name]} [{default}]")
         if f.name == "streams":
             kwargs.update(nargs="+", choices=C.STREAMS)
+        elif f.name == "label_text":
+            kwargs.update(nargs="+")
         elif isinstance(default, bool):
             kwargs.update(type=lambda s: s.lower() in ("1", "true", "yes"))
         elif f.name in ("delta", "noise_multiplier", "epsilon", "lr", "max_grad_norm"):

@@ -16,6 +16,7 @@ SCHEDULES = ("linear", "constant")
 STREAMS = ("clipped", "private")
 DTYPES = ("float32", "float16", "bfloat16")
 POOLING = ("auto", "mean", "cls")
+OBJECTIVES = ("auto", "prompt", "similarity", "classifier")
 
 
 @dataclass
@@ -32,7 +33,12 @@ class CollectConfig:
     label_column: str | None = None
     train_size: int | None = None  # use only the first N training examples
     max_length: int = 128
-    pooling: str = "auto"  # mean for sentence-transformers checkpoints, [CLS] head otherwise
+    # prompt (masked LMs, the paper's), similarity (sentence encoders), classifier (a fresh head); see
+    # spectral.collect.models. auto: similarity for sentence-transformers, prompt for masked LMs
+    objective: str = "auto"
+    label_text: list | None = None  # label words (prompt) or label prompts (similarity), one per class
+    template: str = "{sentence} It was {mask}."  # the prompt objective's input (the authors' SST-2 template)
+    pooling: str = "auto"  # classifier objective: mean for sentence-transformers checkpoints, [CLS] head otherwise
     params: str = "attention-qv"  # a set, or sets joined by "+" (e.g. "attention-qv+classifier")
     lora_rank: int = 8
     optimizer: str = "adam"
@@ -71,7 +77,7 @@ class CollectConfig:
                                 "sets other than lora with '+' (e.g. attention-qv+classifier)")
         choices = {
             "clipping": CLIPPING, "sampling": SAMPLING, "accountant": ACCOUNTANTS,
-            "optimizer": OPTIMIZERS, "pooling": POOLING, "lr_schedule": SCHEDULES, "dtype": DTYPES,
+            "optimizer": OPTIMIZERS, "pooling": POOLING, "objective": OBJECTIVES, "lr_schedule": SCHEDULES, "dtype": DTYPES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

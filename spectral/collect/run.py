@@ -21,23 +21,27 @@ from ..store.format import STORAGE_DTYPES, shard_rows_for
 from .config import CollectConfig
 from .data import TextData, load_data
 from .engine import DPEngine, NonFiniteGradient
-from .models import load_model, parameter_layout, resolve_model, select_trainable
+from .models import head_state, load_head, load_model, parameter_layout, resolve_model, select_trainable, tokenize
 from .privacy import PrivacyLedger, PrivacyPlan, batch_indices, compose_epsilon, plan_privacy
 
 
 class Batcher:
-    """Tokenises a split once; builds padded physical chunks for any set of indices."""
+    """Tokenises a split once (as ``model`` reads it); builds padded physical chunks for any set of indices."""
 
-    def __init__(self, tokenizer, data: TextData, max_length: int):
+    def __init__(self, model, tokenizer, data: TextData, max_length: int):
         self.tokenizer = tokenizer
         self.labels = torch.from_numpy(data.labels)
-        enc = tokenizer(data.texts, truncation=True, max_length=max_length)
-        self.features = {k: list(v) for k, v in enc.items()}
+        self.features = {k: list(v) for k, v in tokenize(model, tokenizer, data.texts, max_length).items()}
+        self.lengths = np.array([len(ids) for ids in self.features["input_ids"]])
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def chunks(self, indices, size: int) -> list:
+        """Chunks of at most ``size`` examples; a batch is sorted by length first, so each chunk
+        pads to a similar length (the clipped sum over the batch does not depend on the split)."""
+        indices = np.asarray(indices)
+        indices = indices[np.argsort(self.lengths[indices], kind="stable")]
         out = []
         for start in range(0, len(indices), size):
             idx = indices[start : start + size]
@@ -95,6 +99,8 @@ def load_init(model: torch.nn.Module, path, model_source: str) -> list:
         raise SpectralError(f"init-from: {path} trained {prior.manifest.get('model', {}).get('source')}, not {model_source}")
     if cfg.get("init_from"):
         load_init(model, cfg["init_from"], model_source)
+    elif "head" in prior.manifest.get("attachments", []):  # the chain's first run fixed the head
+        load_head(model, prior.attachment("head"))
     own = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in prior.trained_weights().items():
@@ -121,6 +127,7 @@ class Training:
     data_info: dict
     train_batches: Batcher
     dev_chunks: list
+    head: dict  # the head's tensors at the start (see models.head_state)
 
     def chunks(self, step: int) -> list:
         """The physical chunks of logical step ``step`` (deterministic in seed and step)."""
@@ -135,12 +142,15 @@ class Training:
                    if c.init_from else ""))
 
 
-def prepare(cfg: CollectConfig, plan: PrivacyPlan | None = None, split=None, engine: bool = True) -> Training:
+def prepare(cfg: CollectConfig, plan: PrivacyPlan | None = None, split=None, engine: bool = True,
+            head: dict | None = None) -> Training:
     """Load data and model, choose the trainable set, plan privacy and build the DP engine.
 
     plan : a privacy plan to reuse (on resume); by default planned from ``cfg``
     split : optional ``(train, dev)`` :class:`TextData` to use instead of loading ``cfg.data``
     engine : build the :class:`DPEngine` (False: the caller wraps ``model`` in its own engine)
+    head : a stored head (:func:`~spectral.collect.models.head_state` of a collect run) to use instead
+        of the one ``cfg.seed`` initialises, so that runs derived from a trajectory share its head
     """
     warnings.filterwarnings("ignore", message=".*(full_backward_hook|Using a non-full backward hook).*")
     torch.manual_seed(cfg.seed)
@@ -151,9 +161,13 @@ def prepare(cfg: CollectConfig, plan: PrivacyPlan | None = None, split=None, eng
         (train, dev), data_info = split, {"classes": sorted({int(x) for x in split[0].labels})}
     if len(dev) == 0 and cfg.eval_every:
         raise SpectralError("the dev split is empty; pass --eval-every 0 to train without evaluation")
-    model, tokenizer = load_model(cfg.model, num_labels=len(data_info["classes"]), seed=cfg.seed, pooling=cfg.pooling)
+    model, tokenizer = load_model(cfg.model, num_labels=len(data_info["classes"]), seed=cfg.seed, pooling=cfg.pooling,
+                                  objective=cfg.objective, label_text=cfg.label_text, template=cfg.template)
     n_total, pooling = sum(p.numel() for p in model.parameters()), model.pooling
+    if head is not None:
+        load_head(model, head)
     prior = load_init(model, cfg.init_from, resolve_model(cfg.model)) if cfg.init_from else []
+    head = head_state(model)  # before peft renames the parameters
     model = select_trainable(model, cfg.params, cfg.lora_rank)
     layout = parameter_layout(model)
     if plan is None:
@@ -164,9 +178,9 @@ def prepare(cfg: CollectConfig, plan: PrivacyPlan | None = None, split=None, eng
     engine = DPEngine(model, clipping=cfg.clipping, optimizer=cfg.optimizer, lr=cfg.lr,
                       noise_multiplier=plan.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
                       expected_batch_size=expected_batch, seed=cfg.seed) if engine else None
-    dev_chunks = Batcher(tokenizer, dev, cfg.max_length).chunks(np.arange(len(dev)), 128) if cfg.eval_every else []
+    dev_chunks = Batcher(model, tokenizer, dev, cfg.max_length).chunks(np.arange(len(dev)), 128) if cfg.eval_every else []
     return Training(cfg, model, engine, plan, layout, sum(p["numel"] for p in layout), n_total, pooling, len(train), len(dev),
-                    data_info, Batcher(tokenizer, train, cfg.max_length), dev_chunks)
+                    data_info, Batcher(model, tokenizer, train, cfg.max_length), dev_chunks, head)
 
 
 def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
@@ -198,12 +212,13 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
             "config": cfg.to_dict(),
             "model": {"name": cfg.model, "source": resolve_model(cfg.model), "class": type(model).__name__,
                       "n_parameters": t.n_total, "n_trainable": d, "params": cfg.params,
-                      "pooling": t.pooling},
+                      "pooling": t.pooling, "objective": t.model.objective},
             "data": {**t.data_info, "n_train_used": t.n_train, "n_dev_used": t.n_dev},
             "dp": plan.to_dict(),
         }
         writer = StoreWriter.create(out, layout=t.layout, streams=cfg.streams, dtype=cfg.dtype,
-                                    shard_rows=shard_rows, meta=meta)
+                                    shard_rows=shard_rows, meta=meta,
+                                    attachments={"head": {k: v.numpy() for k, v in t.head.items()}})
         ledger, start = PrivacyLedger(plan), 0
     else:
         writer, checkpoint = StoreWriter.resume(out)
@@ -217,6 +232,8 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
     def commit(status="running"):
         writer.commit(engine.state(), {"accountant": ledger.state(), "epsilon": ledger.epsilon()}, status=status)
 
+    if cfg.eval_every and start == 0:  # the starting point, before any update (step -1)
+        writer.log("eval", {"step": -1, **engine.evaluate(t.dev_chunks)})
     bar = tqdm(total=cfg.steps, initial=start, desc="collect", unit="step", disable=not progress)
     try:
         for step in range(start, cfg.steps):

@@ -25,6 +25,7 @@ FORMAT_NAME = "spectral-trajectory"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STEPS_TABLE = "steps"
+ATTACHMENTS = "attachments"  # fixed per-run tensors, one safetensors file each
 
 # numpy has no bfloat16: it is stored as its raw 16 bits (uint16) and widened on read.
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 
 from ..errors import SpectralError
-from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, STEPS_TABLE, STORAGE_DTYPES, from_storage, shard_path
+from .format import ATTACHMENTS, FORMAT_NAME, FORMAT_VERSION, MANIFEST, STEPS_TABLE, STORAGE_DTYPES, from_storage, shard_path
 
 
 def read_manifest(root) -> dict:
@@ -301,6 +301,16 @@ class Store:
         if not own and dp.get("noise_multiplier") == 0 and self.n_steps:
             own = [(0.0, dp["sample_rate"], self.n_steps)]  # stores written before sigma-0 steps were recorded
         return [tuple(h) for h in dp.get("prior", [])] + own
+
+    def attachment(self, name: str) -> dict:
+        """A fixed tensor set saved at creation (see :meth:`StoreWriter.create`), ``{key: array}``."""
+        path = self.root / ATTACHMENTS / f"{name}.safetensors"
+        if name not in self.manifest.get("attachments", []) or not path.is_file():
+            raise SpectralError(f"{self.root} has no attachment {name!r}")
+        try:
+            return st_load(path.read_bytes())
+        except SafetensorError as exc:
+            raise SpectralError(f"{path} is corrupt: {exc}") from None
 
     # ------------------------------------------------------------------ tables
     def table(self, name: str) -> pd.DataFrame:

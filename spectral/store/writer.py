@@ -25,6 +25,7 @@ from safetensors.numpy import save as st_save
 
 from ..errors import SpectralError
 from .format import (
+    ATTACHMENTS,
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST,
@@ -110,10 +111,13 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def create(cls, root, *, layout: list, streams: list, dtype: str, shard_rows: int, meta: dict) -> "StoreWriter":
+    def create(cls, root, *, layout: list, streams: list, dtype: str, shard_rows: int, meta: dict,
+               attachments: dict | None = None) -> "StoreWriter":
         """Start a new store in ``root`` (which must be absent or empty).
 
         layout: list of ``{"name", "shape", "offset", "numel"}`` describing the flat vector.
+        attachments: ``{name: {key: array}}`` fixed for the whole run (e.g. a frozen head), saved as
+            ``attachments/<name>.safetensors`` and read back with :meth:`Store.attachment`.
         """
         root = Path(root)
         if root.exists() and any(root.iterdir()):
@@ -142,6 +146,10 @@ class StoreWriter:
             **meta,
         }
         root.mkdir(parents=True, exist_ok=True)
+        for name, tensors in (attachments or {}).items():
+            arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+            atomic_write(root / ATTACHMENTS / f"{name}.safetensors", lambda f, a=arrays: f.write(st_save(a)))
+        manifest["attachments"] = sorted(attachments or {})
         write_json(root / MANIFEST, manifest)
         return cls(root, manifest, {STEPS_TABLE: []})
 

@@ -1,0 +1,150 @@
+"""Objectives: the paper's masked-LM prompt and the sentence encoder's label-prompt head, against
+hand computations and a per-example loop; the collect run's head is the one every derived run uses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spectral.collect.data import TextData
+from spectral.collect.engine import DPEngine
+from spectral.collect.models import load_model, select_trainable
+from spectral.collect.run import Batcher
+from test_engine import LABELS, TEXTS, brute_force_clipped_sum
+
+WORDS = ("a the film plot is and of in it was . , terrible great good bad fine dull lovely moving funny messy "
+         "superb cast story never ends acting weak boring tedious bland work").split()
+
+
+@pytest.fixture(scope="module")
+def tiny_mlm(tmp_path_factory):
+    """A 2-layer random BertForMaskedLM with a word-level tokenizer built here (no download)."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    path = tmp_path_factory.mktemp("models") / "tiny-mlm"
+    path.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(WORDS)]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    BertForMaskedLM(config).save_pretrained(path)
+    return path
+
+
+def test_prompt_logits_are_the_lm_head_at_the_mask(tiny_mlm):
+    model, tok = load_model(str(tiny_mlm), num_labels=2, seed=0, objective="auto")
+    assert model.objective == "prompt"
+    features = Batcher(model, tok, TextData(TEXTS, LABELS), 32).chunks(np.arange(len(TEXTS)), 8)[0][0]
+    ids = features["input_ids"]
+    # the template: [CLS] sentence it was [MASK] . [SEP]
+    tail = tok.convert_ids_to_tokens(ids[0][features["attention_mask"][0].bool()][-5:].tolist())
+    assert tail == ["it", "was", "[MASK]", ".", "[SEP]"]
+    model.eval()
+    with torch.no_grad():
+        got = model(**features).logits
+        # by hand: the encoder's hidden state at the mask, BERT's prediction head, the label words' columns
+        mlm = model.mlm
+        hidden = mlm.bert(**features).last_hidden_state
+        rows = torch.stack([hidden[b, (ids[b] == tok.mask_token_id).nonzero()[0, 0]] for b in range(len(ids))])
+        t = mlm.cls.predictions.transform
+        h = torch.nn.functional.gelu(rows @ t.dense.weight.T + t.dense.bias)
+        h = torch.nn.functional.layer_norm(h, (h.shape[-1],), t.LayerNorm.weight, t.LayerNorm.bias, t.LayerNorm.eps)
+        words = [tok.convert_tokens_to_ids(w) for w in ("terrible", "great")]
+        expected = h @ mlm.get_output_embeddings().weight[words].T + mlm.cls.predictions.decoder.bias[words]
+    torch.testing.assert_close(got, expected)
+
+
+def test_prompt_truncates_the_sentence_not_the_template(tiny_mlm):
+    model, tok = load_model(str(tiny_mlm), num_labels=2, seed=0, objective="prompt")
+    long = TextData(["the film " * 40], np.array([1]))
+    inputs, _ = Batcher(model, tok, long, 16).chunks([0], 1)[0]
+    assert inputs["input_ids"].shape[1] == 16
+    assert (inputs["input_ids"][0] == tok.mask_token_id).sum() == 1
+
+
+@pytest.mark.parametrize("clipping", ["ghost", "per-sample"])
+def test_prompt_clipping_equals_a_loop_over_examples(tiny_mlm, clipping):
+    model, tok = load_model(str(tiny_mlm), num_labels=2, seed=0, objective="prompt")
+    model = select_trainable(model.double(), "attention-qv")
+    chunks = Batcher(model, tok, TextData(TEXTS, LABELS), 32).chunks(np.arange(len(TEXTS)), 3)
+    _, norms = brute_force_clipped_sum(model, chunks, C=1e9)
+    C = float(np.median(norms))
+    expected, _ = brute_force_clipped_sum(model, chunks, C)
+    engine = DPEngine(model, clipping=clipping, optimizer="sgd", lr=0.0, noise_multiplier=0.0,
+                      max_grad_norm=C, expected_batch_size=1.0, seed=0)
+    out = engine.step(chunks, lr=0.0)
+    assert (out.clipped - expected).norm() / expected.norm() < 1e-6
+    np.testing.assert_allclose(out.per_example_norms.numpy(), norms, rtol=1e-5)
+
+
+def test_bad_objective_settings_are_clear_errors(tiny_mlm, tiny_model):
+    from spectral.errors import SpectralError
+
+    with pytest.raises(SpectralError, match="not one token"):
+        load_model(str(tiny_mlm), num_labels=2, seed=0, objective="prompt", label_text=["terrible", "xyzzy"])
+    with pytest.raises(SpectralError, match="one per class"):
+        load_model(str(tiny_mlm), num_labels=3, seed=0, objective="prompt")
+    with pytest.raises(SpectralError, match="sentence"):
+        load_model(str(tiny_mlm), num_labels=2, seed=0, objective="prompt", template="It was {mask}.")
+    # a checkpoint without a masked-LM head has no prompt head to load
+    with pytest.raises(SpectralError, match="masked-LM head"):
+        load_model(str(tiny_model), num_labels=2, seed=0, objective="prompt")
+
+
+def test_similarity_head_is_the_encoders_embedding_of_the_label_prompts(tiny_model):
+    from spectral.collect.models import mean_pool
+
+    model, tok = load_model(str(tiny_model), num_labels=2, seed=0, objective="similarity")
+    prompts = ["It was terrible.", "It was great."]
+    encoder = model.encoder.eval()
+    with torch.no_grad():
+        rows = []
+        for text in prompts:  # one at a time: no padding at all
+            inputs = tok(text, return_tensors="pt")
+            rows.append(mean_pool(encoder(**inputs).last_hidden_state, inputs["attention_mask"])[0])
+        rows = torch.nn.functional.normalize(torch.stack(rows), dim=-1)
+        inputs = tok(TEXTS, padding=True, return_tensors="pt")
+        z = torch.nn.functional.normalize(mean_pool(encoder(**inputs).last_hidden_state, inputs["attention_mask"]), dim=-1)
+        torch.testing.assert_close(model(**inputs).logits, 20.0 * z @ rows.T)
+    # it carries no seed: two loads agree whatever the seed
+    other, _ = load_model(str(tiny_model), num_labels=2, seed=5, objective="similarity")
+    torch.testing.assert_close(other.classifier.rows, model.classifier.rows)
+
+
+def test_similarity_clipping_equals_a_loop_over_examples(tiny_model):
+    model, tok = load_model(str(tiny_model), num_labels=2, seed=0, objective="similarity")
+    model = select_trainable(model.double(), "attention-qv")
+    chunks = Batcher(model, tok, TextData(TEXTS, LABELS), 32).chunks(np.arange(len(TEXTS)), 4)
+    expected, norms = brute_force_clipped_sum(model, chunks, C=float("inf"))
+    C = float(np.median(norms))
+    expected, _ = brute_force_clipped_sum(model, chunks, C)
+    engine = DPEngine(model, clipping="ghost", optimizer="sgd", lr=0.0, noise_multiplier=0.0,
+                      max_grad_norm=C, expected_batch_size=1.0, seed=0)
+    out = engine.step(chunks, lr=0.0)
+    assert (out.clipped - expected).norm() / expected.norm() < 1e-6
+
+
+def test_the_classifier_head_comes_from_the_store_not_the_seed(tiny_model, tiny_data, tmp_path):
+    """A fresh (seeded) head is stored with the run; a derived run with another seed loads it."""
+    from dataclasses import replace
+
+    import spectral.store
+    from spectral.collect.config import CollectConfig
+    from spectral.collect.run import collect, prepare
+
+    cfg = CollectConfig(model=str(tiny_model), data=str(tiny_data), objective="classifier", pooling="mean", steps=2,
+                        batch_size=8, physical_batch_size=8, noise_multiplier=0.5, eval_every=2, seed=0)
+    collect(cfg, tmp_path / "run", progress=False)
+    store = spectral.store.open(tmp_path / "run")
+    head = store.attachment("head")
+    assert set(head) == {"classifier.weight", "classifier.bias"}
+    fresh = prepare(replace(cfg, seed=1))
+    assert not np.allclose(fresh.model.classifier.weight.detach().numpy(), head["classifier.weight"])
+    derived = prepare(replace(cfg, seed=1), head=head)
+    np.testing.assert_array_equal(derived.model.classifier.weight.detach().numpy(), head["classifier.weight"])
+    # the starting point is evaluated before the first update
+    assert store.table("eval").step.tolist() == [-1, 1]
