@@ -22,7 +22,7 @@ import pandas as pd
 from spectral.analyse import lora, principal_components
 from spectral.errors import cli_entry
 from spectral.report import fits
-from spectral.report.figures import COLORS, STYLE, _save, plt
+from spectral.report.figures import COLORS, new_figure, save, style
 from spectral.store import open as open_store
 
 
@@ -90,8 +90,8 @@ def main(argv=None):
     print(f"spectrum slope: full {fit_full['slope']:.3f} (R2 {fit_full['r2']:.2f}), LoRA adapter (r={args.spectrum_rank}) "
           f"{fit_lora['slope']:.3f} (R2 {fit_lora['r2']:.2f})")
 
-    with plt.rc_context({**STYLE, "figure.figsize": (10.0, 4.0)}):
-        fig, (a, b) = plt.subplots(1, 2)
+    with style(**{"figure.figsize": (10.0, 4.0)}):
+        fig, (a, b) = new_figure(1, 2)
         a.loglog(table["rank"], table.rms_deviation, "o-", color=COLORS[0], label="measured RMS of D = ∇W(AᵀA − I)")
         a.loglog(table["rank"], table.rms_predicted, "--", color=COLORS[3], label="predicted √((‖∇W_i‖² + ∇W_ij²)/r)")
         a.set_xlabel("LoRA rank r")
@@ -107,7 +107,7 @@ def main(argv=None):
     table_path = out / "lora_variance.csv"
     table.to_csv(table_path, index=False)
     (out / "lora_summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    paths = _save(fig, out / "lora_noise")
+    paths = save(fig, out / "lora_noise")
     print("figure:", paths[0], "| data:", table_path, out / "lora_summary.json")
 
 

@@ -34,11 +34,11 @@ import pandas as pd
 
 from spectral.analyse import principal_components, rlc
 from spectral.collect import CollectConfig, collect
-from spectral.collect.data import load_data
-from spectral.collect.privacy import compose_epsilon, plan_privacy
+from spectral.dp.data import load_data
+from spectral.dp.privacy import compose_epsilon, plan_privacy
 from spectral.errors import SpectralError, cli_entry
 from spectral.report import fits
-from spectral.report.figures import COLORS, MARKERS, STYLE, _save, plt
+from spectral.report.figures import COLORS, MARKERS, new_figure, save, style
 from spectral.store import open as open_store
 from spectral.store import read_manifest
 
@@ -133,8 +133,8 @@ def phase_spectrum(store, label: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]
 
 
 def plot(utility: pd.DataFrame, spectra: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame, out: Path):
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
+    with style(**{"figure.figsize": (10, 7.5)}):
+        fig, axes = new_figure(2, 2)
         for i, (eps, g) in enumerate(utility.groupby("epsilon")):
             g = g.groupby("f", as_index=False)[["test_accuracy", "test_loss"]].agg(["mean", "std"])
             for ax, col in zip(axes[0], ("test_accuracy", "test_loss")):
@@ -166,7 +166,7 @@ def plot(utility: pd.DataFrame, spectra: pd.DataFrame, curves: pd.DataFrame, tab
         axes[1, 1].set_title("Gradient norm outside the top-k subspace")
         axes[1, 1].legend(fontsize=8)
         fig.tight_layout()
-    return _save(fig, out / "lp_ft", {"_utility": utility, "_spectra": spectra, "_curves": curves, "_phases": table})
+    return save(fig, out / "lp_ft", {"_utility": utility, "_spectra": spectra, "_curves": curves, "_phases": table})
 
 
 @cli_entry

@@ -23,10 +23,10 @@ import pandas as pd
 
 from spectral.analyse import rlc
 from spectral.analyse.matrix import TrajectoryMatrix
-from spectral.collect.data import load_data
+from spectral.dp.data import load_data
 from spectral.errors import cli_entry
 from spectral.report import fits
-from spectral.report.figures import COLORS, MARKERS, STYLE, _save, plt
+from spectral.report.figures import COLORS, MARKERS, new_figure, save, style
 from spectral.retrain.run import public_subspace, run_settings
 from spectral.store import open as open_store
 
@@ -82,8 +82,8 @@ def main(argv=None):
     table = summary_table(curves)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots()
+    with style():
+        fig, ax = new_figure()
         for i, (label, c) in enumerate(curves.items()):
             c = c[c.k >= 1]
             ax.loglog(c.k, c.rms, marker=MARKERS[i % len(MARKERS)], ms=3, color=COLORS[i], label=label)
@@ -95,7 +95,7 @@ def main(argv=None):
     (out / "public_subspace.json").write_text(json.dumps({"public_steps": args.public_steps, "k": args.k,
                                                           "table": table.to_dict(orient="records")}, indent=1))
     tables = {f"_{i}": c.assign(projector=label) for i, (label, c) in enumerate(curves.items())}
-    paths = _save(fig, out / "public_subspace", {"_curves": pd.concat(tables.values(), ignore_index=True)})
+    paths = save(fig, out / "public_subspace", {"_curves": pd.concat(tables.values(), ignore_index=True)})
     print("figure:", paths[0])
 
 

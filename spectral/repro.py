@@ -1,18 +1,22 @@
-"""``python -m spectral.repro --scale quick|paper``: the paper's figures end to end.
+"""``python -m spectral.repro --scale quick|cpu|paper``: the paper's figures end to end.
 
-collect → analyse → toy → retrain → report, each stage through its own command,
-so every intermediate result stays on disk and a rerun continues where it stopped (collect resumes,
-analyse reuses its Gram checkpoint, the toy grid skips finished groups).
+collect → analyse → toy → retrain → report, each stage called as a function with its config, every
+intermediate result on disk in one run directory (see :mod:`spectral.layout`), so a rerun continues
+where it stopped (collect resumes, analyse reuses its Gram checkpoint, the toy grid and retraining
+skip finished parts).
 
   quick   the embedded default (all-MiniLM-L6-v2, SST-2 from $SPECTRAL_DATA), 300 DP steps,
           k = 100, a reduced toy grid; well under 30 minutes on 2 CPU cores
-  paper   the paper's settings (experiments/collect_paper.toml: roberta-base, batch 1000, ~4000
-          steps, k = 1000, the full toy grid): for a GPU machine with a network
+  cpu     the CPU-faithful run (experiments/collect_cpu.toml: the paper's recipe, 1000 steps of
+          batch 128, DP learns), k = min(1000, n), fit range 1…500, retraining at ranks 10/20/100
+          with 3 seeds; a few hours on 2 CPU cores
+  paper   the paper's settings (experiments/collect_paper.toml: roberta-base, prompt objective,
+          batch 1000, ~4000 steps, k = 1000, the full toy grid): for a GPU machine with a network
 
 Examples
 --------
   python -m spectral.repro --scale quick                      # into runs/repro-quick
-  python -m spectral.repro --scale quick --figures figures/   # also copy the figures into the repo
+  python -m spectral.repro --scale cpu --figures figures/     # also copy the figures into the repo
 """
 
 from __future__ import annotations
@@ -21,67 +25,72 @@ import argparse
 import shutil
 import sys
 import time
+import tomllib
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
-from .errors import SpectralError, cli_entry
+from .analyse import AnalyseConfig, analyse
+from .collect import CollectConfig, collect
+from .errors import cli_entry
+from .layout import RunDir
+from .report import ReportConfig, report
+from .retrain import RetrainConfig, retrain
+from .toy import ToyConfig, toy
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+QUICK_TOY = dict(steps=(10, 20, 40, 80, 160, 320, 640), seeds=(0, 1, 2))
+
+
+def _toml(name: str) -> dict:
+    return tomllib.loads((EXPERIMENTS / name).read_text())
+
 
 SCALES = {
-    "quick": {
-        "collect": [],  # the defaults are the quick scale
-        "k": 100,
-        "fit_range": (1, 100),
-        "toy": ["--steps", "10", "20", "40", "80", "160", "320", "640", "--seeds", "3"],
-    },
-    "paper": {
-        "collect": ["--config", str(EXPERIMENTS / "collect_paper.toml")],
-        "k": 1000,
-        "fit_range": (1, 500),
-        "toy": [],
-    },
+    "quick": {"collect": {}, "k": 100, "fit_range": (1, 100), "toy": QUICK_TOY,
+              "retrain": dict(steps=40, eval_every=10, seeds=2, ranks=(10, 100))},
+    "cpu": {"collect": "collect_cpu.toml", "k": None, "fit_range": (1, 500), "toy": QUICK_TOY,
+            "retrain": dict(steps=200, eval_every=25, seeds=3, ranks=(10, 20, 100))},
+    "paper": {"collect": "collect_paper.toml", "k": 1000, "fit_range": (1, 500), "toy": {},
+              "retrain": dict(steps=260, eval_every=25, seeds=3, ranks=(10, 20, 100))},
 }
 
 
-def _stage(name: str, main, argv: list) -> None:
-    print(f"\n== {name}: python -m spectral.{name} {' '.join(map(str, argv))}", flush=True)
+@contextmanager
+def _stage(name: str):
+    print(f"\n== {name}", flush=True)
     t0 = time.perf_counter()
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exc:  # a stage's CLI said why on stderr
-        if exc.code:
-            raise SpectralError(f"the {name} stage failed (exit {exc.code}); see its message above") from None
+    yield
     print(f"== {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def reproduce(scale: str, out: Path, figures_dir: Path | None = None, data: str | None = None) -> Path:
-    from .analyse.__main__ import main as analyse_main
-    from .collect.__main__ import main as collect_main
-    from .report.__main__ import main as report_main
-    from .retrain.__main__ import main as retrain_main
-    from .toy.__main__ import main as toy_main
-
-    plan = SCALES[scale]
-    collect = ["--out", out, *plan["collect"], *(["--data", data] if data else [])]
-    if (out / "manifest.json").is_file():
-        collect.append("--resume")  # finished runs return at once; interrupted ones continue
-    _stage("collect", collect_main, collect)
-    _stage("analyse", analyse_main, [out, "--k", plan["k"]])
-    _stage("toy", toy_main, ["--out", out / "toy", "--no-figure", *plan["toy"]])
-    # the seed code's const mode (a_j = g0*j, understated sensitivity), for comparison with the published figure
-    _stage("toy", toy_main, ["--out", out / "toy-seedcode", "--no-figure", "--modes", "const", "--seed-code-const",
-                             *plan["toy"]])
-    components = out / "analysis" / "clipped"
+def reproduce(scale: str, out, figures_dir: Path | None = None, data: str | None = None,
+              progress: bool = True) -> RunDir:
+    """Every stage of ``scale`` (see the module docstring) into the run directory ``out``."""
+    plan, run = SCALES[scale], RunDir(out)
+    settings = _toml(plan["collect"]) if plan["collect"] else {}
+    cfg = CollectConfig.from_dict({**settings, **({"data": data} if data else {})}).validate()
+    with _stage("collect"):  # a finished run returns at once; an interrupted one continues
+        collect(cfg, run.store, resume=run.has_store(), progress=progress)
+    with _stage("analyse"):
+        analyse(run, AnalyseConfig(k=plan["k"]), progress=progress)
+    toy_config = replace(ToyConfig(), **plan["toy"]) if plan["toy"] else ToyConfig()
+    with _stage("toy"):
+        toy(run, toy_config, progress=progress)
+        # the seed code's const mode (a_j = g0*j, understated sensitivity), beside the published figure
+        toy(run, replace(toy_config, modes=("const",), seed_code_const=True), progress=progress)
     # the paper's setting (DP, signal projected), and the same without noise: where the gradients live
-    _stage("retrain", retrain_main, ["--components", components, "--scale", scale])
-    _stage("retrain", retrain_main, ["--components", components, "--scale", scale, "--non-private"])
-    _stage("report", report_main, [out, "--fit-range", *plan["fit_range"]])
+    with _stage("retrain"):
+        retrain(run, RetrainConfig(**plan["retrain"]), progress=progress)
+        retrain(run, RetrainConfig(**plan["retrain"], settings={"noise_multiplier": 0.0}), progress=progress)
+    with _stage("report"):
+        report(run, ReportConfig(fit_range=plan["fit_range"]))
     if figures_dir is not None:
         figures_dir.mkdir(parents=True, exist_ok=True)
-        for path in sorted((out / "figures").iterdir()):
+        for path in sorted(run.figures.iterdir()):
             shutil.copy2(path, figures_dir / path.name)
         print(f"figures copied to {figures_dir}")
-    return out
+    return run
 
 
 @cli_entry
@@ -89,13 +98,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m spectral.repro", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", choices=sorted(SCALES), default="quick")
-    p.add_argument("--out", type=Path, help="run directory [runs/repro-SCALE]")
+    p.add_argument("run_dir", nargs="?", type=Path, metavar="RUN_DIR", help="run directory [runs/repro-SCALE]")
     p.add_argument("--data", help="data for the collect stage (default: $SPECTRAL_DATA/sst2, else GLUE download)")
     p.add_argument("--figures", type=Path, help="also copy the figures and their data here (e.g. figures/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    out = args.out or Path("runs") / f"repro-{args.scale}"
+    out = args.run_dir or Path("runs") / f"repro-{args.scale}"
     t0 = time.perf_counter()
-    reproduce(args.scale, out, args.figures, args.data)
+    reproduce(args.scale, out, args.figures, args.data, progress=not args.no_progress)
     print(f"\nreproduction ({args.scale}) finished in {(time.perf_counter() - t0) / 60:.1f} min: {out}", file=sys.stderr)
 
 

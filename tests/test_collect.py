@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 
 import spectral.store as store
-from spectral.collect.models import load_model, parameter_layout, select_trainable
+from spectral.dp.models import load_model, parameter_layout, select_trainable
 
 from conftest import REPO, run_cli
 
 
 def collect_args(model, data, out, *extra):
-    return ["spectral.collect", "--model", model, "--data", data, "--out", out, "--no-progress",
+    return ["spectral.collect", "--model", model, "--data", data, out, "--no-progress",
             "--batch-size", "16", "--physical-batch-size", "8", "--eval-every", "3", *extra]
 
 
@@ -41,7 +41,7 @@ def test_cli_writes_a_store_the_reader_opens(tiny_model, tiny_data, tmp_path):
     dp = s.manifest["dp"]
     noise = (s.rows("private") - s.rows("clipped")) * dp["sample_rate"] * dp["n_train"]
     assert noise.std() == pytest.approx(dp["noise_multiplier"] * dp["max_grad_norm"], rel=0.05)
-    assert list(s.table("eval")["step"]) == [2, 5, 6]
+    assert list(s.table("eval")["step"]) == [-1, 2, 5, 6]  # -1: the starting point, before any update
     assert s.manifest["data"]["n_train"] + s.manifest["data"]["n_dev"] == 240
     named = s.unflatten(s.rows("clipped")[0])
     assert named[s.layout[0].name].shape == s.layout[0].shape
@@ -134,7 +134,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_model_dropout, tiny
 
     mismatch = run_cli(*collect_args(tiny_model_dropout, tiny_data, out, *args[:-1], "4", "--resume"))
     _assert_one_clear_error(mismatch, "differ")
-    result = run_cli("spectral.collect", "--out", out, "--resume", "--no-progress")
+    result = run_cli("spectral.collect", out, "--resume", "--no-progress")
     assert result.returncode == 0, result.stderr
 
     resumed, ref = store.open(out, verify=True), store.open(reference)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from spectral.collect.engine import DPEngine, NonFiniteGradient
-from spectral.collect.models import load_model, parameter_layout, select_trainable
-from spectral.collect.run import Batcher
-from spectral.collect.data import TextData
+from spectral.dp.engine import DPEngine, NonFiniteGradient
+from spectral.dp.models import load_model, parameter_layout, select_trainable
+from spectral.dp.training import Batcher
+from spectral.dp.data import TextData
 
 TEXTS = ["a good film", "bad", "the plot is dull and the acting is weak", "lovely , moving and funny",
          "messy", "a superb cast in a boring story that never ends", "fine", "tedious and bland work"]
@@ -132,7 +132,7 @@ def test_state_roundtrip_continues_identically(tiny_model_dropout):
 
 def test_mean_pooled_classifier_clips_exactly(tiny_model):
     """The mean-pooling head (used for sentence-transformers checkpoints) under both clipping modes."""
-    from spectral.collect.models import MeanPooledClassifier
+    from spectral.dp.models import MeanPooledClassifier
 
     for clipping in ("ghost", "per-sample"):
         base, tok = _model(tiny_model)

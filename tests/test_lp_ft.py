@@ -13,9 +13,10 @@ from opacus.accountants import RDPAccountant
 
 import spectral.store as store
 from spectral.collect import CollectConfig
-from spectral.collect.models import load_model, parameter_layout, select_trainable
-from spectral.collect.privacy import compose_epsilon, plan_privacy
-from spectral.collect.run import prepare
+from spectral.dp.models import load_model, parameter_layout, select_trainable
+from spectral.dp.engine import trained_weights
+from spectral.dp.privacy import compose_epsilon, plan_privacy, privacy_history
+from spectral.dp.training import prepare
 from spectral.errors import SpectralError
 
 from conftest import run_cli
@@ -73,7 +74,7 @@ def test_calibration_after_a_prior_spends_the_total():
 
 
 def collect_args(model, data, out, *extra):
-    return ["spectral.collect", "--model", model, "--data", data, "--out", out, "--no-progress", "--batch-size", "16",
+    return ["spectral.collect", "--model", model, "--data", data, out, "--no-progress", "--batch-size", "16",
             "--physical-batch-size", "8", "--eval-every", "0", *extra]
 
 
@@ -83,7 +84,7 @@ def test_init_from_loads_the_trained_weights_and_composes_privacy(tiny_model, ti
                               "--noise-multiplier", "1.1"))
     assert r.returncode == 0, r.stderr
     lp_store = store.open(lp)
-    trained = lp_store.trained_weights()
+    trained = trained_weights(lp_store)
     assert set(trained) == {"classifier.weight", "classifier.bias"}
 
     cfg = CollectConfig(model=str(tiny_model), data=str(tiny_data), params="attention-qv+classifier",
@@ -105,7 +106,7 @@ def test_init_from_loads_the_trained_weights_and_composes_privacy(tiny_model, ti
     q, delta = s.manifest["dp"]["sample_rate"], s.manifest["dp"]["delta"]
     assert s.steps.epsilon.iloc[-1] == pytest.approx(direct_epsilon([(1.1, q, 10)], delta), rel=1e-9)
     assert s.steps.epsilon.iloc[0] > lp_store.steps.epsilon.iloc[-1]
-    assert s.privacy_history() == [(1.1, q, 6), (1.1, q, 4)]
+    assert privacy_history(s) == [(1.1, q, 6), (1.1, q, 4)]
     total = tmp_path / "total"
     r = run_cli(*collect_args(tiny_model, tiny_data, total, "--steps", "4", "--init-from", lp, "--epsilon", "9"))
     assert r.returncode == 0, r.stderr

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from spectral.collect.data import TextData
-from spectral.collect.engine import DPEngine
-from spectral.collect.models import load_model, select_trainable
-from spectral.collect.run import Batcher
+from spectral.dp.data import TextData
+from spectral.dp.engine import DPEngine
+from spectral.dp.models import load_model, select_trainable
+from spectral.dp.training import Batcher
 from test_engine import LABELS, TEXTS, brute_force_clipped_sum
 
 WORDS = ("a the film plot is and of in it was . , terrible great good bad fine dull lovely moving funny messy "
@@ -96,7 +96,7 @@ def test_bad_objective_settings_are_clear_errors(tiny_mlm, tiny_model):
 
 
 def test_similarity_head_is_the_encoders_embedding_of_the_label_prompts(tiny_model):
-    from spectral.collect.models import mean_pool
+    from spectral.dp.models import mean_pool
 
     model, tok = load_model(str(tiny_model), num_labels=2, seed=0, objective="similarity")
     prompts = ["It was terrible.", "It was great."]
@@ -133,8 +133,9 @@ def test_the_classifier_head_comes_from_the_store_not_the_seed(tiny_model, tiny_
     from dataclasses import replace
 
     import spectral.store
-    from spectral.collect.config import CollectConfig
-    from spectral.collect.run import collect, prepare
+    from spectral.dp.config import CollectConfig
+    from spectral.collect.run import collect
+    from spectral.dp.training import prepare
 
     cfg = CollectConfig(model=str(tiny_model), data=str(tiny_data), objective="classifier", pooling="mean", steps=2,
                         batch_size=8, physical_batch_size=8, noise_multiplier=0.5, eval_every=2, seed=0)

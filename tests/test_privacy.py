@@ -9,7 +9,7 @@ import pytest
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from spectral.collect.privacy import PrivacyLedger, batch_indices, plan_privacy
+from spectral.dp.privacy import PrivacyLedger, batch_indices, plan_privacy
 from spectral.errors import SpectralError
 
 PAPER = dict(sampling="poisson", accountant="rdp", n_train=67349, batch_size=1000, steps=4000, max_grad_norm=0.1)

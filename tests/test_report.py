@@ -68,8 +68,8 @@ def make_reported_run(tmp_path):
     write_store(run, H)
     proc = run_cli("spectral.analyse", run, "--k", "40", "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("spectral.toy", "--quick", "--dims", "20", "200", "--modes", "const", "linear", "--no-figure",
-                   "--out", run / "toy")
+    proc = run_cli("spectral.toy", run, "--scale", "quick", "--dims", "20", "200", "--modes", "const", "linear",
+                   "--no-figure")
     assert proc.returncode == 0, proc.stderr
     rows = [{"variant": v, "seed": s, "step": t, "accuracy": 0.5 + 0.001 * t * (r / 100) + 0.01 * s}
             for v, r in (("rank 10", 10), ("rank 100", 100), ("full", 200)) for s in range(3) for t in range(0, 101, 25)]

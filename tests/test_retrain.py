@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from spectral.collect.engine import DPEngine
+from spectral.dp.engine import DPEngine
 from spectral.retrain import CoordinateEngine, Subspace
 from test_engine import _chunks, _model
 
@@ -19,14 +19,26 @@ def _flat_params(model):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
 
 
-def _random_subspace(d, r, seed=0):
+def _basis(d, r, seed=0):
+    """A random orthonormal (d, r) basis in numpy: the independent reference for "in the subspace"."""
     Q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, r)))
-    return Subspace(torch.from_numpy(Q))  # float64 basis for float64 models
+    return Q
 
 
-def _engine(model, sigma, C=1e9, seed=0):
+def _random_subspace(d, r, seed=0):
+    return Subspace(torch.from_numpy(_basis(d, r, seed)))  # float64 basis for float64 models
+
+
+def _outside(v: torch.Tensor, Q: np.ndarray) -> float:
+    """‖(I − QQᵀ)v‖ / ‖v‖ computed in numpy from the basis, not by the code under test."""
+    v = v.detach().numpy()
+    return float(np.linalg.norm(v - Q @ (Q.T @ v)) / np.linalg.norm(v))
+
+
+def _engine(model, sigma, C=1e9, seed=0, sub=None, mode=None):
     return DPEngine(model, clipping="per-sample", optimizer="sgd", lr=0.1, noise_multiplier=sigma,
-                    max_grad_norm=C, expected_batch_size=8.0, seed=seed)
+                    max_grad_norm=C, expected_batch_size=8.0, seed=seed,
+                    project=sub.project if sub is not None else None, restriction=mode)
 
 
 def _subspace64(sub):
@@ -37,19 +49,18 @@ def _subspace64(sub):
 @pytest.mark.parametrize("mode", ["signal", "signal+noise"])
 def test_projected_updates_lie_in_the_subspace(tiny_model, mode):
     model, tok = _model(tiny_model, "attention-qv")
-    sub = _subspace64(_random_subspace(_flat_params(model).numel(), 5))
-    engine = _engine(model, sigma=1.0, C=0.5)
-    engine.restrict(sub.project, mode)
+    Q = _basis(_flat_params(model).numel(), 5)
+    sub = _subspace64(Subspace(torch.from_numpy(Q)))
+    engine = _engine(model, sigma=1.0, C=0.5, sub=sub, mode=mode)
     before = _flat_params(model)
     out = engine.step(_chunks(tok, 4), lr=0.1)
     update = _flat_params(model) - before
     torch.testing.assert_close(update, -0.1 * out.private)  # SGD applies the released gradient
-    inside = lambda v: ((v - sub.project(v)).norm() / v.norm()).item()  # noqa: E731
     if mode == "signal":  # the clipped signal is projected; the noise is full-dimensional
-        assert inside(out.clipped) < 1e-6
-        assert inside(out.private - out.clipped) > 0.9
+        assert _outside(out.clipped, Q) < 1e-6
+        assert _outside(out.private - out.clipped, Q) > 0.9
     else:  # the whole update lies in the subspace
-        assert inside(update) < 1e-6
+        assert _outside(update, Q) < 1e-6
 
 
 def test_coordinates_equal_signal_plus_noise_without_noise(tiny_model):
@@ -61,8 +72,7 @@ def test_coordinates_equal_signal_plus_noise_without_noise(tiny_model):
             engine = CoordinateEngine(model, sub, optimizer="sgd", lr=0.1, noise_multiplier=0.0, max_grad_norm=1e9,
                                       expected_batch_size=8.0, seed=0)
         else:
-            engine = _engine(model, sigma=0.0)
-            engine.restrict(sub.project, mode)
+            engine = _engine(model, sigma=0.0, sub=sub, mode=mode)
         for _ in range(3):
             engine.step(_chunks(tok, 4), lr=0.1)
         runs[mode] = _flat_params(model)
@@ -71,16 +81,17 @@ def test_coordinates_equal_signal_plus_noise_without_noise(tiny_model):
 
 @pytest.mark.parametrize("sigma", [0.0, 1.0])
 def test_rank_d_reproduces_unrestricted_training(tiny_model, sigma):
+    """A random orthogonal d x d basis (not the identity, which projects nothing by construction)."""
     runs = []
     for restricted in (False, True):
         model, tok = _model(tiny_model, "attention-qv")
-        engine = _engine(model, sigma=sigma, C=0.5)
-        if restricted:
-            engine.restrict(Subspace(torch.eye(_flat_params(model).numel(), dtype=torch.float64)).project, "signal")
+        d = _flat_params(model).numel()
+        sub = _subspace64(_random_subspace(d, d, seed=3)) if restricted else None
+        engine = _engine(model, sigma=sigma, C=0.5, sub=sub, mode="signal" if restricted else None)
         for _ in range(3):
             engine.step(_chunks(tok, 4), lr=0.1)
         runs.append(_flat_params(model))
-    torch.testing.assert_close(runs[0], runs[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-9, atol=1e-11)
 
 
 def test_coordinates_noise_lives_in_r_dimensions(tiny_model):
@@ -96,7 +107,7 @@ def test_coordinates_noise_lives_in_r_dimensions(tiny_model):
 @pytest.fixture(scope="module")
 def analysed_run(tiny_model, tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("retrain") / "run"
-    proc = run_cli("spectral.collect", "--model", tiny_model, "--data", tiny_data, "--out", run, "--no-progress",
+    proc = run_cli("spectral.collect", "--model", tiny_model, "--data", tiny_data, run, "--no-progress",
                    "--batch-size", "16", "--physical-batch-size", "8", "--steps", "12", "--eval-every", "6",
                    "--params", "attention-qv", "--lr", "0.01")
     assert proc.returncode == 0, proc.stderr
@@ -107,7 +118,7 @@ def analysed_run(tiny_model, tiny_data, tmp_path_factory):
 
 def test_cli_retrains_every_variant_with_identical_accounting(analysed_run):
     out = analysed_run / "retrain"
-    args = ["spectral.retrain", "--components", analysed_run / "analysis" / "clipped", "--rank", "2", "6",
+    args = ["spectral.retrain", analysed_run, "--ranks", "2", "6",
             "--seeds", "2", "--steps", "4", "--eval-every", "2", "--no-progress", "--out", out]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
@@ -120,7 +131,7 @@ def test_cli_retrains_every_variant_with_identical_accounting(analysed_run):
     assert set(summary["seconds_per_step"]) == {"rank 2", "rank 6", "full"}
     again = run_cli(*args)  # finished runs are not repeated
     assert again.returncode == 0 and pd.read_csv(out / "retrain_history.csv").shape == h.shape
-    other = run_cli(*args[:-1], out, "--rank", "3")  # other settings never overwrite silently
+    other = run_cli(*args[:-1], out, "--ranks", "3")  # other settings never overwrite silently
     assert other.returncode == 2 and "other settings" in other.stderr
     assert pd.read_csv(out / "retrain_history.csv").shape == h.shape
     proc = run_cli("spectral.report", analysed_run, "--fit-range", "1", "6")
@@ -131,7 +142,7 @@ def test_cli_retrains_every_variant_with_identical_accounting(analysed_run):
 @pytest.mark.parametrize("mode", ["coordinates", "signal+noise"])
 def test_cli_public_subspace(analysed_run, tmp_path, mode):
     out = tmp_path / "public"
-    proc = run_cli("spectral.retrain", "--components", analysed_run / "analysis" / "clipped", "--rank", "3",
+    proc = run_cli("spectral.retrain", analysed_run, "--ranks", "3",
                    "--seeds", "1", "--steps", "3", "--eval-every", "3", "--no-progress", "--no-full",
                    "--subspace-from", "public", "--public-size", "60", "--mode", mode, "--out", out)
     assert proc.returncode == 0, proc.stderr
@@ -140,7 +151,7 @@ def test_cli_public_subspace(analysed_run, tmp_path, mode):
 
 
 def test_cli_non_private_setting_has_its_own_directory(analysed_run):
-    proc = run_cli("spectral.retrain", "--components", analysed_run / "analysis" / "clipped", "--rank", "2",
+    proc = run_cli("spectral.retrain", analysed_run, "--ranks", "2",
                    "--seeds", "1", "--steps", "2", "--eval-every", "2", "--no-progress", "--no-full", "--non-private")
     assert proc.returncode == 0, proc.stderr
     h = pd.read_csv(analysed_run / "retrain" / "signal-trajectory-nonprivate" / "retrain_history.csv")
@@ -148,8 +159,8 @@ def test_cli_non_private_setting_has_its_own_directory(analysed_run):
 
 
 def test_cli_bad_input_exit_2(analysed_run, tmp_path):
-    proc = run_cli("spectral.retrain", "--components", analysed_run / "analysis" / "clipped", "--rank", "50",
+    proc = run_cli("spectral.retrain", analysed_run, "--ranks", "50",
                    "--out", tmp_path / "x", "--no-progress")
     assert proc.returncode == 2 and "rank 50 is not available" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("spectral.retrain", "--components", tmp_path, "--out", tmp_path / "y")
+    proc = run_cli("spectral.retrain", tmp_path, "--out", tmp_path / "y")
     assert proc.returncode == 2 and proc.stderr.startswith("error:")

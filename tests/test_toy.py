@@ -126,7 +126,7 @@ def test_vectorised_grid_equals_a_plain_loop():
 
 def test_quick_cli_writes_results_that_show_the_papers_message(tmp_path):
     out = tmp_path / "toy"
-    proc = run_cli("spectral.toy", "--quick", "--out", out)
+    proc = run_cli("spectral.toy", tmp_path, "--scale", "quick")
     assert proc.returncode == 0, proc.stderr
     best = pd.read_csv(out / "toy_best.csv")
     assert {"mode", "d", "T", "lr", "train_mean", "train_std", "test_mean", "test_std"} <= set(best.columns)
@@ -136,10 +136,10 @@ def test_quick_cli_writes_results_that_show_the_papers_message(tmp_path):
     assert loss["const"].iloc[-1] - loss["const"].iloc[0] > 0.3
     assert abs(loss["quadratic"].iloc[-1] - loss["quadratic"].iloc[0]) < 0.05
     # a rerun with the same settings resumes: nothing left to compute
-    again = run_cli("spectral.toy", "--quick", "--out", out, "--no-figure")
+    again = run_cli("spectral.toy", tmp_path, "--scale", "quick", "--no-figure")
     assert again.returncode == 0 and pd.read_csv(out / "toy_runs.csv").shape == pd.read_csv(out / "toy_runs.csv").shape
 
 
 def test_cli_bad_input_exit_2(tmp_path):
-    proc = run_cli("spectral.toy", "--quick", "--epsilon", "-1", "--out", tmp_path / "x")
+    proc = run_cli("spectral.toy", tmp_path / "x", "--scale", "quick", "--epsilon", "-1")
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr

@@ -9,24 +9,34 @@ Writes into RUN_DIR/analysis/<stream>/:
 
 Examples
 --------
-  python -m spectral.analyse runs/demo --k 100
+  python -m spectral.analyse runs/demo                  # k = min(1000, n), as the paper
   python -m spectral.analyse runs/demo --k 500 --method randomized --max-memory 4G
   python -m spectral.analyse runs/demo --k 50 --stream private --centered
-  python -m spectral.analyse runs/demo --k 100 --dask local:2          # or --dask tcp://scheduler:8786
+  python -m spectral.analyse runs/demo --dask local:2   # or --dask tcp://scheduler:8786
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from ..errors import SpectralError, cli_entry
-from ..store import open as open_store
-from . import density, rlc
-from .pca import METHODS, principal_components
+from .. import cli
+from ..errors import cli_entry
+from .pca import METHODS
+from .run import HOLDOUTS, AnalyseConfig, analyse
 
 UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+HELP = {
+    "stream": "stream to analyse: clipped or private",
+    "k": "number of principal components (default: min(1000, n), covering the paper's fit range 1…500)",
+    "method": "eigen-solver; auto picks by size (see README)",
+    "centered": "covariance instead of the uncentred second moment",
+    "max_memory": "memory for block buffers, e.g. 2G (default: a quarter of the available RAM)",
+    "holdout": "held-out G_k: fit on the first half / even steps, measure the rest",
+    "slq": "also estimate the full spectral density (SLQ)",
+    "dask": "run the passes on a dask cluster: local:N (N worker processes here) or tcp://HOST:PORT",
+}
 
 
 def parse_bytes(text: str) -> int:
@@ -37,62 +47,29 @@ def parse_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512M or 4G)") from None
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("python -m spectral.analyse", __doc__)
+    cli.add_run_dir(p, "a store written by python -m spectral.collect")
+    cli.add_common(p)
+    cli.add_config(p, AnalyseConfig, HELP, choices={"method": METHODS, "holdout": HOLDOUTS})
+    for action in p._actions:  # sizes read as 512M / 4G
+        if action.dest == "max_memory":
+            action.type = parse_bytes
+    p.add_argument("--scheduler", dest="dask", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
+    p.add_argument("--out", help="output directory [RUN_DIR/analysis/STREAM]")
+    return p
+
+
 @cli_entry
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m spectral.analyse", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="a store written by python -m spectral.collect")
-    parser.add_argument("--k", type=int, default=100, help="number of principal components [100]")
-    parser.add_argument("--stream", default="clipped", help="stream to analyse: clipped or private [clipped]")
-    parser.add_argument("--method", default="auto", choices=METHODS, help="eigen-solver; auto picks by size [auto]")
-    parser.add_argument("--centered", action="store_true", help="covariance instead of the uncentred second moment")
-    parser.add_argument("--max-memory", type=parse_bytes, default=None, help="memory for block buffers, e.g. 2G")
-    parser.add_argument("--holdout", default="half", choices=["half", "alternate", "none"],
-                        help="held-out G_k: fit on first half / even steps, measure the rest [half]")
-    parser.add_argument("--slq", action="store_true", help="also estimate the full spectral density (SLQ)")
-    parser.add_argument("--out", type=Path, help="output directory [RUN_DIR/analysis/STREAM]")
-    parser.add_argument("--dask", "--scheduler", dest="dask", metavar="SPEC",
-                        help="run the passes on a dask cluster: local:N (N worker processes here) or tcp://HOST:PORT")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-
-    store = open_store(args.run_dir)
-    out = args.out or args.run_dir / "analysis" / args.stream
-    out.mkdir(parents=True, exist_ok=True)
-    client = None
-    if args.dask:
-        from .distributed import connect
-
-        client = connect(args.dask)
-        print(f"dask: {client}")
-    kw = dict(stream=args.stream, method=args.method, centered=args.centered, max_memory=args.max_memory,
-              progress=not args.no_progress, client=client)
-    # per-pass checkpoints: an interrupted run continues; a finished Gram serves any later k
-    spec = principal_components(store, args.k, components_out=out / "components.npy",
-                                checkpoint_dir=out / "checkpoints", **kw)
+    args = build_parser().parse_args(argv)
+    config = AnalyseConfig(**cli.config_values(args, AnalyseConfig))
+    spec = analyse(args.run_dir, config, out=args.out, progress=not args.no_progress, device=args.device)
     print(f"{spec.method}: {spec.reason}")
-    spec.save(out)
-    G = rlc.in_sample(spec)
-    G.to_csv(out / "rlc_steps.csv")
-    rlc.summarize(G).to_csv(out / "rlc_in_sample.csv", index=False)
-    if args.holdout != "none":
-        k_fit = min(args.k, store.n_steps // 2 - (1 if args.centered else 0))
-        if k_fit < 1:
-            raise SpectralError(f"too few steps ({store.n_steps}) for a held-out curve; pass --holdout none")
-        G_out, _ = rlc.held_out(store, k_fit, split=args.holdout, ks=rlc.k_grid(k_fit), **kw)
-        rlc.summarize(G_out).to_csv(out / "rlc_held_out.csv", index=False)
-    if spec.k >= 2:
-        density.eigenvalue_kde(spec.eigenvalues).to_csv(out / "density_kde.csv", index=False)
-    if args.slq:
-        slq, info = density.slq_density(store, args.stream, max_memory=args.max_memory)
-        slq.to_csv(out / "density_slq.csv", index=False)
-        print(f"SLQ: {info['passes']} passes; zero eigenvalues of H^T H/n: {info['zero_mass']:.4%} of d")
     summary = spec.summary()
     print(json.dumps({k: summary[k] for k in ("method", "k", "n", "d", "passes", "seconds", "max_residual",
                                                "captured_energy")}))
-    print(f"results in {out}")
-    if client is not None:
-        client.close()
+    print(f"results in {args.out or args.run_dir / 'analysis' / config.stream}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import SpectralError
-from ..store.format import atomic_write
+from ..store import atomic_write
 
 
 BLOCK_BYTES = 128 * 2**20
@@ -32,12 +32,27 @@ def default_memory() -> int:
     return int(psutil.virtual_memory().available // 4)
 
 
-def trajectory_matrix(source, stream="clipped", rows=None, max_memory=None, progress=False, client=None):
-    """A :class:`TrajectoryMatrix`, or its dask counterpart when a ``dask.distributed`` client is given."""
+def trajectory_matrix(source, stream="clipped", rows=None, max_memory=None, progress=False, client=None, device=None):
+    """The matrix a solver works on: ``source`` itself if it is one already; the dask version with a
+    ``dask.distributed`` client; the torch version when ``device`` resolves to a GPU; else numpy.
+
+    The ``auto`` rule: CUDA when torch sees it, else the CPU (numpy, today's results bit for bit).
+    """
+    if isinstance(source, TrajectoryMatrix):
+        return source
     if client is not None:
         from .distributed import DaskTrajectoryMatrix
 
         return DaskTrajectoryMatrix(source, stream, rows=rows, client=client, progress=progress)
+    if device is not None:
+        from ..device import resolve_device
+
+        device = resolve_device(device)
+        if device.type != "cpu":
+            from .torch_matrix import TorchTrajectoryMatrix
+
+            return TorchTrajectoryMatrix(source, stream, rows=rows, max_memory=max_memory, progress=progress,
+                                         device=device)
     return TrajectoryMatrix(source, stream, rows=rows, max_memory=max_memory, progress=progress)
 
 
@@ -61,7 +76,7 @@ class TrajectoryMatrix:
                 raise SpectralError(f"a trajectory matrix must be 2-D, got shape {source.shape}")
             n_all, self.d = source.shape
         else:
-            source._check_stream(stream)
+            source.check_stream(stream)
             n_all, self.d = source.n_steps, source.d
         self.rows = np.arange(n_all) if rows is None else np.asarray(rows)
         self.n = len(self.rows)

@@ -212,12 +212,12 @@ def _orthiter(M: TrajectoryMatrix, k, centered, iters, seed):
 def principal_components(source, k: int, *, stream: str = "clipped", method: str = "auto", centered: bool = False,
                          max_memory: int | None = None, components_out=None, oversample: int = 10, n_iter: int = 4,
                          orthiter_iters: int = 10, seed: int = 0, rows=None, progress: bool = False,
-                         checkpoint_dir=None, client=None) -> Spectrum:
+                         checkpoint_dir=None, client=None, device=None) -> Spectrum:
     """Top-k principal components of a trajectory.
 
     Parameters
     ----------
-    source : a :class:`spectral.store.Store` or an array of shape (n, d)
+    source : a :class:`spectral.store.Store`, an array of shape (n, d), or a :class:`TrajectoryMatrix`
     k : number of components, 1 <= k <= min(n, d)
     method : "auto", "gram", "randomized", "lanczos" or "orthiter" (see the module docstring)
     centered : covariance of the steps instead of the uncentred second moment (the paper's)
@@ -230,6 +230,8 @@ def principal_components(source, k: int, *, stream: str = "clipped", method: str
         continues from them; a completed Gram is reused, so another k costs one pass.
     client : a ``dask.distributed.Client``: every pass runs blockwise on its workers
         (see :mod:`spectral.analyse.distributed`); checkpoints are not used then.
+    device : ``auto``, ``cpu`` or ``cuda[:i]``: on a GPU the passes run as float64 torch matmuls
+        there (see :mod:`spectral.analyse.torch_matrix`); None or ``cpu``: numpy
 
     Returns
     -------
@@ -238,7 +240,8 @@ def principal_components(source, k: int, *, stream: str = "clipped", method: str
     if method not in METHODS:
         raise SpectralError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     budget = default_memory() if max_memory is None else int(max_memory)
-    M = trajectory_matrix(source, stream, rows=rows, max_memory=budget, progress=progress, client=client)
+    M = trajectory_matrix(source, stream, rows=rows, max_memory=budget, progress=progress, client=client,
+                          device=device)
     check_k(k, M.n, M.d, centered)
     reason = "requested"
     if method == "auto":

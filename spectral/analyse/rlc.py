@@ -70,7 +70,7 @@ def held_out(source, k: int, *, stream="clipped", split="half", ks=None, **pca_k
     fit, test = split_rows(n, split)
     spectrum = principal_components(source, k, stream=stream, rows=fit, **pca_kwargs)
     M = trajectory_matrix(source, stream, rows=test, max_memory=pca_kwargs.get("max_memory"),
-                          client=pca_kwargs.get("client"))
+                          client=pca_kwargs.get("client"), device=pca_kwargs.get("device"))
     scores = M.matmat(spectrum.components)
     sq, _ = M.norms()
     G = residual_norms(scores, sq, k_grid(k) if ks is None else ks)

@@ -31,11 +31,11 @@ def measure(mode: str, params: str, batch_size: int, physical: int, warmup: int,
     """Time ``steps`` steps of ``mode`` after ``warmup`` steps; returns seconds/step and peak MiB."""
     import torch
 
-    from ..collect.config import CollectConfig
-    from ..collect.data import load_data
-    from ..collect.engine import DPEngine
-    from ..collect.models import load_model, parameter_layout, select_trainable
-    from ..collect.run import Batcher
+    from ..dp.config import CollectConfig
+    from ..dp.data import load_data
+    from ..dp.engine import DPEngine
+    from ..dp.models import load_model, parameter_layout, select_trainable
+    from ..dp.training import Batcher
     from ..store import StoreWriter
     from ..store.format import shard_rows_for
 

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import torch
 
-from ..collect.config import CollectConfig
-from ..collect.run import prepare
+from ..dp.config import CollectConfig
+from ..dp.training import prepare
 from ..retrain import CoordinateEngine, Subspace
 
 

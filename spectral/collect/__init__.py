@@ -1,12 +1,10 @@
-"""Collect stage: DP fine-tuning that logs every step's flattened gradient to a store.
+"""Collect: DP fine-tuning that stores every step's flattened gradient in a trajectory store.
 
 >>> from spectral.collect import CollectConfig, collect
->>> collect(CollectConfig(steps=50), "runs/small")
+>>> collect(CollectConfig(steps=50), "runs/demo")
 """
 
-from .config import CollectConfig
-from .engine import DPEngine
-from .privacy import PrivacyLedger, PrivacyPlan, plan_privacy
+from ..dp import CollectConfig
 from .run import collect
 
-__all__ = ["CollectConfig", "collect", "DPEngine", "PrivacyPlan", "PrivacyLedger", "plan_privacy"]
+__all__ = ["CollectConfig", "collect"]

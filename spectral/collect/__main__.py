@@ -2,23 +2,22 @@
 
 Examples
 --------
-  python -m spectral.collect --out runs/demo
-  python -m spectral.collect --config experiments/collect_quick.toml --out runs/quick
-  python -m spectral.collect --out runs/demo --resume            # after a crash or Ctrl-C
-  python -m spectral.collect --model roberta-base --params attention-qv --batch-size 1000 \\
-      --steps 4000 --out runs/paper                               # the paper's setting, online + GPU
+  python -m spectral.collect runs/demo
+  python -m spectral.collect runs/cpu --config experiments/collect_cpu.toml   # the CPU-faithful run
+  python -m spectral.collect runs/demo --resume                 # after a crash or Ctrl-C
+  python -m spectral.collect runs/paper --config experiments/collect_paper.toml  # roberta-base, online + GPU
 """
 
 from __future__ import annotations
 
 import argparse
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 
+from .. import cli
 from ..errors import SpectralError, cli_entry
-from . import config as C
-from .config import CollectConfig
+from ..dp import config as C
+from ..dp.config import CollectConfig
 from .run import collect
 
 HELP = {
@@ -66,31 +65,17 @@ HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m spectral.collect", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, type=Path, help="run directory (the trajectory store)")
-    parser.add_argument("--config", type=Path, help="TOML file of settings (keys as below, with underscores)")
-    parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing store in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    defaults = CollectConfig()
-    group = parser.add_argument_group("run settings (default in brackets)")
-    for f in fields(CollectConfig):
-        default = getattr(defaults, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        kwargs = dict(default=argparse.SUPPRESS, help=f"{HELP[f.name]} [{default}]")
-        if f.name == "streams":
-            kwargs.update(nargs="+", choices=C.STREAMS)
-        elif f.name == "label_text":
-            kwargs.update(nargs="+")
-        elif isinstance(default, bool):
-            kwargs.update(type=lambda s: s.lower() in ("1", "true", "yes"))
-        elif f.name in ("delta", "noise_multiplier", "epsilon", "lr", "max_grad_norm"):
-            kwargs.update(type=float)
-        elif isinstance(default, int) or f.name in ("train_size", "eval_size"):
-            kwargs.update(type=int)
-        group.add_argument(flag, **kwargs)
-    return parser
+    p = cli.parser("python -m spectral.collect", __doc__)
+    cli.add_run_dir(p, "run directory (the trajectory store)")
+    p.add_argument("--config", type=Path, help="TOML file of settings (keys as below, with underscores)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store in RUN_DIR")
+    cli.add_common(p)
+    cli.add_config(p, CollectConfig, HELP, title="run settings (default in brackets)", choices={
+        "objective": C.OBJECTIVES, "pooling": C.POOLING, "optimizer": C.OPTIMIZERS, "lr_schedule": C.SCHEDULES,
+        "clipping": C.CLIPPING, "sampling": C.SAMPLING, "accountant": C.ACCOUNTANTS, "streams": C.STREAMS,
+        "dtype": C.DTYPES})
+    return p
 
 
 def load_toml(path: Path) -> dict:
@@ -104,11 +89,9 @@ def load_toml(path: Path) -> dict:
 
 @cli_entry
 def main(argv=None):
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    out, config_file = args.pop("out"), args.pop("config", None)
-    resume, overwrite, progress = args.pop("resume"), args.pop("overwrite"), not args.pop("no_progress")
-    given = {**(load_toml(config_file) if config_file else {}), **args}
+    args = build_parser().parse_args(argv)
+    out, resume, overwrite = args.run_dir, args.resume, args.overwrite
+    given = {**(load_toml(args.config) if args.config else {}), **cli.config_values(args, CollectConfig)}
     if resume and overwrite:
         raise SpectralError("--resume and --overwrite exclude each other")
     if resume:
@@ -122,7 +105,7 @@ def main(argv=None):
         cfg = CollectConfig.from_dict(stored)
     else:
         cfg = CollectConfig.from_dict(given).validate()
-    collect(cfg, out, resume=resume, overwrite=overwrite, progress=progress)
+    collect(cfg, out, resume=resume, overwrite=overwrite, progress=not args.no_progress, device=args.device)
     print(f"stored in {out}; open with spectral.store.open({str(out)!r})")
 
 

@@ -1,6 +1,6 @@
 """Report stage: power-law fits, the restricted-Lipschitz verdict, and the paper's figures."""
 
 from .fits import dimension_curve, log_log_fit, range_table, rlc_fit, spectrum_fit
-from .run import report
+from .run import ReportConfig, report
 
-__all__ = ["dimension_curve", "log_log_fit", "range_table", "report", "rlc_fit", "spectrum_fit"]
+__all__ = ["ReportConfig", "dimension_curve", "log_log_fit", "range_table", "report", "rlc_fit", "spectrum_fit"]

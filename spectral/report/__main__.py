@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import cli_entry
-from .run import report
+from .run import ReportConfig, report
 
 
 @cli_entry
@@ -31,7 +31,7 @@ def main(argv=None):
     p.add_argument("--toy", type=Path, help="toy results directory [RUN_DIR/toy]")
     p.add_argument("--retrain", type=Path, help="retraining results directory [RUN_DIR/retrain]")
     args = p.parse_args(argv)
-    result = report(args.run_dir, args.out, args.stream, tuple(args.fit_range), args.toy, args.retrain)
+    result = report(args.run_dir, ReportConfig(args.stream, tuple(args.fit_range)), args.out, args.toy, args.retrain)
     f = result["fits"]
     if "spectrum" in f:
         s = f["spectrum"]

@@ -18,11 +18,9 @@ import json
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
 STYLE = {
     "figure.figsize": (6.0, 4.2), "figure.dpi": 110, "savefig.dpi": 160, "savefig.bbox": "tight",
@@ -31,30 +29,43 @@ STYLE = {
     "axes.spines.top": False, "axes.spines.right": False, "legend.framealpha": 0.85,
     "figure.constrained_layout.use": True,
 }
-COLORS = plt.get_cmap("tab10").colors
+COLORS = matplotlib.colormaps["tab10"].colors
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
-def _save(fig, stem, tables: dict | None = None, meta: dict | None = None) -> list[Path]:
+def new_figure(rows: int = 1, cols: int = 1, **subplots):
+    """``(figure, axes)`` on a plain :class:`~matplotlib.figure.Figure`: no pyplot state and no global
+    backend, so drawing works the same in scripts, servers and Jupyter. Call inside ``style()``."""
+    fig = Figure()
+    return fig, fig.subplots(rows, cols, **subplots)
+
+
+def style(**overrides):
+    """The figures' rc settings as a context (``with style(): fig, ax = new_figure()``)."""
+    return matplotlib.rc_context({**STYLE, **overrides})
+
+
+def save(fig, stem, tables: dict | None = None, meta: dict | None = None) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png``/``.pdf``, each table as ``<stem><name>.csv`` and ``meta`` as
+    ``<stem>.json``; returns the paths."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for suffix in (".png", ".pdf"):
         fig.savefig(stem.with_suffix(suffix))
         paths.append(stem.with_suffix(suffix))
-    plt.close(fig)
     for name, table in (tables or {}).items():
         path = stem.parent / f"{stem.name}{name}.csv"
         table.to_csv(path, index=False)
         paths.append(path)
     if meta is not None:
         path = stem.with_suffix(".json")
-        path.write_text(json.dumps(meta, indent=1, default=_json_default))
+        path.write_text(json.dumps(meta, indent=1, default=json_default))
         paths.append(path)
     return paths
 
 
-def _json_default(value):
+def json_default(value):
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -74,8 +85,8 @@ def spectrum_figure(spectrum: pd.DataFrame, fit: dict, stem, title: str = "") ->
     first, last = fit["range"]
     kk = np.arange(first, last + 1)
     fitted = np.exp(fit["intercept"]) * kk ** fit["slope"]
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots()
+    with style():
+        fig, ax = new_figure()
         ax.loglog(k, s, "o", ms=3, color=COLORS[0], alpha=0.8, label="estimated σ_k")
         ax.loglog(kk, fitted, "-", color=COLORS[3], label=_fit_label(fit))
         ax.set_xlabel("rank k")
@@ -84,20 +95,20 @@ def spectrum_figure(spectrum: pd.DataFrame, fit: dict, stem, title: str = "") ->
         ax.legend(loc="lower left")
     table = pd.DataFrame({"rank": k, "singular_value": s})
     table["fitted"] = np.where((k >= first) & (k <= last), np.exp(fit["intercept"]) * k.astype(float) ** fit["slope"], np.nan)
-    return _save(fig, stem, {"": table}, {"fit": fit})
+    return save(fig, stem, {"": table}, {"fit": fit})
 
 
 # ---------------------------------------------------------------------- 2. density
 def density_figure(kde: pd.DataFrame, stem, title: str = "") -> list[Path]:
     """Kernel density of the eigenvalues: columns ``eigenvalue``, ``density`` (per log10 unit)."""
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots()
+    with style():
+        fig, ax = new_figure()
         keep = kde.density > kde.density.max() * 1e-6
         ax.loglog(kde.eigenvalue[keep], kde.density[keep], color=COLORS[0])
         ax.set_xlabel("eigenvalue λ of HᵀH")
         ax.set_ylabel("density (per decade of λ)")
         ax.set_title(title or "Kernel density of the top eigenvalues")
-    return _save(fig, stem, {"": kde})
+    return save(fig, stem, {"": kde})
 
 
 # ---------------------------------------------------------------------- 3. RLC curve
@@ -107,8 +118,8 @@ def rlc_figure(curves: dict, fits: dict, stem, column: str = "rms", title: str =
     curves : {label: DataFrame with ``k`` and ``column``}; fits : {label: fits.rlc_fit}
     """
     tables = []
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots()
+    with style():
+        fig, ax = new_figure()
         anchor = None
         for i, (label, curve) in enumerate(curves.items()):
             c = curve[curve.k >= 1]
@@ -127,7 +138,7 @@ def rlc_figure(curves: dict, fits: dict, stem, column: str = "rms", title: str =
         ax.set_ylabel(f"G_k = {column} over steps of ‖(I − P_k) g‖")
         ax.set_title(title or "Restricted-Lipschitz curve")
         ax.legend(loc="lower left")
-    return _save(fig, stem, {"": pd.concat(tables, ignore_index=True)}, {"fits": fits})
+    return save(fig, stem, {"": pd.concat(tables, ignore_index=True)}, {"fits": fits})
 
 
 # ---------------------------------------------------------------------- 4. dimension factor
@@ -137,8 +148,8 @@ def dimension_figure(frames: dict, stem, d_run: int | None = None, title: str = 
     frames : {label: fits.dimension_curve frame (d, rlc_factor, classical_factor, measured)}
     """
     tables = []
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots()
+    with style():
+        fig, ax = new_figure()
         for i, (label, f) in enumerate(frames.items()):
             ax.loglog(f.d, f.rlc_factor, color=COLORS[i], label=f"RLC bound factor, G_k {label}")
             extrap = f[~f.measured]
@@ -157,7 +168,7 @@ def dimension_figure(frames: dict, stem, d_run: int | None = None, title: str = 
         handles, _ = ax.get_legend_handles_labels()
         dotted = matplotlib.lines.Line2D([], [], color="0.4", ls=":", label="(dotted: G_k extrapolated beyond measured k)")
         ax.legend(handles=handles + [dotted], loc="upper left")
-    return _save(fig, stem, {"": pd.concat(tables, ignore_index=True)})
+    return save(fig, stem, {"": pd.concat(tables, ignore_index=True)})
 
 
 # ---------------------------------------------------------------------- 5. retraining
@@ -182,8 +193,8 @@ def retrain_figure(history: pd.DataFrame, stem, metric: str = "accuracy", title:
     settings = list(dict.fromkeys(stats.setting))
     cols = min(len(settings), 2)
     rows = -(-len(settings) // cols)
-    with plt.rc_context({**STYLE, "figure.figsize": (4.8 * cols + 0.6, 3.6 * rows + 0.4)}):
-        fig, axes = plt.subplots(rows, cols, sharey=True, squeeze=False)
+    with style(**{"figure.figsize": (4.8 * cols + 0.6, 3.6 * rows + 0.4)}):
+        fig, axes = new_figure(rows, cols, sharey=True, squeeze=False)
         for ax in axes.flat[len(settings):]:
             ax.set_visible(False)
         for ax, setting in zip(axes.flat, settings):
@@ -199,7 +210,7 @@ def retrain_figure(history: pd.DataFrame, stem, metric: str = "accuracy", title:
         for row in axes:
             row[0].set_ylabel(f"dev {metric}\n(mean ± std over seeds)")
         fig.suptitle(title or "Retraining with updates restricted to the top-r gradient subspace")
-    return _save(fig, stem, {"": stats})
+    return save(fig, stem, {"": stats})
 
 
 # ---------------------------------------------------------------------- 6. toy
@@ -214,8 +225,8 @@ def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
 
     main, extra = best[best["mode"].isin(MODES)], best[~best["mode"].isin(MODES)]
     panels = 3 if len(extra) else 2
-    with plt.rc_context({**STYLE, "figure.figsize": (5.0 * panels, 4.0)}):
-        fig, axes = plt.subplots(1, panels)
+    with style(**{"figure.figsize": (5.0 * panels, 4.0)}):
+        fig, axes = new_figure(1, panels)
         for ax, split in zip(axes, ("train", "test")):
             for i, (mode, g) in enumerate(main.groupby("mode", sort=False)):
                 ax.errorbar(g.d, g[f"{split}_mean"], yerr=g[f"{split}_std"], marker=MARKERS[i], ms=4, capsize=2,
@@ -237,4 +248,4 @@ def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
             ax.set_title("const: a_j = g0 vs the seed code's g0·j")
             ax.legend(loc="upper left")
         fig.suptitle(title or "Private geometric median: loss vs dimension (best T, lr per point)")
-    return _save(fig, stem, {"": best})
+    return save(fig, stem, {"": best})

@@ -12,12 +12,24 @@ fits.json with every fit.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from .. import layout
 from ..errors import SpectralError
+from ..layout import RunDir
 from . import figures, fits
+
+
+@dataclass
+class ReportConfig:
+    """stream : which analysed stream to report; fit_range : ranks of the spectrum's power-law fit
+    (the paper's 1…500; cut to the ranks available, with a note in the fit)."""
+
+    stream: str = "clipped"
+    fit_range: tuple = (1, 500)
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
@@ -29,20 +41,23 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
         raise SpectralError(f"{path} is not a readable CSV table ({exc})") from None
 
 
-def report(run_dir, out=None, stream: str = "clipped", fit_range=(1, 500), toy_dir=None, retrain_dir=None) -> dict:
+def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, retrain_dir=None) -> dict:
     """Fit and draw everything available for ``run_dir``; returns {"fits": …, "figures": […], "missing": […]}."""
-    run_dir = Path(run_dir)
+    config = config or ReportConfig()
+    stream, fit_range = config.stream, tuple(config.fit_range)
+    run = RunDir(run_dir)
+    run_dir = run.root
     if not run_dir.is_dir():
         raise SpectralError(f"{run_dir}: no such run directory")
-    out = Path(out) if out else run_dir / "figures"
-    analysis = run_dir / "analysis" / stream
-    toy_dir = Path(toy_dir) if toy_dir else run_dir / "toy"
-    retrain_dir = Path(retrain_dir) if retrain_dir else run_dir / "retrain"
+    out = Path(out) if out else run.figures
+    analysis = run.analysis(stream)
+    toy_dir = Path(toy_dir) if toy_dir else run.toy()
+    retrain_dir = Path(retrain_dir) if retrain_dir else run.retrain()
     result = {"fits": {}, "figures": [], "missing": []}
     title = run_dir.name
 
-    spectrum = _read_csv(analysis / "spectrum.csv")
-    summary = json.loads((analysis / "summary.json").read_text()) if (analysis / "summary.json").is_file() else {}
+    spectrum = _read_csv(analysis / layout.SPECTRUM)
+    summary = json.loads((analysis / layout.SUMMARY).read_text()) if (analysis / layout.SUMMARY).is_file() else {}
     d_run = summary.get("d")
     if spectrum is not None:
         sv = spectrum.singular_value.to_numpy()
@@ -55,14 +70,14 @@ def report(run_dir, out=None, stream: str = "clipped", fit_range=(1, 500), toy_d
     else:
         result["missing"].append(f"spectrum ({analysis / 'spectrum.csv'}; run python -m spectral.analyse)")
 
-    kde = _read_csv(analysis / "density_kde.csv")
+    kde = _read_csv(analysis / layout.DENSITY_KDE)
     if kde is not None:
         result["figures"] += figures.density_figure(kde, out / "fig2_density")
     else:
         result["missing"].append("spectral density (density_kde.csv)")
 
-    curves = {label: c for label, c in (("in-sample", _read_csv(analysis / "rlc_in_sample.csv")),
-                                         ("held-out", _read_csv(analysis / "rlc_held_out.csv"))) if c is not None}
+    curves = {label: c for label, c in (("in-sample", _read_csv(analysis / layout.RLC_IN_SAMPLE)),
+                                         ("held-out", _read_csv(analysis / layout.RLC_HELD_OUT))) if c is not None}
     if curves:
         rlc_fits = {label: fits.rlc_fit(c) for label, c in curves.items()}
         result["fits"]["rlc"] = rlc_fits
@@ -76,7 +91,7 @@ def report(run_dir, out=None, stream: str = "clipped", fit_range=(1, 500), toy_d
         result["missing"].append("restricted-Lipschitz curves (rlc_in_sample.csv / rlc_held_out.csv)")
 
     histories = []
-    for path in sorted([retrain_dir / "retrain_history.csv", *retrain_dir.glob("*/retrain_history.csv")]):
+    for path in sorted([retrain_dir / layout.RETRAIN_HISTORY, *retrain_dir.glob(f"*/{layout.RETRAIN_HISTORY}")]):
         h = _read_csv(path)
         if h is not None:
             histories.append(h if "setting" in h else h.assign(setting=path.parent.name))
@@ -85,18 +100,18 @@ def report(run_dir, out=None, stream: str = "clipped", fit_range=(1, 500), toy_d
     else:
         result["missing"].append(f"subspace retraining ({retrain_dir}; run python -m spectral.retrain)")
 
-    best = _read_csv(toy_dir / "toy_best.csv")
-    seed_code = _read_csv(toy_dir.parent / f"{toy_dir.name}-seedcode" / "toy_best.csv")
+    best = _read_csv(toy_dir / layout.TOY_BEST)
+    seed_code = _read_csv(toy_dir.parent / f"{toy_dir.name}-seedcode" / layout.TOY_BEST)
     if best is not None:
         if seed_code is not None:  # the seed code's const mode, drawn beside the correct one
             extra = seed_code[seed_code["mode"] == "const"].assign(mode="const as in the seed code")
             best = pd.concat([best, extra], ignore_index=True)
         result["figures"] += figures.toy_figure(best, out / "fig6_toy")
     else:
-        result["missing"].append(f"geometric-median toy ({toy_dir}; run python -m spectral.toy --out {toy_dir})")
+        result["missing"].append(f"geometric-median toy ({toy_dir}; run python -m spectral.toy {run_dir})")
 
     if not result["figures"]:
         raise SpectralError(f"{run_dir} has nothing to report: run python -m spectral.analyse {run_dir} first")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fits.json").write_text(json.dumps(result["fits"], indent=1, default=figures._json_default))
+    (out / layout.FITS).write_text(json.dumps(result["fits"], indent=1, default=figures.json_default))
     return result

@@ -16,58 +16,63 @@ gradients without noise). --subspace-from public estimates them from a disjoint 
 
 Examples
 --------
-  python -m spectral.retrain --components runs/demo/analysis/clipped --rank 10 20 100 --seeds 3
-  python -m spectral.retrain --components runs/demo/analysis/clipped --mode signal+noise --subspace-from public
+  python -m spectral.retrain runs/demo --ranks 10 20 100 --seeds 3
+  python -m spectral.retrain runs/demo --mode signal+noise --subspace-from public
+  python -m spectral.retrain runs/demo --scale quick --non-private
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+from .. import cli
 from ..errors import cli_entry
+from ..layout import RunDir
 from .run import MODES, SOURCES, RetrainConfig, retrain
 
-SCALES = {"quick": {"steps": 40, "eval_every": 10, "seeds": 2, "ranks": [10, 100]},
-          "paper": {"steps": 260, "eval_every": 25, "seeds": 3, "ranks": [10, 20, 100]}}
-DEFAULT = {"steps": 200, "eval_every": 25, "seeds": 3, "ranks": [10, 20, 100]}
+SCALES = {"quick": {"steps": 40, "eval_every": 10, "seeds": 2, "ranks": (10, 100)},
+          "paper": {"steps": 260, "eval_every": 25, "seeds": 3, "ranks": (10, 20, 100)}}
+
+HELP = {
+    "ranks": "subspace ranks",
+    "seeds": "seeds per variant (they change batches, noise and dropout; the head is the run's)",
+    "mode": "how updates are restricted",
+    "subspace_from": "the run's own components (not private) or a public split",
+    "steps": "DP steps per run",
+    "eval_every": "evaluate on dev every N steps",
+    "full": "also train the unrestricted baseline",
+    "public_size": "public examples set aside (--subspace-from public)",
+    "public_steps": "non-private steps on public data that estimate its subspace",
+    "analysis": "analysis directory whose components span the subspace [RUN_DIR/analysis/clipped]",
+}
+
+
+def build_parser():
+    p = cli.parser("python -m spectral.retrain", __doc__)
+    cli.add_run_dir(p, "a collect run (analysed by python -m spectral.analyse)")
+    cli.add_common(p)
+    cli.add_config(p, RetrainConfig, HELP, choices={"mode": MODES, "subspace_from": SOURCES})
+    p.add_argument("--scale", choices=sorted(SCALES), help="preset steps/eval/seeds/ranks (quick: minutes on 2 cores)")
+    p.add_argument("--lr", type=float, help="override the run's learning rate")
+    p.add_argument("--non-private", action="store_true",
+                   help="no noise (σ = 0): where gradients live, without DP's noise floor (not private)")
+    p.add_argument("--out", help="results directory [RUN_DIR/retrain/<mode>-<source>[-nonprivate]]")
+    p.add_argument("--overwrite", action="store_true", help="replace results of other settings in --out")
+    return p
 
 
 @cli_entry
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m spectral.retrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--components", type=Path, required=True, help="an analysis directory: RUN/analysis/<stream>")
-    p.add_argument("--rank", type=int, nargs="+", help="subspace ranks [10 20 100]")
-    p.add_argument("--seeds", type=int, help="seeds per variant [3]")
-    p.add_argument("--mode", choices=MODES, default="signal", help="how updates are restricted [signal]")
-    p.add_argument("--subspace-from", choices=SOURCES, default="trajectory",
-                   help="the run's own components (not private) or a public split [trajectory]")
-    p.add_argument("--steps", type=int, help="DP steps per run [200]")
-    p.add_argument("--eval-every", type=int, help="evaluate on dev every N steps [25]")
-    p.add_argument("--scale", choices=sorted(SCALES), help="preset steps/eval/seeds (quick: minutes on 2 cores)")
-    p.add_argument("--no-full", action="store_true", help="skip the unrestricted baseline")
-    p.add_argument("--public-size", type=int, default=2000, help="public examples set aside [2000]")
-    p.add_argument("--lr", type=float, help="override the run's learning rate")
-    p.add_argument("--non-private", action="store_true",
-                   help="no noise (σ = 0): where gradients live, without DP's noise floor (not private)")
-    p.add_argument("--out", type=Path, help="results directory [RUN/retrain/<mode>-<source>[-nonprivate]]")
-    p.add_argument("--overwrite", action="store_true", help="replace results of other settings in --out")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-
-    preset = SCALES.get(args.scale, DEFAULT)
+    args = build_parser().parse_args(argv)
     settings = {"lr": args.lr} if args.lr else {}
     if args.non_private:
         settings["noise_multiplier"] = 0.0
-    config = RetrainConfig(
-        components=str(args.components), ranks=tuple(args.rank or preset["ranks"]), seeds=args.seeds or preset["seeds"],
-        mode=args.mode, subspace_from=args.subspace_from, steps=args.steps or preset["steps"],
-        eval_every=args.eval_every or preset["eval_every"], full=not args.no_full, public_size=args.public_size,
-        settings=settings)
-    out = args.out or args.components.resolve().parents[1] / "retrain" / config.tag
-    history = retrain(config, out, progress=not args.no_progress, overwrite=args.overwrite)
+    values = {**SCALES.get(args.scale, {}), **cli.config_values(args, RetrainConfig)}
+    config = RetrainConfig(**values, settings=settings)
+    history = retrain(args.run_dir, config, args.out, progress=not args.no_progress, overwrite=args.overwrite,
+                      device=args.device)
+    out = Path(args.out) if args.out else RunDir(args.run_dir).retrain(config.tag)
     summary = json.loads((out / "retrain_summary.json").read_text())
     for variant, r in summary["final_accuracy"].items():
         print(f"{variant:>10}: final dev accuracy {r['mean']:.4f} ± {r['std']:.4f} ({r['seeds']} seeds)")

@@ -13,36 +13,38 @@ import math
 import torch
 from opacus.grad_sample import GradSampleModule
 
-from ..collect.engine import (NonFiniteGradient, StepOutput, _flat, _needs_explicit_positions, add_position_ids,
-                              evaluate)
+from ..dp.engine import (NonFiniteGradient, StepOutput, add_position_ids, evaluate, flatten, needs_explicit_positions,
+                         to_device)
 from .subspace import Subspace
 
 
 class CoordinateEngine:
-    """The ``coordinates`` restriction: same interface as :class:`spectral.collect.engine.DPEngine`."""
+    """The ``coordinates`` restriction: same interface as :class:`spectral.dp.engine.DPEngine`."""
 
     def __init__(self, model, subspace: Subspace, *, optimizer, lr, noise_multiplier, max_grad_norm,
                  expected_batch_size, seed):
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.subspace = subspace
-        self.theta0 = _flat(p.detach() for p in self.params).clone()
+        self.device = self.params[0].device
+        self.subspace = subspace.to(self.device)
+        self.theta0 = flatten(p.detach() for p in self.params).clone()
         self.dtype = self.params[0].dtype
-        self.z = torch.zeros(subspace.rank, dtype=self.dtype, requires_grad=True)
+        self.z = torch.zeros(subspace.rank, dtype=self.dtype, device=self.device, requires_grad=True)
         self.optimizer = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer]([self.z], lr=lr)
         self.noise_std = noise_multiplier * max_grad_norm
         self.max_grad_norm, self.expected_batch_size = max_grad_norm, expected_batch_size
-        self.noise_generator = torch.Generator().manual_seed(int(seed) + 7919)
+        self.noise_generator = torch.Generator(device=self.device).manual_seed(int(seed) + 7919)
         model.train()
         self.module = GradSampleModule(model, loss_reduction="sum")
-        self._explicit_positions = _needs_explicit_positions(model)
+        self._explicit_positions = needs_explicit_positions(model)
 
     def step(self, chunks, lr: float) -> StepOutput:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        summed = torch.zeros(self.subspace.rank, dtype=self.dtype)
+        summed = torch.zeros(self.subspace.rank, dtype=self.dtype, device=self.device)
         losses, norms, n = [], [], 0
         for inputs, labels in chunks:
+            inputs, labels = to_device(inputs, labels, self.device)
             if self._explicit_positions:
                 inputs = add_position_ids(inputs)
             loss = torch.nn.functional.cross_entropy(self.module(**inputs).logits, labels, reduction="sum")
@@ -56,7 +58,8 @@ class CoordinateEngine:
             n += len(labels)
             for p in self.params:
                 p.grad_sample, p.grad = None, None
-        noise = torch.normal(0.0, self.noise_std, size=summed.shape, generator=self.noise_generator, dtype=self.dtype)
+        noise = torch.normal(0.0, self.noise_std, size=summed.shape, generator=self.noise_generator, dtype=self.dtype,
+                             device=self.device)
         clipped = summed / self.expected_batch_size
         private = (summed + noise) / self.expected_batch_size
         if not torch.isfinite(private).all():
@@ -71,7 +74,8 @@ class CoordinateEngine:
                 p.copy_(flat[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
         return StepOutput(loss=sum(losses) / n if n else math.nan, clipped=clipped, private=private,
-                          per_example_norms=torch.cat(norms) if norms else torch.zeros(0), batch_size=n)
+                          per_example_norms=torch.cat(norms) if norms else torch.zeros(0, device=self.device),
+                          batch_size=n)
 
     def evaluate(self, chunks) -> dict:
         return evaluate(self.model, chunks)

@@ -26,13 +26,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..collect.config import CollectConfig
-from ..collect.data import load_data
-from ..collect.privacy import PrivacyLedger
-from ..collect.run import prepare
+from ..device import resolve_device
+from ..dp.config import CollectConfig
+from ..dp.data import load_data
+from ..dp.privacy import PrivacyLedger
+from ..dp.training import prepare
+from .. import layout
 from ..errors import SpectralError
-from ..store import read_manifest
-from ..store.format import atomic_write
+from ..layout import RunDir
+from ..store import open as open_store
+from ..store import atomic_write
 from .coordinates import CoordinateEngine
 from .subspace import Subspace
 
@@ -42,9 +45,12 @@ SOURCES = ("trajectory", "public")
 
 @dataclass
 class RetrainConfig:
-    """What to retrain. ``settings`` overrides collect settings of the run (e.g. {"lr": 1e-3})."""
+    """What to retrain. ``settings`` overrides collect settings of the run (e.g. {"lr": 1e-3}).
 
-    components: str  # an analysis directory: RUN/analysis/<stream>
+    analysis : the analysis whose components span the subspace (default RUN/analysis/clipped); it
+        must describe this run's store (its summary.json records which store it came from)
+    """
+
     ranks: tuple = (10, 20, 100)
     seeds: int = 3
     mode: str = "signal"
@@ -54,6 +60,7 @@ class RetrainConfig:
     full: bool = True
     public_size: int = 2000
     public_steps: int = 100
+    analysis: str | None = None
     settings: dict = field(default_factory=dict)
 
     @property
@@ -75,42 +82,47 @@ class RetrainConfig:
         return self
 
 
-def run_settings(components) -> CollectConfig:
-    """The collect settings of the run an analysis directory belongs to (RUN/analysis/<stream>)."""
-    run_dir = Path(components).resolve().parents[1]
-    try:
-        manifest = read_manifest(run_dir)
-    except SpectralError:
-        raise SpectralError(f"{components} is not inside a collect run (expected RUN/analysis/<stream>)") from None
-    return CollectConfig.from_dict(manifest["config"])
+def check_analysis(run: RunDir, analysis: Path) -> None:
+    """Refuse components computed from another store (the analysis records its store)."""
+    summary = analysis / layout.SUMMARY
+    if not summary.is_file():
+        raise SpectralError(f"{analysis} holds no analysis; run python -m spectral.analyse {run.root} first")
+    source = json.loads(summary.read_text()).get("store")
+    if source is not None and Path(source).resolve() != run.store.resolve():
+        raise SpectralError(f"{analysis} analyses {source}, not the run {run.root}")
 
 
-def public_subspace(cfg: CollectConfig, public, dev, rank: int, steps: int, progress: bool) -> Subspace:
+def public_subspace(cfg: CollectConfig, public, dev, rank: int, steps: int, progress: bool,
+                    head: dict | None = None, device="cpu") -> Subspace:
     """Top-``rank`` components of non-private clipped gradients along ``steps`` steps on public data."""
     from ..analyse import principal_components
 
     pub = replace(cfg, noise_multiplier=0.0, epsilon=None, steps=steps, eval_every=0)
-    t = prepare(pub, split=(public, dev))
+    t = prepare(pub, split=(public, dev), head=head, device=device)
     rows = []
     for step in tqdm(range(steps), desc="public gradients", disable=not progress, leave=False):
-        rows.append(t.engine.step(t.chunks(step), pub.learning_rate(step)).clipped.numpy())
+        rows.append(t.engine.step(t.chunks(step), pub.learning_rate(step)).clipped.cpu().numpy())
     spec = principal_components(np.stack(rows), min(rank, steps))
     return Subspace(spec.components)
 
 
-def train_variant(cfg: CollectConfig, split, subspace: Subspace | None, mode: str, progress: bool, desc: str):
-    """One DP run; returns (evaluations: list of dicts, seconds per step)."""
-    t = prepare(cfg, split=split, engine=subspace is None or mode != "coordinates")
-    engine = t.engine
+def train_variant(cfg: CollectConfig, split, subspace: Subspace | None, mode: str, progress: bool, desc: str,
+                  head: dict | None = None, device="cpu"):
+    """One DP run from the pretrained model with the collect run's ``head``; returns (evaluations: list
+    of dicts, seconds per step)."""
+    t = prepare(cfg, split=split, engine=False, head=head, device=device)
     if subspace is not None:
-        if subspace.d != t.d:
-            raise SpectralError(f"the subspace has d={subspace.d:,} but this model trains d={t.d:,} parameters")
-        if mode == "coordinates":
-            engine = CoordinateEngine(t.model, subspace, optimizer=cfg.optimizer, lr=cfg.lr,
-                                      noise_multiplier=t.plan.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
-                                      expected_batch_size=t.plan.batch_size, seed=cfg.seed)
-        else:
-            engine.restrict(subspace.project, mode)
+        subspace = subspace.to(t.device)
+    if subspace is not None and subspace.d != t.d:
+        raise SpectralError(f"the subspace has d={subspace.d:,} but this model trains d={t.d:,} parameters")
+    if subspace is None:
+        engine = t.build_engine()
+    elif mode == "coordinates":
+        engine = CoordinateEngine(t.model, subspace, optimizer=cfg.optimizer, lr=cfg.lr,
+                                  noise_multiplier=t.plan.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
+                                  expected_batch_size=t.plan.batch_size, seed=cfg.seed)
+    else:
+        engine = t.build_engine(subspace.project, mode)
     ledger, evals, seconds = PrivacyLedger(t.plan), [], 0.0
     evals.append({"step": 0, **engine.evaluate(t.dev_chunks), "epsilon": 0.0})
     for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False):
@@ -123,18 +135,29 @@ def train_variant(cfg: CollectConfig, split, subspace: Subspace | None, mode: st
     return evals, seconds / cfg.steps
 
 
-def retrain(config: RetrainConfig, out=None, progress: bool = True, overwrite: bool = False) -> pd.DataFrame:
-    """Run every (variant, seed); returns the history (variant, rank, seed, step, accuracy, loss, epsilon).
+def retrain(run, config: RetrainConfig | None = None, out=None, progress: bool = True,
+            overwrite: bool = False, device="auto") -> pd.DataFrame:
+    """Run every (variant, seed) for the collect run at ``run``; returns the history (variant, rank, seed,
+    step, accuracy, loss, epsilon).
+
+    Every run starts from the pretrained model with the collect run's head (read from its store), so
+    the seed changes batches, noise and dropout only, as in the authors' code.
 
     out : results directory (default RUN/retrain/<config.tag>). One directory holds one setting:
         a rerun with the same settings continues; other settings are refused unless ``overwrite``.
     """
-    config.validate()
-    out = Path(out) if out else Path(config.components).resolve().parents[1] / "retrain" / config.tag
+    config, device = (config or RetrainConfig()).validate(), resolve_device(device)
+    run = RunDir(run)
+    store = open_store(run.store)
+    analysis = Path(config.analysis) if config.analysis else run.analysis("clipped")
+    if config.subspace_from == "trajectory":
+        check_analysis(run, analysis)
+    head = store.attachment("head") if "head" in store.manifest.get("attachments", []) else None
+    out = Path(out) if out else run.retrain(config.tag)
     out.mkdir(parents=True, exist_ok=True)
-    base = replace(run_settings(config.components), steps=config.steps, eval_every=config.eval_every,
-                   **config.settings).validate()
-    history_path, record = out / "retrain_history.csv", asdict(config)
+    base = replace(CollectConfig.from_dict(store.manifest["config"]), steps=config.steps,
+                   eval_every=config.eval_every, **config.settings).validate()
+    history_path, record = out / layout.RETRAIN_HISTORY, {**asdict(config), "run": str(run.store.resolve())}
     history = pd.DataFrame()
     saved = out / "retrain_config.json"
     if history_path.is_file() and saved.is_file():
@@ -163,12 +186,14 @@ def retrain(config: RetrainConfig, out=None, progress: bool = True, overwrite: b
             subspace = None
             if rank is not None:
                 if "basis" not in bases:  # the top max(ranks) components, loaded or estimated once
-                    bases["basis"] = (Subspace.from_analysis(config.components, max(config.ranks))
+                    bases["basis"] = (Subspace.from_analysis(analysis, max(config.ranks))
                                       if config.subspace_from == "trajectory" else
-                                      public_subspace(base, public, dev, max(config.ranks), config.public_steps, progress))
+                                      public_subspace(base, public, dev, max(config.ranks), config.public_steps,
+                                                      progress, head, device))
                 subspace = Subspace(bases["basis"].V[:, :rank])
             cfg = replace(base, seed=base.seed + seed)
-            evals, per_step = train_variant(cfg, (train, dev), subspace, config.mode, progress, f"{name} seed {seed}")
+            evals, per_step = train_variant(cfg, (train, dev), subspace, config.mode, progress, f"{name} seed {seed}",
+                                            head, device)
             rows = pd.DataFrame([{"setting": config.tag, "variant": name, "rank": rank if rank else 0,
                                   "mode": config.mode if rank else "full", "subspace_from": config.subspace_from,
                                   "private": config.private, "seed": seed, **e} for e in evals])

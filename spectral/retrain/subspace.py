@@ -22,6 +22,10 @@ class Subspace:
             raise SpectralError(f"a subspace basis must have shape (d, r) with r <= d, got {tuple(V.shape)}")
         self.V = V.float().contiguous()
 
+    def to(self, device) -> "Subspace":
+        """The same subspace with its basis on ``device``."""
+        return self if self.V.device == torch.device(device) else Subspace(self.V.to(device))
+
     @property
     def d(self) -> int:
         return self.V.shape[0]
@@ -46,7 +50,7 @@ class Subspace:
 
     def project(self, g: torch.Tensor) -> torch.Tensor:
         """V Vᵀ g for g of shape (d,)."""
-        return self.V @ (self.V.T @ g.to(self.V.dtype))
+        return (self.V @ (self.V.T @ g.to(self.V.dtype))).to(g.dtype)
 
     def coordinates(self, G: torch.Tensor) -> torch.Tensor:
         """Vᵀ g for each row of G (B, d) -> (B, r)."""

@@ -187,13 +187,13 @@ class Store:
                     raise SpectralError(f"{self.root}: shard {rel} is corrupt (checksum mismatch)")
 
     # ------------------------------------------------------------------ data access
-    def _check_stream(self, stream: str) -> None:
+    def check_stream(self, stream: str) -> None:
         if stream not in self.streams:
             raise SpectralError(f"unknown stream {stream!r}; this store has {self.streams}")
 
     def shards(self, stream: str) -> list[tuple[int, int, np.memmap]]:
         """``(start, stop, raw memmap of shape (stop-start, d))`` per shard, in storage dtype."""
-        self._check_stream(stream)
+        self.check_stream(stream)
         return [(sh["start"], sh["stop"], arr) for sh, arr in zip(self._shards, self._maps[stream])]
 
     def rows(self, stream: str, start: int = 0, stop: int | None = None, dtype=np.float32) -> np.ndarray:
@@ -211,7 +211,7 @@ class Store:
         ``out``: a C-contiguous array of that shape and dtype to fill (reusing one buffer across
         blocks avoids fresh-memory page faults on every read). Not for concurrent calls on one Store.
         """
-        self._check_stream(stream)
+        self.check_stream(stream)
         row_stop = self.n_steps if row_stop is None else row_stop
         col_stop = self.d if col_stop is None else col_stop
         if not (0 <= row_start <= row_stop <= self.n_steps and 0 <= col_start <= col_stop <= self.d):
@@ -252,7 +252,7 @@ class Store:
         """
         import dask.array as da
 
-        self._check_stream(stream)
+        self.check_stream(stream)
         parts = []
         for start, stop, arr in self.shards(stream):
             rows = stop - start
@@ -287,20 +287,6 @@ class Store:
         if checkpoint is None:
             raise SpectralError(f"{self.root} has no checkpoint (no step was committed)")
         return checkpoint
-
-    def trained_weights(self) -> dict:
-        """The trained parameters after the last committed step, ``{name: array of its shape}``."""
-        tensors = self.checkpoint.tensors
-        return {p.name: tensors[f"param.{i}"].reshape(p.shape) for i, p in enumerate(self.layout)}
-
-    def privacy_history(self) -> list:
-        """Every mechanism spent on the training data up to the last commit, including the runs this
-        one continued: ``[(noise_multiplier, sample_rate, count), ...]`` (sigma 0: no privacy)."""
-        dp = self.manifest.get("dp", {})
-        own = [tuple(h) for h in self.checkpoint.meta.get("accountant", [])]
-        if not own and dp.get("noise_multiplier") == 0 and self.n_steps:
-            own = [(0.0, dp["sample_rate"], self.n_steps)]  # stores written before sigma-0 steps were recorded
-        return [tuple(h) for h in dp.get("prior", [])] + own
 
     def attachment(self, name: str) -> dict:
         """A fixed tensor set saved at creation (see :meth:`StoreWriter.create`), ``{key: array}``."""

@@ -181,13 +181,17 @@ class StoreWriter:
         """Number of steps appended so far (committed or not)."""
         return self._n_steps
 
-    def append(self, step: int, rows: dict, record: dict) -> None:
-        """Queue one step: ``rows[stream]`` of shape ``(d,)`` and its steps-table record."""
+    def append(self, step: int, rows: dict, record: dict, ready=None) -> None:
+        """Queue one step: ``rows[stream]`` of shape ``(d,)`` and its steps-table record.
+
+        ready : optional callable the writer thread calls before it reads ``rows`` (e.g. to wait for
+            an asynchronous device-to-host copy into them), so the caller need not wait.
+        """
         if step != self._n_steps:
             raise ValueError(f"expected step {self._n_steps}, got {step}")
         if set(rows) != set(self._streams):
             raise ValueError(f"rows for streams {sorted(rows)}, store has {self._streams}")
-        self._put(("row", step, rows, {"step": step, **record}))
+        self._put(("row", step, rows, {"step": step, **record}, ready))
         self._n_steps += 1
 
     def log(self, table: str, record: dict) -> None:
@@ -226,7 +230,9 @@ class StoreWriter:
             if item[0] == "close":
                 return
 
-    def _do_row(self, step, rows, record) -> None:
+    def _do_row(self, step, rows, record, ready) -> None:
+        if ready is not None:
+            ready()
         for s in self._streams:
             row = np.asarray(rows[s]).reshape(-1)
             if row.size != self._d:

@@ -1,70 +1,67 @@
-"""``python -m spectral.toy``: the private geometric-median experiment (the paper's toy figure).
+"""``python -m spectral.toy RUN_DIR``: the private geometric-median experiment (the paper's toy figure).
 
 Runs the (d, mode, T, lr, seed) grid as batched DP-GD, picks (T, lr) per (d, mode) by mean train
-loss, writes toy_runs.csv, toy_best.csv and toy_config.json into --out, and draws the figure
-(toy.png/.pdf) there. A rerun with the same settings continues where it stopped.
+loss, and writes toy_runs.csv, toy_best.csv, toy_config.json and the figure (toy.png/.pdf) into
+RUN_DIR/toy (RUN_DIR/toy-seedcode with --seed-code-const), where python -m spectral.report finds them.
+A rerun with the same settings continues where it stopped.
 
 Examples
 --------
-  python -m spectral.toy --out runs/toy                      # the paper's grid (minutes)
-  python -m spectral.toy --out runs/toy-seedcode --seed-code-const
-  python -m spectral.toy --quick --out runs/toy-quick
+  python -m spectral.toy runs/demo                        # the paper's grid (minutes)
+  python -m spectral.toy runs/demo --seed-code-const --modes const
+  python -m spectral.toy runs/demo --scale quick          # seconds
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
-from pathlib import Path
 
+from .. import cli
 from ..errors import cli_entry
+from ..layout import RunDir
 from .geomedian import ACCOUNTANTS, MODES
-from .grid import ToyConfig, run_grid
+from .grid import ToyConfig, toy
+
+HELP = {
+    "dims": "dimensions d",
+    "modes": "coefficient decay modes",
+    "steps": "step counts T of the grid",
+    "lrs": "learning rates of the grid",
+    "epsilon": "privacy budget epsilon",
+    "delta": "privacy budget delta",
+    "accountant": "advanced composition of Gaussian mechanisms (the seed code's) or RDP (tighter)",
+    "seed_code_const": "the seed code's const mode: a_j = g0*j and noise for sensitivity 2*g0/n (understated)",
+}
+SCALES = {"quick": ToyConfig.quick, "paper": ToyConfig}
+
+
+def build_parser():
+    p = cli.parser("python -m spectral.toy", __doc__)
+    cli.add_run_dir(p, "run directory; results go to RUN_DIR/toy")
+    cli.add_common(p)
+    cli.add_config(p, ToyConfig, HELP, choices={"modes": MODES, "accountant": ACCOUNTANTS})
+    p.add_argument("--seeds", type=int, help="number of seeds [5; quick: 2]")
+    p.add_argument("--scale", choices=sorted(SCALES), default="paper", help="the paper's grid or a small one [paper]")
+    p.add_argument("--no-figure", action="store_true", help="do not draw toy.png/.pdf")
+    return p
 
 
 @cli_entry
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m spectral.toy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("runs/toy"), help="results directory (default: runs/toy)")
-    p.add_argument("--quick", action="store_true", help="a small grid (seconds), for tests and the quick reproduction")
-    p.add_argument("--dims", type=int, nargs="+", help="dimensions (default: 20 50 100 200 500 1000 2000)")
-    p.add_argument("--modes", nargs="+", choices=MODES, help="decay modes (default: all five)")
-    p.add_argument("--steps", type=int, nargs="+", help="step counts T of the grid (default: 10 20 40 ... 5120)")
-    p.add_argument("--lrs", type=float, nargs="+", help="learning rates of the grid (default: 1e-4 3e-4 ... 3)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5)")
-    p.add_argument("--epsilon", type=float, default=2.0)
-    p.add_argument("--delta", type=float, default=1e-6)
-    p.add_argument("--accountant", choices=ACCOUNTANTS, default="advanced",
-                   help="advanced composition of Gaussian mechanisms (the seed code's) or RDP (tighter)")
-    p.add_argument("--seed-code-const", action="store_true",
-                   help="the seed code's const mode: a_j = g0*j and noise for sensitivity 2*g0/n (understated)")
-    p.add_argument("--no-figure", action="store_true", help="do not draw toy.png/.pdf")
-    args = p.parse_args(argv)
-
-    config = ToyConfig.quick() if args.quick else ToyConfig()
-    overrides = {"epsilon": args.epsilon, "delta": args.delta, "accountant": args.accountant,
-                 "seed_code_const": args.seed_code_const}
-    if args.dims:
-        overrides["dims"] = tuple(args.dims)
-    if args.modes:
-        overrides["modes"] = tuple(args.modes)
-    if args.steps:
-        overrides["steps"] = tuple(args.steps)
-    if args.lrs:
-        overrides["lrs"] = tuple(args.lrs)
+    args = build_parser().parse_args(argv)
+    config = replace(SCALES[args.scale](), **cli.config_values(args, ToyConfig))
     if args.seeds is not None:
-        overrides["seeds"] = tuple(range(args.seeds))
-    config = replace(config, **overrides)
-    results = run_grid(config, out=args.out)
+        config = replace(config, seeds=tuple(range(args.seeds)))
+    results = toy(args.run_dir, config, progress=not args.no_progress, device=args.device)
+    out = RunDir(args.run_dir).toy(config.seed_code_const)
     cols = ["mode", "d", "T", "lr", "train_mean", "train_std", "test_mean", "test_std"]
     print(results.best[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if not args.no_figure:
         from ..report.figures import toy_figure
 
-        paths = toy_figure(results.best, args.out / "toy")
+        paths = toy_figure(results.best, out / "toy")
         print("figure:", ", ".join(str(p) for p in paths))
-    print(f"results: {args.out}")
+    print(f"results: {out}")
 
 
 if __name__ == "__main__":

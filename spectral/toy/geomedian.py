@@ -167,7 +167,7 @@ def dp_gd(a: torch.Tensor, b: torch.Tensor, lrs: torch.Tensor, noise: torch.Tens
     aa = a[:, None, None, :].expand(M, L, S, d).reshape(-1, d)
     lr = lrs[None, :, None, None].expand(M, L, S, 1).reshape(-1, 1)
     std = noise_std[:, None, None, None].expand(M, L, S, 1).reshape(-1, 1)
-    beta = torch.zeros((M * L * S, d), dtype=a.dtype)
+    beta = torch.zeros((M * L * S, d), dtype=a.dtype, device=a.device)
     avg = torch.zeros_like(beta)
     for t in range(T):
         z = noise[:, t][None, None].expand(M, L, S, d).reshape(-1, d)

@@ -17,8 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import theory
+from ..device import resolve_device
 from ..errors import SpectralError
-from ..store.format import atomic_write
+from ..store import atomic_write
 from .geomedian import ACCOUNTANTS, MODES, ToyData, coefficients, dp_gd, loss, noise_multiplier, optimum, sensitivity, step_noise
 
 PAPER_DIMS = (20, 50, 100, 200, 500, 1000, 2000)
@@ -115,12 +116,15 @@ def _combine(done: pd.DataFrame, rows: list) -> pd.DataFrame:
     return pd.concat([done, new], ignore_index=True) if len(done) else new
 
 
-def run_grid(config: ToyConfig | None = None, out=None, progress: bool = True, dtype=torch.float32) -> ToyResults:
+def run_grid(config: ToyConfig | None = None, out=None, progress: bool = True, dtype=torch.float32,
+             device="cpu") -> ToyResults:
     """Run every (d, mode, T, lr, seed) of ``config``; one batched DP-GD per (T, d).
 
     With ``out``, results are saved there after every (T, d) group, and a rerun with the same
-    config continues after the groups already done.
+    config continues after the groups already done. ``device``: where the batched DP-GD runs (the
+    noise is drawn on the CPU, so every device sees the same noise).
     """
+    device = resolve_device(device)
     config = config or ToyConfig()
     config.validate()
     done = pd.DataFrame(columns=COLUMNS)
@@ -133,8 +137,9 @@ def run_grid(config: ToyConfig | None = None, out=None, progress: bool = True, d
         except (SpectralError, ValueError, TypeError, KeyError):
             pass  # nothing (usable) to resume from
     data = ToyData.sample(config.n_train, config.n_test, seed=config.data_seed)
-    b_train, b_test = torch.tensor(data.train, dtype=dtype), torch.tensor(data.test, dtype=dtype)
-    lrs = torch.tensor(config.lrs, dtype=dtype)
+    b_train = torch.tensor(data.train, dtype=dtype, device=device)
+    b_test = torch.tensor(data.test, dtype=dtype, device=device)
+    lrs = torch.tensor(config.lrs, dtype=dtype, device=device)
     rows = []
     work = sum(config.steps) * len(config.dims)
     bar = tqdm(total=work, desc="toy grid", unit="step", disable=not progress)
@@ -147,16 +152,16 @@ def run_grid(config: ToyConfig | None = None, out=None, progress: bool = True, d
                 continue
             a_np = np.stack([coefficients(d, m, config.g0, config.seed_code_const) for m in config.modes])
             sens = [sensitivity(a, config.n_train, config.g0, seed_code=config.seed_code_const) for a in a_np]
-            std = torch.tensor(sens, dtype=dtype) * multiplier
-            a = torch.tensor(a_np, dtype=dtype)
-            noise = step_noise(config.seeds, T, d, dtype)
+            std = torch.tensor(sens, dtype=dtype, device=device) * multiplier
+            a = torch.tensor(a_np, dtype=dtype, device=device)
+            noise = step_noise(config.seeds, T, d, dtype).to(device)
             with torch.no_grad():
                 avg = dp_gd(a, b_train, lrs, noise, std)  # (M, L, S, d)
                 M, L, S, _ = avg.shape
                 flat, aa = avg.reshape(-1, d), a[:, None, None].expand(M, L, S, d).reshape(-1, d)
                 # a diverged run (too large a learning rate) counts as infinitely bad, not as missing
-                train = np.nan_to_num(loss(flat, aa, b_train).double().reshape(M, L, S).numpy(), nan=np.inf)
-                test = np.nan_to_num(loss(flat, aa, b_test).double().reshape(M, L, S).numpy(), nan=np.inf)
+                train = np.nan_to_num(loss(flat, aa, b_train).double().reshape(M, L, S).cpu().numpy(), nan=np.inf)
+                test = np.nan_to_num(loss(flat, aa, b_test).double().reshape(M, L, S).cpu().numpy(), nan=np.inf)
             for i, mode in enumerate(config.modes):
                 _, f_star = optimum(a_np[i], data.train)
                 # G_k of this mode: the largest coefficient outside the top-k coordinates
@@ -174,3 +179,12 @@ def run_grid(config: ToyConfig | None = None, out=None, progress: bool = True, d
     if out is not None:
         results.save(out)
     return results
+
+
+def toy(run, config: ToyConfig | None = None, progress: bool = True, device="auto") -> ToyResults:
+    """The toy stage: run the grid into the run directory's ``toy/`` (``toy-seedcode/`` for the seed
+    code's const mode), continuing where an earlier call stopped."""
+    from ..layout import RunDir
+
+    config, device = config or ToyConfig(), resolve_device(device)
+    return run_grid(config, out=RunDir(run).toy(config.seed_code_const), progress=progress, device=device)

@@ -34,7 +34,7 @@ class CollectConfig:
     train_size: int | None = None  # use only the first N training examples
     max_length: int = 128
     # prompt (masked LMs, the paper's), similarity (sentence encoders), classifier (a fresh head); see
-    # spectral.collect.models. auto: similarity for sentence-transformers, prompt for masked LMs
+    # spectral.dp.models. auto: similarity for sentence-transformers, prompt for masked LMs
     objective: str = "auto"
     label_text: list | None = None  # label words (prompt) or label prompts (similarity), one per class
     template: str = "{sentence} It was {mask}."  # the prompt objective's input (the authors' SST-2 template)

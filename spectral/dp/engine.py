@@ -39,7 +39,7 @@ class StepOutput:
     batch_size: int
 
 
-def _needs_explicit_positions(model) -> bool:
+def needs_explicit_positions(model) -> bool:
     """BERT-style embeddings broadcast a (1, L) ``position_ids`` buffer over the batch, and
     Opacus cannot split the position table's gradient per example from a batch-1 input. When
     that table is trained we pass (B, L) position ids instead (same values). RoBERTa-style
@@ -56,22 +56,59 @@ def _needs_explicit_positions(model) -> bool:
 
 
 def add_position_ids(inputs: dict) -> dict:
-    """``inputs`` with explicit (B, L) position ids (see :func:`_needs_explicit_positions`)."""
-    batch, length = inputs["input_ids"].shape
-    return {**inputs, "position_ids": torch.arange(length).repeat(batch, 1)}
+    """``inputs`` with explicit (B, L) position ids (see :func:`needs_explicit_positions`)."""
+    ids = inputs["input_ids"]
+    batch, length = ids.shape
+    return {**inputs, "position_ids": torch.arange(length, device=ids.device).repeat(batch, 1)}
 
 
-def _flat(tensors) -> torch.Tensor:
+def to_device(inputs: dict, labels: torch.Tensor, device) -> tuple[dict, torch.Tensor]:
+    """A physical chunk on ``device`` (a no-op on the CPU)."""
+    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}, labels.to(device, non_blocking=True)
+
+
+def flatten(tensors) -> torch.Tensor:
+    """One flat vector of ``tensors``, in order (the store's row layout)."""
     return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def project_in_place(project, tensors) -> None:
+    """Replace ``tensors`` (one flat vector, split) by ``project(flatten(tensors))``."""
+    flat = project(flatten(tensors))
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+class _ProjectBeforeNoise:
+    """Opacus optimizer mixin: the summed clipped gradient is projected, then the noise is added (the
+    seed code's ``signal`` retraining). Privacy is unchanged: projection is post-processing of the sum."""
+
+    project = None  # (d,) -> (d,)
+
+    def add_noise(self):
+        project_in_place(self.project, [p.summed_grad for p in self.params])
+        super().add_noise()
+
+
+class SignalProjectedDPOptimizer(_ProjectBeforeNoise, DPOptimizer):
+    """:class:`opacus.optimizers.DPOptimizer` restricted to a subspace before the noise."""
+
+
+class SignalProjectedDPOptimizerFastGradientClipping(_ProjectBeforeNoise, DPOptimizerFastGradientClipping):
+    """Opacus' ghost-clipping optimizer restricted to a subspace before the noise."""
 
 
 @torch.no_grad()
 def evaluate(model, chunks) -> dict:
     """Mean loss and accuracy of ``model`` over ``chunks`` with dropout off."""
     model.eval()
+    device = next(model.parameters()).device
     total_loss, correct, n = 0.0, 0, 0
     try:
         for inputs, labels in chunks:
+            inputs, labels = to_device(inputs, labels, device)
             logits = model(**inputs).logits
             total_loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             correct += (logits.argmax(-1) == labels).sum().item()
@@ -93,13 +130,24 @@ class DPEngine:
     noise_multiplier, max_grad_norm : sigma and C; the noise std is sigma * C.
     expected_batch_size : the divisor of the summed gradient (q * n for Poisson sampling).
     seed : seeds the noise generator (saved and restored with :meth:`state`).
+    project, restriction : restrict updates to a subspace; ``project`` maps a flat (d,) gradient to
+        its projection. ``signal``: project the summed clipped gradient, then add full-dimensional
+        noise (the seed code's retraining). ``signal+noise``: project the noised gradient (PDP-SGD
+        style), so the noise energy falls from d to r dimensions. Privacy is unchanged either way.
     """
 
-    def __init__(self, model, *, clipping, optimizer, lr, noise_multiplier, max_grad_norm, expected_batch_size, seed):
+    RESTRICTIONS = ("signal", "signal+noise")
+
+    def __init__(self, model, *, clipping, optimizer, lr, noise_multiplier, max_grad_norm, expected_batch_size, seed,
+                 project=None, restriction=None):
+        if (project is None) != (restriction is None) or restriction not in (None, *self.RESTRICTIONS):
+            raise SpectralError(f"a restriction needs a projection and a mode from {', '.join(self.RESTRICTIONS)}")
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.device = self.params[0].device if self.params else torch.device("cpu")
         self.clipping = clipping
-        self.noise_generator = torch.Generator().manual_seed(int(seed) + 7919)
+        # on the parameters' device, so the noise is drawn where it is added
+        self.noise_generator = torch.Generator(device=self.device).manual_seed(int(seed) + 7919)
         base = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer](self.params, lr=lr)
         kwargs = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                       expected_batch_size=expected_batch_size, loss_reduction="mean", generator=self.noise_generator)
@@ -107,48 +155,20 @@ class DPEngine:
         if clipping == "ghost":
             self.module = GradSampleModuleFastGradientClipping(
                 model, max_grad_norm=max_grad_norm, use_ghost_clipping=True, loss_reduction="mean")
-            self.optimizer = DPOptimizerFastGradientClipping(base, **kwargs)
+            self.optimizer = (SignalProjectedDPOptimizerFastGradientClipping if restriction == "signal" else
+                              DPOptimizerFastGradientClipping)(base, **kwargs)
             self.criterion = DPLossFastGradientClipping(
                 self.module, self.optimizer, torch.nn.CrossEntropyLoss(reduction="mean"), "mean")
         elif clipping == "per-sample":
             self.module = GradSampleModule(model, loss_reduction="mean")
-            self.optimizer = DPOptimizer(base, **kwargs)
+            self.optimizer = (SignalProjectedDPOptimizer if restriction == "signal" else DPOptimizer)(base, **kwargs)
             self.criterion = torch.nn.CrossEntropyLoss(reduction="mean")
         else:
             raise SpectralError(f"unknown clipping mode {clipping!r}")
         self.expected_batch_size = expected_batch_size
-        self._explicit_positions = _needs_explicit_positions(model)
-        self._project, self._restriction = None, None
-
-    # ------------------------------------------------------------------ subspace restriction
-    RESTRICTIONS = ("signal", "signal+noise")
-
-    def restrict(self, project, mode: str) -> None:
-        """Restrict updates to a subspace; ``project`` maps a flat (d,) gradient to its projection.
-
-        ``signal``: project the summed clipped gradient, then add full-dimensional noise
-        (the seed code's retraining). ``signal+noise``: project the noised gradient (PDP-SGD
-        style), so the noise energy falls from d to r dimensions. Privacy is unchanged either
-        way: projection is post-processing of the clipped sum or of the released gradient.
-        """
-        if mode not in self.RESTRICTIONS:
-            raise SpectralError(f"unknown restriction {mode!r}; choose from {', '.join(self.RESTRICTIONS)}")
-        self._project, self._restriction = project, mode
-        if mode == "signal":  # between clipping and noise, on both of step()'s paths
-            add_noise = self.optimizer.add_noise
-
-            def project_then_add_noise():
-                self._project_in_place([p.summed_grad for p in self.params])
-                add_noise()
-
-            self.optimizer.add_noise = project_then_add_noise
-
-    def _project_in_place(self, tensors) -> None:
-        flat = self._project(_flat(tensors))
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
+        self.optimizer.project = project
+        self._project, self._restriction = project, restriction
+        self._explicit_positions = needs_explicit_positions(model)
 
     # ------------------------------------------------------------------ one step
     def _per_example_norms(self) -> torch.Tensor:
@@ -167,6 +187,7 @@ class DPEngine:
             group["lr"] = lr
         losses, norms, n = [], [], 0
         for i, (inputs, labels) in enumerate(chunks):
+            inputs, labels = to_device(inputs, labels, self.device)
             if self._explicit_positions:
                 inputs = add_position_ids(inputs)
             logits = self.module(**inputs).logits
@@ -188,9 +209,9 @@ class DPEngine:
             for p in self.params:
                 p.grad /= self.expected_batch_size
         if self._restriction == "signal+noise":
-            self._project_in_place([p.grad for p in self.params])
-        clipped = _flat(p.summed_grad for p in self.params) / self.expected_batch_size
-        private = _flat(p.grad for p in self.params)
+            project_in_place(self._project, [p.grad for p in self.params])
+        clipped = flatten(p.summed_grad for p in self.params) / self.expected_batch_size
+        private = flatten(p.grad for p in self.params)
         if not (torch.isfinite(clipped).all() and torch.isfinite(private).all()):
             opt.zero_grad()
             raise NonFiniteGradient("the gradient became non-finite (NaN or inf); stopped before applying it")
@@ -200,7 +221,7 @@ class DPEngine:
             loss=sum(losses) / n if n else math.nan,
             clipped=clipped,
             private=private,
-            per_example_norms=torch.cat(norms) if norms else torch.zeros(0),
+            per_example_norms=torch.cat(norms) if norms else torch.zeros(0, device=self.device),
             batch_size=n,
         )
 
@@ -212,12 +233,14 @@ class DPEngine:
     # ------------------------------------------------------------------ checkpointing
     def state(self) -> dict:
         """Arrays needed to continue exactly: trainable weights, optimizer moments, RNG states."""
-        tensors = {f"param.{i}": p.detach().numpy().copy() for i, p in enumerate(self.params)}
+        tensors = {f"param.{i}": p.detach().cpu().numpy().copy() for i, p in enumerate(self.params)}
         for i, st in self.optimizer.original_optimizer.state_dict()["state"].items():
             for key, value in st.items():
-                tensors[f"optim.{i}.{key}"] = torch.as_tensor(value).detach().numpy().copy()
+                tensors[f"optim.{i}.{key}"] = torch.as_tensor(value).detach().cpu().numpy().copy()
         tensors["rng.torch"] = torch.get_rng_state().numpy().copy()
         tensors["rng.noise"] = self.noise_generator.get_state().numpy().copy()
+        if self.device.type == "cuda":  # dropout draws from the device's generator
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device).numpy().copy()
         return tensors
 
     def load_state(self, tensors: dict) -> None:
@@ -233,3 +256,12 @@ class DPEngine:
         inner.load_state_dict({"state": state, "param_groups": inner.state_dict()["param_groups"]})
         torch.set_rng_state(torch.from_numpy(np.array(tensors["rng.torch"])))
         self.noise_generator.set_state(torch.from_numpy(np.array(tensors["rng.noise"])))
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(torch.from_numpy(np.array(tensors["rng.cuda"])), self.device)
+
+
+def trained_weights(store) -> dict:
+    """The trained parameters after a store's last commit, ``{name: array of its shape}`` (the
+    checkpoint holds :meth:`DPEngine.state`, parameters in the store's layout order)."""
+    tensors = store.checkpoint.tensors
+    return {p.name: tensors[f"param.{i}"].reshape(p.shape) for i, p in enumerate(store.layout)}

@@ -181,3 +181,13 @@ def batch_indices(plan: PrivacyPlan, seed: int, step: int) -> np.ndarray:
     epoch, k = divmod(step, plan.steps_per_epoch)
     order = np.random.default_rng([seed, 2, plan.prior_mechanisms + epoch]).permutation(plan.n_train)
     return np.sort(order[k * plan.batch_size : (k + 1) * plan.batch_size])
+
+
+def privacy_history(store) -> list:
+    """Every mechanism a collect run spent on the training data up to its last commit, including the
+    runs it continued: ``[(noise_multiplier, sample_rate, count), ...]`` (sigma 0: no privacy)."""
+    dp = store.manifest.get("dp", {})
+    own = [tuple(h) for h in store.checkpoint.meta.get("accountant", [])]
+    if not own and dp.get("noise_multiplier") == 0 and store.n_steps:
+        own = [(0.0, dp["sample_rate"], store.n_steps)]  # stores written before sigma-0 steps were recorded
+    return [tuple(h) for h in dp.get("prior", [])] + own

@@ -1,0 +1,108 @@
+"""The analyse stage as a function: principal components, G_k curves and densities of one stream,
+written into the run directory's ``analysis/<stream>/`` (see :mod:`spectral.layout`)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .. import layout
+from ..device import resolve_device
+from ..errors import SpectralError
+from ..layout import RunDir
+from ..store import open as open_store
+from . import density, rlc
+from .pca import METHODS, Spectrum, principal_components
+
+HOLDOUTS = ("half", "alternate", "none")
+PAPER_K = 1000  # the authors' top-k (spectral_analysis: 1000 eigenpairs)
+
+
+@dataclass
+class AnalyseConfig:
+    """What to compute for one stream of a run.
+
+    k : number of principal components; None takes ``min(1000, n)`` as the paper, enough for its
+        fit range 1…500 (a smaller k is allowed, with a warning when it cuts that range short)
+    holdout : held-out G_k: components fitted on the first half (``half``) or the even steps
+        (``alternate``) and measured on the rest; ``none`` skips it
+    max_memory : bytes for block buffers (None: a quarter of the available RAM)
+    dask : run the passes on a dask cluster, ``local:N`` or ``tcp://HOST:PORT``
+    """
+
+    stream: str = "clipped"
+    k: int | None = None
+    method: str = "auto"
+    centered: bool = False
+    max_memory: int | None = None
+    holdout: str = "half"
+    slq: bool = False
+    dask: str | None = None
+
+    def validate(self) -> "AnalyseConfig":
+        if self.method not in METHODS:
+            raise SpectralError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.holdout not in HOLDOUTS:
+            raise SpectralError(f"unknown holdout {self.holdout!r}; choose from {', '.join(HOLDOUTS)}")
+        if self.k is not None and self.k < 1:
+            raise SpectralError(f"k must be at least 1, got {self.k}")
+        return self
+
+
+def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool = True, device="auto") -> Spectrum:
+    """Analyse ``config.stream`` of the run at ``run``; writes its outputs and returns the spectrum.
+
+    Outputs in ``out`` (default ``RUN/analysis/<stream>``): eigenvalues.npy, components.npy (d x k,
+    memory-mappable), scores.npy, spectrum.csv, summary.json (with the store it came from),
+    rlc_in_sample.csv, rlc_held_out.csv, rlc_steps.csv, density_kde.csv, density_slq.csv (slq).
+    Per-pass checkpoints in ``out/checkpoints`` let an interrupted run continue. ``device``: where the
+    passes run (``auto``: CUDA when available; see :func:`principal_components`).
+    """
+    config, device = (config or AnalyseConfig()).validate(), resolve_device(device)
+    run = RunDir(run)
+    store = open_store(run.store)
+    out = Path(out) if out else run.analysis(config.stream)
+    out.mkdir(parents=True, exist_ok=True)
+    k = config.k or min(PAPER_K, store.n_steps - (1 if config.centered else 0))
+    if k < min(500, store.n_steps):
+        warnings.warn(f"k = {k} covers ranks 1…{k} of the paper's fit range 1…500; the report will fit "
+                      "a shorter range", stacklevel=2)
+    client = None
+    if config.dask:
+        from .distributed import connect
+
+        client = connect(config.dask)
+        print(f"dask: {client}")
+    try:
+        kw = dict(stream=config.stream, method=config.method, centered=config.centered,
+                  max_memory=config.max_memory, progress=progress, client=client,
+                  device=None if client is not None else device)
+        # per-pass checkpoints: an interrupted run continues; a finished Gram serves any later k
+        spec = principal_components(store, k, components_out=out / layout.COMPONENTS,
+                                    checkpoint_dir=out / "checkpoints", **kw)
+        spec.save(out)
+        G = rlc.in_sample(spec)
+        G.to_csv(out / layout.RLC_STEPS)
+        rlc.summarize(G).to_csv(out / layout.RLC_IN_SAMPLE, index=False)
+        if config.holdout != "none":
+            k_fit = min(k, store.n_steps // 2 - (1 if config.centered else 0))
+            if k_fit < 1:
+                raise SpectralError(f"too few steps ({store.n_steps}) for a held-out curve; use holdout none")
+            G_out, _ = rlc.held_out(store, k_fit, split=config.holdout, ks=rlc.k_grid(k_fit), **kw)
+            rlc.summarize(G_out).to_csv(out / layout.RLC_HELD_OUT, index=False)
+        if spec.k >= 2:
+            density.eigenvalue_kde(spec.eigenvalues).to_csv(out / layout.DENSITY_KDE, index=False)
+        if config.slq:
+            slq, info = density.slq_density(store, config.stream, max_memory=config.max_memory)
+            slq.to_csv(out / "density_slq.csv", index=False)
+            print(f"SLQ: {info['passes']} passes; zero eigenvalues of H^T H/n: {info['zero_mass']:.4%} of d")
+    finally:
+        if client is not None:
+            client.close()
+    # which store (and which of its steps) this analysis describes: retrain and report check it
+    summary = json.loads((out / layout.SUMMARY).read_text())
+    summary.update(store=str(run.store.resolve()), store_n_steps=store.n_steps, config=asdict(config))
+    (out / layout.SUMMARY).write_text(json.dumps(summary, indent=1))
+    return spec

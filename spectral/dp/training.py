@@ -1,0 +1,158 @@
+"""Everything a DP training loop needs, built from one config: data, model, privacy plan, DP engine.
+
+Shared by collect (which stores the gradients), retrain (which restricts them to a subspace) and the
+benchmarks.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..device import resolve_device
+from ..errors import SpectralError
+from ..store import open as open_store
+from .config import CollectConfig
+from .data import TextData, load_data
+from .engine import DPEngine, trained_weights
+from .models import head_state, load_head, load_model, parameter_layout, resolve_model, select_trainable, tokenize
+from .privacy import PrivacyPlan, batch_indices, compose_epsilon, plan_privacy, privacy_history
+
+
+class Batcher:
+    """Tokenises a split once (as ``model`` reads it); builds padded physical chunks for any set of indices."""
+
+    def __init__(self, model, tokenizer, data: TextData, max_length: int):
+        self.tokenizer = tokenizer
+        self.labels = torch.from_numpy(data.labels)
+        self.features = {k: list(v) for k, v in tokenize(model, tokenizer, data.texts, max_length).items()}
+        self.lengths = np.array([len(ids) for ids in self.features["input_ids"]])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def chunks(self, indices, size: int) -> list:
+        """Chunks of at most ``size`` examples; a batch is sorted by length first, so each chunk
+        pads to a similar length (the clipped sum over the batch does not depend on the split)."""
+        indices = np.asarray(indices)
+        indices = indices[np.argsort(self.lengths[indices], kind="stable")]
+        out = []
+        for start in range(0, len(indices), size):
+            idx = indices[start : start + size]
+            feats = [{k: v[i] for k, v in self.features.items()} for i in idx]
+            inputs = self.tokenizer.pad(feats, return_tensors="pt")
+            out.append((dict(inputs), self.labels[idx]))
+        return out
+
+
+def load_init(model: torch.nn.Module, path, model_source: str) -> list:
+    """Copy into ``model`` the weights trained by the finished run at ``path`` (and by the runs it
+    continued, oldest first); returns the privacy history they spent."""
+    prior = open_store(path)
+    cfg = prior.manifest.get("config", {})
+    if prior.manifest.get("status") != "complete":
+        raise SpectralError(f"init-from: {path} is not a finished run (status {prior.manifest.get('status')!r})")
+    if prior.manifest.get("model", {}).get("source") != model_source:
+        raise SpectralError(f"init-from: {path} trained {prior.manifest.get('model', {}).get('source')}, not {model_source}")
+    if cfg.get("init_from"):
+        load_init(model, cfg["init_from"], model_source)
+    elif "head" in prior.manifest.get("attachments", []):  # the chain's first run fixed the head
+        load_head(model, prior.attachment("head"))
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in trained_weights(prior).items():
+            if name not in own or tuple(own[name].shape) != value.shape:
+                raise SpectralError(f"init-from: {path} trained {name} {list(value.shape)}, which this model does not have")
+            own[name].copy_(torch.from_numpy(np.array(value)))
+    return privacy_history(prior)
+
+
+@dataclass
+class Training:
+    """Everything a DP training loop needs, built from a :class:`CollectConfig` (see :func:`prepare`)."""
+
+    cfg: CollectConfig
+    model: torch.nn.Module
+    engine: DPEngine | None
+    plan: PrivacyPlan
+    layout: list
+    d: int
+    n_total: int
+    pooling: str
+    n_train: int
+    n_dev: int
+    data_info: dict
+    train_batches: Batcher
+    dev_chunks: list
+    head: dict  # the head's tensors at the start (see models.head_state)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def build_engine(self, project=None, restriction=None) -> DPEngine:
+        """A :class:`DPEngine` on this model with the run's settings (optionally restricted to a subspace)."""
+        c, p = self.cfg, self.plan
+        expected_batch = p.sample_rate * p.n_train if c.sampling == "poisson" else c.batch_size
+        return DPEngine(self.model, clipping=c.clipping, optimizer=c.optimizer, lr=c.lr,
+                        noise_multiplier=p.noise_multiplier, max_grad_norm=c.max_grad_norm,
+                        expected_batch_size=expected_batch, seed=c.seed, project=project, restriction=restriction)
+
+    def chunks(self, step: int) -> list:
+        """The physical chunks of logical step ``step`` (deterministic in seed and step)."""
+        return self.train_batches.chunks(batch_indices(self.plan, self.cfg.seed, step), self.cfg.physical_batch_size)
+
+    def describe(self) -> str:
+        c, p = self.cfg, self.plan
+        return (f"{c.model} ({c.params}: {self.d:,} of {self.n_total:,} parameters trained), {self.n_train:,} training "
+                f"examples, sigma={p.noise_multiplier:.4f}, C={c.max_grad_norm}, q={p.sample_rate:.5f}, "
+                f"delta={p.delta:.3g}, {c.clipping} clipping"
+                + (f", from {c.init_from} (which spent epsilon={compose_epsilon(p.prior, p.delta, p.accountant):.2f})"
+                   if c.init_from else ""))
+
+
+def prepare(cfg: CollectConfig, plan: PrivacyPlan | None = None, split=None, engine: bool = True,
+            head: dict | None = None, device="cpu") -> Training:
+    """Load data and model, choose the trainable set, plan privacy and build the DP engine.
+
+    plan : a privacy plan to reuse (on resume); by default planned from ``cfg``
+    split : optional ``(train, dev)`` :class:`TextData` to use instead of loading ``cfg.data``
+    engine : build the :class:`DPEngine` (False: the caller builds its own, e.g. ``t.build_engine(project, mode)``)
+    head : a stored head (:func:`~spectral.dp.models.head_state` of a collect run) to use instead
+        of the one ``cfg.seed`` initialises, so that runs derived from a trajectory share its head
+    device : where the model and the engine compute (``auto``, ``cpu``, ``cuda[:i]``); batches are
+        built on the CPU and moved per physical chunk
+    """
+    warnings.filterwarnings("ignore", message=".*(full_backward_hook|Using a non-full backward hook).*")
+    torch.manual_seed(cfg.seed)
+    if split is None:
+        train, dev, data_info = load_data(cfg.data, cfg.text_column, cfg.label_column, cfg.seed)
+        train, dev = train.head(cfg.train_size), dev.head(cfg.eval_size)
+    else:
+        (train, dev), data_info = split, {"classes": sorted({int(x) for x in split[0].labels})}
+    if len(dev) == 0 and cfg.eval_every:
+        raise SpectralError("the dev split is empty; pass --eval-every 0 to train without evaluation")
+    model, tokenizer = load_model(cfg.model, num_labels=len(data_info["classes"]), seed=cfg.seed, pooling=cfg.pooling,
+                                  objective=cfg.objective, label_text=cfg.label_text, template=cfg.template)
+    n_total, pooling = sum(p.numel() for p in model.parameters()), model.pooling
+    if head is not None:
+        load_head(model, head)
+    prior = load_init(model, cfg.init_from, resolve_model(cfg.model)) if cfg.init_from else []
+    head = head_state(model)  # before peft renames the parameters
+    model = select_trainable(model, cfg.params, cfg.lora_rank).to(resolve_device(device))
+    layout = parameter_layout(model)
+    if plan is None:
+        plan = plan_privacy(sampling=cfg.sampling, accountant=cfg.accountant, n_train=len(train),
+                            batch_size=cfg.batch_size, steps=cfg.steps, max_grad_norm=cfg.max_grad_norm,
+                            epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=cfg.noise_multiplier, prior=prior)
+    dev_chunks = Batcher(model, tokenizer, dev, cfg.max_length).chunks(np.arange(len(dev)), 128) if cfg.eval_every else []
+    t = Training(cfg, model, None, plan, layout, sum(p["numel"] for p in layout), n_total, pooling, len(train), len(dev),
+                 data_info, Batcher(model, tokenizer, train, cfg.max_length), dev_chunks, head)
+    if engine:
+        t.engine = t.build_engine()
+    return t
+
+

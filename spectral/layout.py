@@ -1,0 +1,67 @@
+"""The run directory: where each stage writes, and the files that cross stage boundaries.
+
+One run directory holds everything about one collect run, each stage in its own place::
+
+    RUN/                          the trajectory store (python -m spectral.collect RUN)
+      manifest.json, steps.csv, eval.csv, streams/, checkpoint/, attachments/
+      analysis/<stream>/          python -m spectral.analyse RUN  (spectrum.csv, components.npy, ...)
+      retrain/<setting>/          python -m spectral.retrain RUN  (retrain_history.csv, ...)
+      toy/, toy-seedcode/         python -m spectral.toy RUN      (toy_best.csv, ...)
+      figures/                    python -m spectral.report RUN   (fig*.png/pdf + data, fits.json)
+
+Every stage, study and benchmark finds its inputs through :class:`RunDir`; nothing spells these paths
+out again. This module imports nothing from the package: every layer may use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# files read by a later stage
+MANIFEST = "manifest.json"
+SPECTRUM = "spectrum.csv"
+SUMMARY = "summary.json"
+DENSITY_KDE = "density_kde.csv"
+DENSITY_PAPER = "density_paper.csv"
+RLC_IN_SAMPLE = "rlc_in_sample.csv"
+RLC_HELD_OUT = "rlc_held_out.csv"
+RLC_STEPS = "rlc_steps.csv"
+COMPONENTS = "components.npy"
+RETRAIN_HISTORY = "retrain_history.csv"
+TOY_BEST = "toy_best.csv"
+FITS = "fits.json"
+
+
+class RunDir:
+    """Paths of one run directory (see the module docstring); creating one touches nothing on disk."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    @property
+    def store(self) -> Path:
+        """The trajectory store (the run directory itself)."""
+        return self.root
+
+    def has_store(self) -> bool:
+        return (self.root / MANIFEST).is_file()
+
+    def analysis(self, stream: str = "clipped") -> Path:
+        return self.root / "analysis" / stream
+
+    def retrain(self, setting: str | None = None) -> Path:
+        """``RUN/retrain`` or one setting's directory in it (e.g. ``signal-trajectory``)."""
+        return self.root / "retrain" / setting if setting else self.root / "retrain"
+
+    def toy(self, seed_code: bool = False) -> Path:
+        return self.root / ("toy-seedcode" if seed_code else "toy")
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
