@@ -29,8 +29,11 @@ from spectral.store import open as open_store
 def weight_gradients(store, steps):
     """{parameter name: (len(steps), n_out, n_in)} for every 2-D trained tensor (the adapted weights)."""
     rows = np.stack([store.rows("clipped", s, s + 1)[0] for s in steps])
-    return {p.name: rows[:, p.offset : p.offset + p.numel].reshape(len(steps), *p.shape)
-            for p in store.layout if len(p.shape) == 2}
+    return {
+        p.name: rows[:, p.offset : p.offset + p.numel].reshape(len(steps), *p.shape)
+        for p in store.layout
+        if len(p.shape) == 2
+    }
 
 
 def variance_table(grads: dict, ranks, C: float, B: float, draws: int = 5, seed: int = 0) -> pd.DataFrame:
@@ -48,11 +51,17 @@ def variance_table(grads: dict, ranks, C: float, B: float, draws: int = 5, seed:
                     predicted.append(np.mean(var))
                     stats.append(lora.gaussianity(D, var))
         pv = np.mean(predicted)
-        out.append({"rank": r, "rms_deviation": float(np.sqrt(np.mean(measured))), "rms_predicted": float(np.sqrt(pv)),
-                    "ks_statistic": float(np.mean([s["ks_statistic"] for s in stats])),
-                    "histogram_overlap": float(np.mean([s["histogram_overlap"] for s in stats])),
-                    "excess_kurtosis": float(np.mean([s["excess_kurtosis"] for s in stats])),
-                    "equivalent_sigma": lora.equivalent_noise_multiplier(np.array([pv]), C, B)})
+        out.append(
+            {
+                "rank": r,
+                "rms_deviation": float(np.sqrt(np.mean(measured))),
+                "rms_predicted": float(np.sqrt(pv)),
+                "ks_statistic": float(np.mean([s["ks_statistic"] for s in stats])),
+                "histogram_overlap": float(np.mean([s["histogram_overlap"] for s in stats])),
+                "excess_kurtosis": float(np.mean([s["excess_kurtosis"] for s in stats])),
+                "equivalent_sigma": lora.equivalent_noise_multiplier(np.array([pv]), C, B),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -79,16 +88,25 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     dp = store.manifest["dp"]
     steps = np.unique(np.linspace(0, store.n_steps - 1, args.steps).astype(int))
-    table = variance_table(weight_gradients(store, steps), args.ranks, dp["max_grad_norm"], dp["batch_size"], args.draws)
+    table = variance_table(
+        weight_gradients(store, steps), args.ranks, dp["max_grad_norm"], dp["batch_size"], args.draws
+    )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
     full = principal_components(store, min(100, store.n_steps - 1)).singular_values
     adapter = adapter_spectrum(store, weight_gradients(store, np.arange(store.n_steps)), args.spectrum_rank, 100)
     fit_full, fit_lora = (fits.spectrum_fit(s, (1, min(100, len(s)))) for s in (full, adapter))
-    summary = {"variance": table.to_dict(orient="records"), "spectrum_full": fit_full, "spectrum_lora": fit_lora,
-               "lora_rank_for_spectrum": args.spectrum_rank, "steps_sampled": steps.tolist()}
-    print(f"spectrum slope: full {fit_full['slope']:.3f} (R2 {fit_full['r2']:.2f}), LoRA adapter (r={args.spectrum_rank}) "
-          f"{fit_lora['slope']:.3f} (R2 {fit_lora['r2']:.2f})")
+    summary = {
+        "variance": table.to_dict(orient="records"),
+        "spectrum_full": fit_full,
+        "spectrum_lora": fit_lora,
+        "lora_rank_for_spectrum": args.spectrum_rank,
+        "steps_sampled": steps.tolist(),
+    }
+    print(
+        f"spectrum slope: full {fit_full['slope']:.3f} (R2 {fit_full['r2']:.2f}), LoRA adapter (r={args.spectrum_rank}) "
+        f"{fit_lora['slope']:.3f} (R2 {fit_lora['r2']:.2f})"
+    )
 
     with style(**{"figure.figsize": (10.0, 4.0)}):
         fig, (a, b) = new_figure(1, 2)
@@ -98,7 +116,9 @@ def main(argv=None):
         a.set_ylabel("per-coordinate RMS of the perturbation")
         a.set_title("LoRA's implicit noise shrinks like r^(-1/2)")
         a.legend(loc="upper right")
-        for i, (name, s) in enumerate((("full gradients ∇W", full), (f"LoRA adapter gradients ∇B (r={args.spectrum_rank})", adapter))):
+        for i, (name, s) in enumerate(
+            (("full gradients ∇W", full), (f"LoRA adapter gradients ∇B (r={args.spectrum_rank})", adapter))
+        ):
             b.loglog(np.arange(1, len(s) + 1), s / s[0], "o", ms=3, color=COLORS[i], label=name)
         b.set_xlabel("rank k")
         b.set_ylabel("σ_k / σ_1")

@@ -53,24 +53,44 @@ def phase_steps(steps: int, f: float) -> tuple[int, int]:
     return lp, steps - lp
 
 
-def budget_split(epsilon: float, steps: int, fractions, *, n_train: int, batch_size: int, delta=None,
-                 accountant: str = "rdp") -> pd.DataFrame:
+def budget_split(
+    epsilon: float, steps: int, fractions, *, n_train: int, batch_size: int, delta=None, accountant: str = "rdp"
+) -> pd.DataFrame:
     """How a total ``epsilon`` divides between the phases, per LP fraction.
 
     Returns one row per f: sigma (the same in both phases), lp_steps, ft_steps, epsilon_lp and
     epsilon_ft (each phase alone), epsilon_total (both composed by the accountant: the target).
     Their sum exceeds the total: composition in RDP is tighter than adding epsilons.
     """
-    plan = plan_privacy(sampling="poisson", accountant=accountant, n_train=n_train, batch_size=batch_size,
-                        steps=steps, max_grad_norm=1.0, epsilon=epsilon, delta=delta)
+    plan = plan_privacy(
+        sampling="poisson",
+        accountant=accountant,
+        n_train=n_train,
+        batch_size=batch_size,
+        steps=steps,
+        max_grad_norm=1.0,
+        epsilon=epsilon,
+        delta=delta,
+    )
     sigma, q = plan.noise_multiplier, plan.sample_rate
     rows = []
     for f in fractions:
         lp, ft = phase_steps(steps, f)
         alone = lambda m: compose_epsilon([(sigma, q, m)], plan.delta, accountant)  # noqa: E731
-        rows.append({"epsilon": epsilon, "f": f, "sigma": sigma, "sample_rate": q, "delta": plan.delta,
-                     "lp_steps": lp, "ft_steps": ft, "epsilon_lp": alone(lp), "epsilon_ft": alone(ft),
-                     "epsilon_total": compose_epsilon([(sigma, q, lp), (sigma, q, ft)], plan.delta, accountant)})
+        rows.append(
+            {
+                "epsilon": epsilon,
+                "f": f,
+                "sigma": sigma,
+                "sample_rate": q,
+                "delta": plan.delta,
+                "lp_steps": lp,
+                "ft_steps": ft,
+                "epsilon_lp": alone(lp),
+                "epsilon_ft": alone(ft),
+                "epsilon_total": compose_epsilon([(sigma, q, lp), (sigma, q, ft)], plan.delta, accountant),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -86,8 +106,17 @@ def run_phase(cfg: CollectConfig, out: Path, progress: bool) -> Path:
     return collect(cfg, out, progress=progress)
 
 
-def run_point(base: CollectConfig, epsilon: float, f: float, steps: int, sigma: float, lp: dict, ft: dict,
-              out: Path, progress: bool = True) -> dict:
+def run_point(
+    base: CollectConfig,
+    epsilon: float,
+    f: float,
+    steps: int,
+    sigma: float,
+    lp: dict,
+    ft: dict,
+    out: Path,
+    progress: bool = True,
+) -> dict:
     """Train one (ε, f) point: LP then FT, each a stored collect run; returns its final evaluation.
 
     lp, ft : the phases' own settings (``params``, ``optimizer``, ``lr``)
@@ -100,16 +129,18 @@ def run_point(base: CollectConfig, epsilon: float, f: float, steps: int, sigma: 
         cfg = replace(base, **lp, steps=lp_steps, eval_every=0 if ft_steps else lp_steps, **common)
         last = run_phase(cfg.validate(), out / "lp", progress)
     if ft_steps:
-        cfg = replace(base, **ft, steps=ft_steps, eval_every=ft_steps, init_from=str(last) if last else None,
-                      **common)
+        cfg = replace(base, **ft, steps=ft_steps, eval_every=ft_steps, init_from=str(last) if last else None, **common)
         last = run_phase(cfg.validate(), out / "ft", progress)
     stores = {ph: open_store(out / ph) for ph, n in (("lp", lp_steps), ("ft", ft_steps)) if n}
     store = stores["ft" if ft_steps else "lp"]
     final = store.table("eval").iloc[-1]
-    return {"test_loss": float(final["loss"]), "test_accuracy": float(final["accuracy"]),
-            "epsilon_spent": float(store.steps.epsilon.iloc[-1]),
-            "epsilon_after_lp": float(stores["lp"].steps.epsilon.iloc[-1]) if lp_steps else 0.0,
-            "seconds": float(sum(s.steps.seconds.sum() for s in stores.values()))}
+    return {
+        "test_loss": float(final["loss"]),
+        "test_accuracy": float(final["accuracy"]),
+        "epsilon_spent": float(store.steps.epsilon.iloc[-1]),
+        "epsilon_after_lp": float(stores["lp"].steps.epsilon.iloc[-1]) if lp_steps else 0.0,
+        "seconds": float(sum(s.steps.seconds.sum() for s in stores.values())),
+    }
 
 
 def phase_spectrum(store, label: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -123,12 +154,24 @@ def phase_spectrum(store, label: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]
     curve = rlc.summarize(G)
     g = fits.rlc_fit(curve)
     energy = spec.eigenvalues / spec.total_energy
-    row = {"phase": label, "n_steps": store.n_steps, "d": store.d, "slope": fit["slope"], "slope_low": fit["ci_low"],
-           "slope_high": fit["ci_high"], "r2": fit["r2"], "top1_energy": float(energy[0]),
-           "top5_energy": float(energy[:5].sum()), "c": g["c"], "c_low": g["c_low"], "c_high": g["c_high"],
-           "G_0": g["g0"]}
-    frame = pd.DataFrame({"phase": label, "rank": np.arange(1, k + 1), "singular_value": s,
-                          "relative": s / s[0], "energy": energy})
+    row = {
+        "phase": label,
+        "n_steps": store.n_steps,
+        "d": store.d,
+        "slope": fit["slope"],
+        "slope_low": fit["ci_low"],
+        "slope_high": fit["ci_high"],
+        "r2": fit["r2"],
+        "top1_energy": float(energy[0]),
+        "top5_energy": float(energy[:5].sum()),
+        "c": g["c"],
+        "c_low": g["c_low"],
+        "c_high": g["c_high"],
+        "G_0": g["g0"],
+    }
+    frame = pd.DataFrame(
+        {"phase": label, "rank": np.arange(1, k + 1), "singular_value": s, "relative": s / s[0], "energy": energy}
+    )
     return row, frame, curve.assign(phase=label, relative=curve.rms / curve.rms.iloc[0])
 
 
@@ -138,8 +181,15 @@ def plot(utility: pd.DataFrame, spectra: pd.DataFrame, curves: pd.DataFrame, tab
         for i, (eps, g) in enumerate(utility.groupby("epsilon")):
             g = g.groupby("f", as_index=False)[["test_accuracy", "test_loss"]].agg(["mean", "std"])
             for ax, col in zip(axes[0], ("test_accuracy", "test_loss")):
-                ax.errorbar(g["f"], g[(col, "mean")], yerr=g[(col, "std")].fillna(0), marker=MARKERS[i % len(MARKERS)],
-                            color=COLORS[i], capsize=3, label=f"ε = {eps:g}")
+                ax.errorbar(
+                    g["f"],
+                    g[(col, "mean")],
+                    yerr=g[(col, "std")].fillna(0),
+                    marker=MARKERS[i % len(MARKERS)],
+                    color=COLORS[i],
+                    capsize=3,
+                    label=f"ε = {eps:g}",
+                )
         for ax, name in zip(axes[0], ("test accuracy", "test loss")):
             ax.set_xlabel("share of the budget spent on linear probing, f")
             ax.set_ylabel(name)
@@ -149,8 +199,14 @@ def plot(utility: pd.DataFrame, spectra: pd.DataFrame, curves: pd.DataFrame, tab
         axes[0, 0].set_title("Utility curve of the budget split (0 = FT, 1 = LP)")
         for i, (label, g) in enumerate(spectra.groupby("phase", sort=False)):
             r = table.set_index("phase").loc[label]
-            axes[1, 0].loglog(g["rank"], g.relative, marker=MARKERS[i % len(MARKERS)], ms=3, color=COLORS[i],
-                              label=f"{label} (d = {int(r.d):,}; slope {r.slope:.2f})")
+            axes[1, 0].loglog(
+                g["rank"],
+                g.relative,
+                marker=MARKERS[i % len(MARKERS)],
+                ms=3,
+                color=COLORS[i],
+                label=f"{label} (d = {int(r.d):,}; slope {r.slope:.2f})",
+            )
         axes[1, 0].set_xlabel("rank k")
         axes[1, 0].set_ylabel("σ_k / σ_1 of the stored gradients")
         axes[1, 0].set_title("Gradient spectra of the phases")
@@ -159,8 +215,14 @@ def plot(utility: pd.DataFrame, spectra: pd.DataFrame, curves: pd.DataFrame, tab
         for i, (label, g) in enumerate(curves.groupby("phase", sort=False)):
             r = table.set_index("phase").loc[label]
             g = g[g.k >= 1]
-            axes[1, 1].loglog(g.k, g.relative, marker=MARKERS[i % len(MARKERS)], ms=3, color=COLORS[i],
-                              label=f"{label} (c = {r.c:.2f})")
+            axes[1, 1].loglog(
+                g.k,
+                g.relative,
+                marker=MARKERS[i % len(MARKERS)],
+                ms=3,
+                color=COLORS[i],
+                label=f"{label} (c = {r.c:.2f})",
+            )
         axes[1, 1].set_xlabel("subspace dimension k")
         axes[1, 1].set_ylabel("held-out G_k / G_0")
         axes[1, 1].set_title("Gradient norm outside the top-k subspace")
@@ -194,13 +256,25 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.steps < 1 or args.seeds < 1:
         raise SpectralError("--steps and --seeds must be at least 1")
-    base = CollectConfig(model=args.model, data=args.data, train_size=args.train_size, eval_size=args.eval_size,
-                         max_length=args.max_length, batch_size=args.batch_size,
-                         physical_batch_size=args.physical_batch_size, streams=["clipped"]).validate()
+    base = CollectConfig(
+        model=args.model,
+        data=args.data,
+        train_size=args.train_size,
+        eval_size=args.eval_size,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        physical_batch_size=args.physical_batch_size,
+        streams=["clipped"],
+    ).validate()
     train, _, _ = load_data(base.data, base.text_column, base.label_column, base.seed)
     n_train = len(train.head(base.train_size))
-    split = pd.concat([budget_split(e, args.steps, args.fractions, n_train=n_train, batch_size=args.batch_size)
-                       for e in args.epsilons], ignore_index=True)
+    split = pd.concat(
+        [
+            budget_split(e, args.steps, args.fractions, n_train=n_train, batch_size=args.batch_size)
+            for e in args.epsilons
+        ],
+        ignore_index=True,
+    )
     print(split.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
     lp = dict(params="classifier", optimizer=args.lp_optimizer, lr=args.lp_lr)
@@ -211,16 +285,31 @@ def main(argv=None):
     for seed in range(args.seeds):
         for b in split.itertuples():
             point = args.out / f"eps{b.epsilon:g}" / f"f{b.f:g}" / f"seed{seed}"
-            print(f"ε = {b.epsilon:g}, f = {b.f:g}, seed {seed}: {b.lp_steps} LP + {b.ft_steps} FT steps, σ = {b.sigma:.4f}")
-            res = run_point(replace(base, seed=seed), b.epsilon, b.f, args.steps, b.sigma, lp, ft, point,
-                            progress=not args.no_progress)
+            print(
+                f"ε = {b.epsilon:g}, f = {b.f:g}, seed {seed}: {b.lp_steps} LP + {b.ft_steps} FT steps, σ = {b.sigma:.4f}"
+            )
+            res = run_point(
+                replace(base, seed=seed),
+                b.epsilon,
+                b.f,
+                args.steps,
+                b.sigma,
+                lp,
+                ft,
+                point,
+                progress=not args.no_progress,
+            )
             rows.append({**b._asdict(), "seed": seed, **res})
     utility = pd.DataFrame(rows).drop(columns="Index")
     print(utility[["epsilon", "f", "seed", "epsilon_spent", "test_accuracy", "test_loss"]].to_string(index=False))
 
     eps = args.spectra_epsilon or max(args.epsilons)
-    phases = {"LP alone (f = 1)": (1.0, "lp"), "FT alone (f = 0)": (0.0, "ft"),
-              "LP-FT (f = 0.5): LP phase": (0.5, "lp"), "LP-FT (f = 0.5): FT phase": (0.5, "ft")}
+    phases = {
+        "LP alone (f = 1)": (1.0, "lp"),
+        "FT alone (f = 0)": (0.0, "ft"),
+        "LP-FT (f = 0.5): LP phase": (0.5, "lp"),
+        "LP-FT (f = 0.5): FT phase": (0.5, "ft"),
+    }
     paths = {label: args.out / f"eps{eps:g}" / f"f{f:g}" / "seed0" / ph for label, (f, ph) in phases.items()}
     # a held-out G_k fit needs a few components fitted on half of the steps
     stores = {label: open_store(path) for label, path in paths.items() if (path / "manifest.json").is_file()}
@@ -232,9 +321,16 @@ def main(argv=None):
     curves = pd.concat([r[2] for r in results], ignore_index=True)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
-    (args.out / "lp_ft.json").write_text(json.dumps({
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "utility": utility.to_dict(orient="records"), "phase_spectra": table.to_dict(orient="records")}, indent=1))
+    (args.out / "lp_ft.json").write_text(
+        json.dumps(
+            {
+                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "utility": utility.to_dict(orient="records"),
+                "phase_spectra": table.to_dict(orient="records"),
+            },
+            indent=1,
+        )
+    )
     paths = plot(utility, spectra, curves, table, args.out)
     print("figure:", paths[0])
 

@@ -47,9 +47,18 @@ def summary_table(curves: dict) -> pd.DataFrame:
         f = fits.rlc_fit(c)
         g = c.set_index("k").rms
         at = lambda k: float(g.loc[g.index[g.index <= k].max()])  # noqa: E731
-        rows.append({"projector": label, "G_0": at(0), "G_10": at(10), "G_100": at(100),
-                     "energy_outside_top10": (at(10) / at(0)) ** 2, "c": f["c"], "c_low": f["c_low"],
-                     "c_high": f["c_high"]})
+        rows.append(
+            {
+                "projector": label,
+                "G_0": at(0),
+                "G_10": at(10),
+                "G_100": at(100),
+                "energy_outside_top10": (at(10) / at(0)) ** 2,
+                "c": f["c"],
+                "c_low": f["c_low"],
+                "c_high": f["c_high"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -57,8 +66,13 @@ def summary_table(curves: dict) -> pd.DataFrame:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="an analysed collect run")
-    p.add_argument("--public-size", type=int, nargs="+", default=[700, 2000, 6700],
-                   help="public examples (default ~1%%, 3%%, 10%% of SST-2)")
+    p.add_argument(
+        "--public-size",
+        type=int,
+        nargs="+",
+        default=[700, 2000, 6700],
+        help="public examples (default ~1%%, 3%%, 10%% of SST-2)",
+    )
     p.add_argument("--public-steps", type=int, default=100)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--out", type=Path)
@@ -76,8 +90,9 @@ def main(argv=None):
         if (analysis / name).is_file():
             curves[label] = pd.read_csv(analysis / name)
     for size in args.public_size:
-        sub = public_subspace(replace(cfg, eval_every=0), train.rows(0, size), dev.head(0), args.k,
-                              args.public_steps, progress=True)
+        sub = public_subspace(
+            replace(cfg, eval_every=0), train.rows(0, size), dev.head(0), args.k, args.public_steps, progress=True
+        )
         curves[f"public projector, {size} examples"] = projector_curve(store, sub.V.numpy(), ks)
     table = summary_table(curves)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -92,8 +107,9 @@ def main(argv=None):
         ax.set_title("Private gradients outside a public vs private top-k subspace")
         ax.legend(loc="lower left")
     table.to_csv(out / "public_subspace.csv", index=False)
-    (out / "public_subspace.json").write_text(json.dumps({"public_steps": args.public_steps, "k": args.k,
-                                                          "table": table.to_dict(orient="records")}, indent=1))
+    (out / "public_subspace.json").write_text(
+        json.dumps({"public_steps": args.public_steps, "k": args.k, "table": table.to_dict(orient="records")}, indent=1)
+    )
     tables = {f"_{i}": c.assign(projector=label) for i, (label, c) in enumerate(curves.items())}
     paths = save(fig, out / "public_subspace", {"_curves": pd.concat(tables.values(), ignore_index=True)})
     print("figure:", paths[0])

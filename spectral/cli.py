@@ -28,8 +28,9 @@ def add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
     """Flags shared by every stage (``--device`` where the stage computes with torch)."""
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     if device:
-        p.add_argument("--device", default="auto",
-                       help="where to compute: auto (CUDA when available), cpu, cuda or cuda:N [auto]")
+        p.add_argument(
+            "--device", default="auto", help="where to compute: auto (CUDA when available), cpu, cuda or cuda:N [auto]"
+        )
 
 
 def _default(f):
@@ -51,8 +52,13 @@ def _scalar(tp):
     return tp, False
 
 
-def add_config(p: argparse.ArgumentParser, config_cls, help: dict, choices: dict | None = None,
-               title: str = "settings (default in brackets)") -> None:
+def add_config(
+    p: argparse.ArgumentParser,
+    config_cls,
+    help: dict,
+    choices: dict | None = None,
+    title: str = "settings (default in brackets)",
+) -> None:
     """One flag per field of ``config_cls``; unset flags are left out of the namespace (SUPPRESS),
     so the dataclass (or a config file) supplies the default."""
     hints = typing.get_type_hints(config_cls)

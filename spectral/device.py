@@ -28,8 +28,9 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         raise SpectralError(f"unsupported device {spec!r}; use {DEVICES}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SpectralError(f"device {spec!r}: CUDA is not available here (torch {torch.__version__}); "
-                                "use --device cpu or auto")
+            raise SpectralError(
+                f"device {spec!r}: CUDA is not available here (torch {torch.__version__}); use --device cpu or auto"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise SpectralError(f"device {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device

@@ -25,10 +25,11 @@ import argparse
 import shutil
 import sys
 import time
-import tomllib
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+
+import tomllib
 
 from .analyse import AnalyseConfig, analyse
 from .collect import CollectConfig, collect
@@ -47,12 +48,27 @@ def _toml(name: str) -> dict:
 
 
 SCALES = {
-    "quick": {"collect": {}, "k": 100, "fit_range": (1, 100), "toy": QUICK_TOY,
-              "retrain": dict(steps=40, eval_every=10, seeds=2, ranks=(10, 100))},
-    "cpu": {"collect": "collect_cpu.toml", "k": None, "fit_range": (1, 500), "toy": QUICK_TOY,
-            "retrain": dict(steps=200, eval_every=25, seeds=3, ranks=(10, 20, 100))},
-    "paper": {"collect": "collect_paper.toml", "k": 1000, "fit_range": (1, 500), "toy": {},
-              "retrain": dict(steps=260, eval_every=25, seeds=3, ranks=(10, 20, 100))},
+    "quick": {
+        "collect": {},
+        "k": 100,
+        "fit_range": (1, 100),
+        "toy": QUICK_TOY,
+        "retrain": dict(steps=40, eval_every=10, seeds=2, ranks=(10, 100)),
+    },
+    "cpu": {
+        "collect": "collect_cpu.toml",
+        "k": None,
+        "fit_range": (1, 500),
+        "toy": QUICK_TOY,
+        "retrain": dict(steps=200, eval_every=25, seeds=3, ranks=(10, 20, 100)),
+    },
+    "paper": {
+        "collect": "collect_paper.toml",
+        "k": 1000,
+        "fit_range": (1, 500),
+        "toy": {},
+        "retrain": dict(steps=260, eval_every=25, seeds=3, ranks=(10, 20, 100)),
+    },
 }
 
 
@@ -64,8 +80,9 @@ def _stage(name: str):
     print(f"== {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def reproduce(scale: str, out, figures_dir: Path | None = None, data: str | None = None,
-              progress: bool = True) -> RunDir:
+def reproduce(
+    scale: str, out, figures_dir: Path | None = None, data: str | None = None, progress: bool = True
+) -> RunDir:
     """Every stage of ``scale`` (see the module docstring) into the run directory ``out``."""
     plan, run = SCALES[scale], RunDir(out)
     settings = _toml(plan["collect"]) if plan["collect"] else {}
@@ -95,8 +112,9 @@ def reproduce(scale: str, out, figures_dir: Path | None = None, data: str | None
 
 @cli_entry
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m spectral.repro", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m spectral.repro", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--scale", choices=sorted(SCALES), default="quick")
     p.add_argument("run_dir", nargs="?", type=Path, metavar="RUN_DIR", help="run directory [runs/repro-SCALE]")
     p.add_argument("--data", help="data for the collect stage (default: $SPECTRAL_DATA/sst2, else GLUE download)")
@@ -106,7 +124,9 @@ def main(argv=None):
     out = args.run_dir or Path("runs") / f"repro-{args.scale}"
     t0 = time.perf_counter()
     reproduce(args.scale, out, args.figures, args.data, progress=not args.no_progress)
-    print(f"\nreproduction ({args.scale}) finished in {(time.perf_counter() - t0) / 60:.1f} min: {out}", file=sys.stderr)
+    print(
+        f"\nreproduction ({args.scale}) finished in {(time.perf_counter() - t0) / 60:.1f} min: {out}", file=sys.stderr
+    )
 
 
 if __name__ == "__main__":

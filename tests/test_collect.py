@@ -12,22 +12,49 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO, run_cli
 
 import spectral.store as store
 from spectral.dp.models import load_model, parameter_layout, select_trainable
 
-from conftest import REPO, run_cli
-
 
 def collect_args(model, data, out, *extra):
-    return ["spectral.collect", "--model", model, "--data", data, out, "--no-progress",
-            "--batch-size", "16", "--physical-batch-size", "8", "--eval-every", "3", *extra]
+    return [
+        "spectral.collect",
+        "--model",
+        model,
+        "--data",
+        data,
+        out,
+        "--no-progress",
+        "--batch-size",
+        "16",
+        "--physical-batch-size",
+        "8",
+        "--eval-every",
+        "3",
+        *extra,
+    ]
 
 
 def test_cli_writes_a_store_the_reader_opens(tiny_model, tiny_data, tmp_path):
     out = tmp_path / "run"
-    result = run_cli(*collect_args(tiny_model, tiny_data, out, "--steps", "7", "--checkpoint-every", "4",
-                                   "--streams", "clipped", "private", "--epsilon", "4"))
+    result = run_cli(
+        *collect_args(
+            tiny_model,
+            tiny_data,
+            out,
+            "--steps",
+            "7",
+            "--checkpoint-every",
+            "4",
+            "--streams",
+            "clipped",
+            "private",
+            "--epsilon",
+            "4",
+        )
+    )
     assert result.returncode == 0, result.stderr
     s = store.open(out, verify=True)
     assert s.n_steps == 7 and s.streams == ["clipped", "private"] and s.manifest["status"] == "complete"
@@ -55,8 +82,12 @@ def test_parameter_sets_train_what_they_say(tiny_model, params):
     names = [p["name"] for p in parameter_layout(model)]
     d = sum(p["numel"] for p in parameter_layout(model))
     h, layers = 16, 2
-    expected = {"all": total, "attention-qv": layers * 2 * (h * h + h), "classifier": 2 * h + 2,
-                "lora": layers * 2 * (4 * h + h * 4)}[params]
+    expected = {
+        "all": total,
+        "attention-qv": layers * 2 * (h * h + h),
+        "classifier": 2 * h + 2,
+        "lora": layers * 2 * (4 * h + h * 4),
+    }[params]
     assert d == expected
     if params == "lora":
         assert all("lora_" in n for n in names)
@@ -65,8 +96,9 @@ def test_parameter_sets_train_what_they_say(tiny_model, params):
 def test_lora_and_all_run_under_both_clipping_modes(tiny_model, tiny_data, tmp_path):
     for params, clipping in [("lora", "ghost"), ("all", "per-sample")]:
         out = tmp_path / f"{params}-{clipping}"
-        result = run_cli(*collect_args(tiny_model, tiny_data, out, "--steps", "2", "--params", params,
-                                       "--clipping", clipping))
+        result = run_cli(
+            *collect_args(tiny_model, tiny_data, out, "--steps", "2", "--params", params, "--clipping", clipping)
+        )
         assert result.returncode == 0, result.stderr
         assert store.open(out).n_steps == 2
 
@@ -100,8 +132,23 @@ def test_bad_input_is_one_clear_error(tiny_model, tiny_data, tmp_path):
 
 def test_non_finite_gradient_stops_and_keeps_the_store(tiny_model, tiny_data, tmp_path):
     out = tmp_path / "run"
-    result = run_cli(*collect_args(tiny_model, tiny_data, out, "--steps", "20", "--optimizer", "sgd",
-                                   "--lr", "1e38", "--lr-schedule", "constant", "--eval-every", "0"))
+    result = run_cli(
+        *collect_args(
+            tiny_model,
+            tiny_data,
+            out,
+            "--steps",
+            "20",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e38",
+            "--lr-schedule",
+            "constant",
+            "--eval-every",
+            "0",
+        )
+    )
     _assert_one_clear_error(result, "non-finite")
     s = store.open(out, verify=True)
     assert 1 <= s.n_steps < 20 and s.manifest["status"] == "stopped"
@@ -121,8 +168,12 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_model_dropout, tiny
     assert run_cli(*collect_args(tiny_model_dropout, tiny_data, reference, *args)).returncode == 0
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", *map(str, collect_args(tiny_model_dropout, tiny_data, out, *args))],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *map(str, collect_args(tiny_model_dropout, tiny_data, out, *args))],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while _manifest_steps(out) < 12 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import spectral.store as store
-
-from conftest import run_cli
 
 SST2 = Path(os.environ["SPECTRAL_DATA"]) / "sst2"
 
@@ -19,8 +18,19 @@ SST2 = Path(os.environ["SPECTRAL_DATA"]) / "sst2"
 @pytest.mark.skipif(not SST2.is_dir(), reason="SST-2 is not in SPECTRAL_DATA")
 def test_default_model_and_data_collect_a_store(tmp_path):
     out = tmp_path / "demo"
-    result = run_cli("spectral.collect", out, "--steps", "4", "--batch-size", "32",
-                     "--eval-every", "4", "--eval-size", "64", "--no-progress")
+    result = run_cli(
+        "spectral.collect",
+        out,
+        "--steps",
+        "4",
+        "--batch-size",
+        "32",
+        "--eval-every",
+        "4",
+        "--eval-size",
+        "64",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     assert "1,774,080 of 22,566,146 parameters" in result.stdout  # attention q/v of MiniLM-L6 (no pooler)
     s = store.open(out, verify=True)

@@ -91,13 +91,20 @@ def test_device_cpu_is_the_numpy_path_bit_for_bit(tmp_path):
 def test_writer_calls_ready_before_it_reads_a_row(tmp_path):
     """The hook that lets collect hand over rows whose device-to-host copy is still in flight."""
     d = 10
-    writer = StoreWriter.create(tmp_path / "w", layout=[{"name": "x", "shape": [d], "offset": 0, "numel": d}],
-                                streams=["clipped"], dtype="float32", shard_rows=4, meta={})
+    writer = StoreWriter.create(
+        tmp_path / "w",
+        layout=[{"name": "x", "shape": [d], "offset": 0, "numel": d}],
+        streams=["clipped"],
+        dtype="float32",
+        shard_rows=4,
+        meta={},
+    )
     buffers = [np.zeros(d, dtype=np.float32) for _ in range(3)]
     for step in range(3):
         # the row is filled only when the writer asks for it, as an asynchronous copy would be
-        writer.append(step, {"clipped": buffers[step]}, {"loss": 0.0},
-                      ready=lambda b=buffers[step], v=step + 1: b.fill(v))
+        writer.append(
+            step, {"clipped": buffers[step]}, {"loss": 0.0}, ready=lambda b=buffers[step], v=step + 1: b.fill(v)
+        )
     writer.commit()
     writer.close(status="complete")
     rows = spectral.store.open(tmp_path / "w").rows("clipped")
@@ -118,8 +125,17 @@ def test_gpu_collect_stores_what_the_cpu_stores(tiny_model, tiny_data, tmp_path)
     """Same batches and noise seed: the clipped rows agree to float32 rounding (dropout is off)."""
     from spectral.collect import CollectConfig, collect
 
-    cfg = CollectConfig(model=str(tiny_model), data=str(tiny_data), objective="classifier", steps=4, batch_size=16,
-                        physical_batch_size=8, noise_multiplier=1.0, eval_every=2, streams=["clipped", "private"])
+    cfg = CollectConfig(
+        model=str(tiny_model),
+        data=str(tiny_data),
+        objective="classifier",
+        steps=4,
+        batch_size=16,
+        physical_batch_size=8,
+        noise_multiplier=1.0,
+        eval_every=2,
+        streams=["clipped", "private"],
+    )
     collect(cfg, tmp_path / "cpu", progress=False, device="cpu")
     collect(cfg, tmp_path / "gpu", progress=False, device="cuda")
     cpu, gpu = spectral.store.open(tmp_path / "cpu"), spectral.store.open(tmp_path / "gpu")

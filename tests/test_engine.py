@@ -8,13 +8,21 @@ import numpy as np
 import pytest
 import torch
 
+from spectral.dp.data import TextData
 from spectral.dp.engine import DPEngine, NonFiniteGradient
 from spectral.dp.models import load_model, parameter_layout, select_trainable
 from spectral.dp.training import Batcher
-from spectral.dp.data import TextData
 
-TEXTS = ["a good film", "bad", "the plot is dull and the acting is weak", "lovely , moving and funny",
-         "messy", "a superb cast in a boring story that never ends", "fine", "tedious and bland work"]
+TEXTS = [
+    "a good film",
+    "bad",
+    "the plot is dull and the acting is weak",
+    "lovely , moving and funny",
+    "messy",
+    "a superb cast in a boring story that never ends",
+    "fine",
+    "tedious and bland work",
+]
 LABELS = np.array([1, 0, 0, 1, 0, 1, 1, 0])
 
 
@@ -55,8 +63,16 @@ def test_clipped_sum_equals_loop_over_examples(tiny_model, clipping, physical):
     C = float(np.median(norms))  # half the examples are clipped, half are not
     expected, _ = brute_force_clipped_sum(model, chunks, C)
     B = 5.0  # expected batch size divides the sum
-    engine = DPEngine(model, clipping=clipping, optimizer="sgd", lr=0.0, noise_multiplier=0.0,
-                      max_grad_norm=C, expected_batch_size=B, seed=0)
+    engine = DPEngine(
+        model,
+        clipping=clipping,
+        optimizer="sgd",
+        lr=0.0,
+        noise_multiplier=0.0,
+        max_grad_norm=C,
+        expected_batch_size=B,
+        seed=0,
+    )
     out = engine.step(chunks, lr=0.0)
     got = out.clipped * B
     rel = (got - expected).norm() / expected.norm()
@@ -70,8 +86,16 @@ def test_clipped_sum_equals_loop_over_examples(tiny_model, clipping, physical):
 def test_noise_has_the_calibrated_std(tiny_model, clipping):
     model, tok = _model(tiny_model)
     sigma, C, B = 1.7, 0.3, 4.0
-    engine = DPEngine(model, clipping=clipping, optimizer="sgd", lr=0.0, noise_multiplier=sigma,
-                      max_grad_norm=C, expected_batch_size=B, seed=3)
+    engine = DPEngine(
+        model,
+        clipping=clipping,
+        optimizer="sgd",
+        lr=0.0,
+        noise_multiplier=sigma,
+        max_grad_norm=C,
+        expected_batch_size=B,
+        seed=3,
+    )
     out = engine.step(_chunks(tok, 8), lr=0.0)
     noise = ((out.private - out.clipped) * B).double()
     d = noise.numel()
@@ -83,8 +107,16 @@ def test_noise_has_the_calibrated_std(tiny_model, clipping):
 def test_update_is_applied_with_the_private_gradient(tiny_model):
     model, tok = _model(tiny_model, params="attention-qv")
     before = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters() if p.requires_grad])
-    engine = DPEngine(model, clipping="ghost", optimizer="sgd", lr=0.1, noise_multiplier=0.5,
-                      max_grad_norm=1.0, expected_batch_size=8, seed=0)
+    engine = DPEngine(
+        model,
+        clipping="ghost",
+        optimizer="sgd",
+        lr=0.1,
+        noise_multiplier=0.5,
+        max_grad_norm=1.0,
+        expected_batch_size=8,
+        seed=0,
+    )
     out = engine.step(_chunks(tok, 4), lr=0.1)
     after = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
     torch.testing.assert_close(after, before - 0.1 * out.private, rtol=1e-5, atol=1e-7)
@@ -93,16 +125,32 @@ def test_update_is_applied_with_the_private_gradient(tiny_model):
 
 def test_empty_poisson_batch_releases_noise_only(tiny_model):
     model, _ = _model(tiny_model, params="classifier")
-    engine = DPEngine(model, clipping="ghost", optimizer="sgd", lr=0.0, noise_multiplier=1.0,
-                      max_grad_norm=1.0, expected_batch_size=2, seed=0)
+    engine = DPEngine(
+        model,
+        clipping="ghost",
+        optimizer="sgd",
+        lr=0.0,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=2,
+        seed=0,
+    )
     out = engine.step([], lr=0.0)
     assert out.batch_size == 0 and torch.count_nonzero(out.clipped) == 0 and out.private.abs().sum() > 0
 
 
 def test_non_finite_gradient_stops_before_the_update(tiny_model):
     model, tok = _model(tiny_model, params="classifier")
-    engine = DPEngine(model, clipping="per-sample", optimizer="sgd", lr=0.1, noise_multiplier=0.0,
-                      max_grad_norm=1.0, expected_batch_size=8, seed=0)
+    engine = DPEngine(
+        model,
+        clipping="per-sample",
+        optimizer="sgd",
+        lr=0.1,
+        noise_multiplier=0.0,
+        max_grad_norm=1.0,
+        expected_batch_size=8,
+        seed=0,
+    )
     with torch.no_grad():
         model.classifier.weight[0, 0] = float("nan")
     before = model.classifier.bias.detach().clone()
@@ -113,10 +161,19 @@ def test_non_finite_gradient_stops_before_the_update(tiny_model):
 
 def test_state_roundtrip_continues_identically(tiny_model_dropout):
     """Saving after step 1 and restoring into a fresh engine reproduces step 2 exactly (dropout on)."""
+
     def engine_for():
         model, tok = _model(tiny_model_dropout, params="attention-qv")
-        return DPEngine(model, clipping="ghost", optimizer="adam", lr=1e-2, noise_multiplier=1.0,
-                        max_grad_norm=0.5, expected_batch_size=8, seed=5), tok
+        return DPEngine(
+            model,
+            clipping="ghost",
+            optimizer="adam",
+            lr=1e-2,
+            noise_multiplier=1.0,
+            max_grad_norm=0.5,
+            expected_batch_size=8,
+            seed=5,
+        ), tok
 
     a, tok = engine_for()
     chunks = _chunks(tok, 4)
@@ -141,8 +198,16 @@ def test_mean_pooled_classifier_clips_exactly(tiny_model):
         model = select_trainable(model, "all")
         chunks = _chunks(tok, 4)
         expected, norms = brute_force_clipped_sum(model, chunks, C=0.05)
-        engine = DPEngine(model, clipping=clipping, optimizer="sgd", lr=0.0, noise_multiplier=0.0,
-                          max_grad_norm=0.05, expected_batch_size=1.0, seed=0)
+        engine = DPEngine(
+            model,
+            clipping=clipping,
+            optimizer="sgd",
+            lr=0.0,
+            noise_multiplier=0.0,
+            max_grad_norm=0.05,
+            expected_batch_size=1.0,
+            seed=0,
+        )
         out = engine.step(chunks, lr=0.0)
         assert (out.clipped - expected).norm() / expected.norm() < 1e-5
         np.testing.assert_allclose(out.per_example_norms.numpy(), norms, rtol=1e-4)

@@ -33,20 +33,46 @@ def test_gaussianity_and_equivalent_sigma():
 
 
 def test_study_script_runs_on_a_store(tmp_path):
-    import spectral.store as store
     from conftest import REPO, run_cli
 
+    import spectral.store as store
+
     rng = np.random.default_rng(0)
-    layout = [{"name": "w", "shape": [10, 30], "offset": 0, "numel": 300}, {"name": "b", "shape": [10], "offset": 300, "numel": 10}]
-    w = store.StoreWriter.create(tmp_path / "run", layout=layout, streams=["clipped"], dtype="float32", shard_rows=8,
-                                 meta={"dp": {"max_grad_norm": 0.1, "batch_size": 16}})
+    layout = [
+        {"name": "w", "shape": [10, 30], "offset": 0, "numel": 300},
+        {"name": "b", "shape": [10], "offset": 300, "numel": 10},
+    ]
+    w = store.StoreWriter.create(
+        tmp_path / "run",
+        layout=layout,
+        streams=["clipped"],
+        dtype="float32",
+        shard_rows=8,
+        meta={"dp": {"max_grad_norm": 0.1, "batch_size": 16}},
+    )
     for i in range(24):
-        w.append(i, {"clipped": (rng.standard_normal(310) * np.r_[np.linspace(1, 0.1, 300), np.ones(10)]).astype(np.float32)},
-                 {"loss": 0.0})
+        w.append(
+            i,
+            {"clipped": (rng.standard_normal(310) * np.r_[np.linspace(1, 0.1, 300), np.ones(10)]).astype(np.float32)},
+            {"loss": 0.0},
+        )
     w.commit(status="complete")
     w.close()
-    proc = run_cli("experiments.lora_noise", tmp_path / "run", "--steps", "4", "--ranks", "1", "4", "--draws", "2",
-                   "--spectrum-rank", "2", "--out", tmp_path / "lora")
+    proc = run_cli(
+        "experiments.lora_noise",
+        tmp_path / "run",
+        "--steps",
+        "4",
+        "--ranks",
+        "1",
+        "4",
+        "--draws",
+        "2",
+        "--spectrum-rank",
+        "2",
+        "--out",
+        tmp_path / "lora",
+    )
     assert proc.returncode == 0, proc.stderr
     table = np.genfromtxt(tmp_path / "lora" / "lora_variance.csv", delimiter=",", names=True)
     assert list(table["rank"]) == [1, 4] and table["rms_deviation"][1] < table["rms_deviation"][0]
@@ -59,8 +85,9 @@ def test_public_projector_curve_equals_in_sample_for_the_own_components(tmp_path
     with a random basis almost nothing is captured."""
     import importlib
 
-    from spectral.analyse import principal_components, rlc
     from test_analyse import power_law_trajectory, write_store
+
+    from spectral.analyse import principal_components, rlc
 
     study = importlib.import_module("experiments.public_subspace")
     H = power_law_trajectory(n=40, d=800, seed=7)

@@ -9,17 +9,16 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 from opacus.accountants import RDPAccountant
 
 import spectral.store as store
 from spectral.collect import CollectConfig
-from spectral.dp.models import load_model, parameter_layout, select_trainable
 from spectral.dp.engine import trained_weights
+from spectral.dp.models import load_model, parameter_layout, select_trainable
 from spectral.dp.privacy import compose_epsilon, plan_privacy, privacy_history
 from spectral.dp.training import prepare
 from spectral.errors import SpectralError
-
-from conftest import run_cli
 
 
 def direct_epsilon(phases, delta):
@@ -74,21 +73,56 @@ def test_calibration_after_a_prior_spends_the_total():
 
 
 def collect_args(model, data, out, *extra):
-    return ["spectral.collect", "--model", model, "--data", data, out, "--no-progress", "--batch-size", "16",
-            "--physical-batch-size", "8", "--eval-every", "0", *extra]
+    return [
+        "spectral.collect",
+        "--model",
+        model,
+        "--data",
+        data,
+        out,
+        "--no-progress",
+        "--batch-size",
+        "16",
+        "--physical-batch-size",
+        "8",
+        "--eval-every",
+        "0",
+        *extra,
+    ]
 
 
 def test_init_from_loads_the_trained_weights_and_composes_privacy(tiny_model, tiny_data, tmp_path):
     lp, ft = tmp_path / "lp", tmp_path / "ft"
-    r = run_cli(*collect_args(tiny_model, tiny_data, lp, "--params", "classifier", "--steps", "6", "--lr", "0.05",
-                              "--noise-multiplier", "1.1"))
+    r = run_cli(
+        *collect_args(
+            tiny_model,
+            tiny_data,
+            lp,
+            "--params",
+            "classifier",
+            "--steps",
+            "6",
+            "--lr",
+            "0.05",
+            "--noise-multiplier",
+            "1.1",
+        )
+    )
     assert r.returncode == 0, r.stderr
     lp_store = store.open(lp)
     trained = trained_weights(lp_store)
     assert set(trained) == {"classifier.weight", "classifier.bias"}
 
-    cfg = CollectConfig(model=str(tiny_model), data=str(tiny_data), params="attention-qv+classifier",
-                        init_from=str(lp), batch_size=16, steps=4, noise_multiplier=1.1, eval_every=0)
+    cfg = CollectConfig(
+        model=str(tiny_model),
+        data=str(tiny_data),
+        params="attention-qv+classifier",
+        init_from=str(lp),
+        batch_size=16,
+        steps=4,
+        noise_multiplier=1.1,
+        eval_every=0,
+    )
     t = prepare(cfg.validate())
     weights = dict(t.model.named_parameters())
     fresh, _ = load_model(str(tiny_model), num_labels=2, seed=0)
@@ -99,8 +133,21 @@ def test_init_from_loads_the_trained_weights_and_composes_privacy(tiny_model, ti
     assert t.plan.prior == [[1.1, lp_store.manifest["dp"]["sample_rate"], 6]]
 
     # the CLI: the FT store's epsilon is both phases composed; --epsilon is then the total budget
-    r = run_cli(*collect_args(tiny_model, tiny_data, ft, "--params", "attention-qv+classifier", "--steps", "4",
-                              "--init-from", lp, "--noise-multiplier", "1.1"))
+    r = run_cli(
+        *collect_args(
+            tiny_model,
+            tiny_data,
+            ft,
+            "--params",
+            "attention-qv+classifier",
+            "--steps",
+            "4",
+            "--init-from",
+            lp,
+            "--noise-multiplier",
+            "1.1",
+        )
+    )
     assert r.returncode == 0, r.stderr
     s = store.open(ft)
     q, delta = s.manifest["dp"]["sample_rate"], s.manifest["dp"]["delta"]
@@ -128,9 +175,34 @@ def test_init_from_bad_input_is_one_clear_error(tiny_model, tiny_model_dropout, 
 
 def test_study_script_runs_and_resumes(tiny_model, tiny_data, tmp_path):
     out = tmp_path / "study"
-    args = ["experiments.lp_ft", out, "--model", tiny_model, "--data", tiny_data, "--steps", "16", "--batch-size", "32",
-            "--physical-batch-size", "32", "--epsilons", "3", "8", "--fractions", "0", "0.5", "1", "--max-length", "32",
-            "--lp-lr", "0.05", "--ft-lr", "0.005", "--no-progress"]
+    args = [
+        "experiments.lp_ft",
+        out,
+        "--model",
+        tiny_model,
+        "--data",
+        tiny_data,
+        "--steps",
+        "16",
+        "--batch-size",
+        "32",
+        "--physical-batch-size",
+        "32",
+        "--epsilons",
+        "3",
+        "8",
+        "--fractions",
+        "0",
+        "0.5",
+        "1",
+        "--max-length",
+        "32",
+        "--lp-lr",
+        "0.05",
+        "--ft-lr",
+        "0.005",
+        "--no-progress",
+    ]
     r = run_cli(*args[:-1], "--lp-optimizer", "momentum")  # a bad phase setting stops before any training
     assert r.returncode == 2 and "momentum" in r.stderr and "Traceback" not in r.stderr and not out.exists()
     r = run_cli(*args)
@@ -154,4 +226,3 @@ def test_study_script_runs_and_resumes(tiny_model, tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert before == {p: p.stat().st_mtime_ns for p in out.glob("eps*/f*/seed0/*/manifest.json")}
     pd.testing.assert_frame_equal(pd.read_csv(out / "lp_ft_utility.csv"), utility)
-

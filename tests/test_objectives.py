@@ -6,15 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_engine import LABELS, TEXTS, brute_force_clipped_sum
 
 from spectral.dp.data import TextData
 from spectral.dp.engine import DPEngine
 from spectral.dp.models import load_model, select_trainable
 from spectral.dp.training import Batcher
-from test_engine import LABELS, TEXTS, brute_force_clipped_sum
 
-WORDS = ("a the film plot is and of in it was . , terrible great good bad fine dull lovely moving funny messy "
-         "superb cast story never ends acting weak boring tedious bland work").split()
+WORDS = (
+    "a the film plot is and of in it was . , terrible great good bad fine dull lovely moving funny messy "
+    "superb cast story never ends acting weak boring tedious bland work"
+).split()
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +30,16 @@ def tiny_mlm(tmp_path_factory):
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     BertForMaskedLM(config).save_pretrained(path)
     return path
 
@@ -74,8 +83,16 @@ def test_prompt_clipping_equals_a_loop_over_examples(tiny_mlm, clipping):
     _, norms = brute_force_clipped_sum(model, chunks, C=1e9)
     C = float(np.median(norms))
     expected, _ = brute_force_clipped_sum(model, chunks, C)
-    engine = DPEngine(model, clipping=clipping, optimizer="sgd", lr=0.0, noise_multiplier=0.0,
-                      max_grad_norm=C, expected_batch_size=1.0, seed=0)
+    engine = DPEngine(
+        model,
+        clipping=clipping,
+        optimizer="sgd",
+        lr=0.0,
+        noise_multiplier=0.0,
+        max_grad_norm=C,
+        expected_batch_size=1.0,
+        seed=0,
+    )
     out = engine.step(chunks, lr=0.0)
     assert (out.clipped - expected).norm() / expected.norm() < 1e-6
     np.testing.assert_allclose(out.per_example_norms.numpy(), norms, rtol=1e-5)
@@ -108,7 +125,9 @@ def test_similarity_head_is_the_encoders_embedding_of_the_label_prompts(tiny_mod
             rows.append(mean_pool(encoder(**inputs).last_hidden_state, inputs["attention_mask"])[0])
         rows = torch.nn.functional.normalize(torch.stack(rows), dim=-1)
         inputs = tok(TEXTS, padding=True, return_tensors="pt")
-        z = torch.nn.functional.normalize(mean_pool(encoder(**inputs).last_hidden_state, inputs["attention_mask"]), dim=-1)
+        z = torch.nn.functional.normalize(
+            mean_pool(encoder(**inputs).last_hidden_state, inputs["attention_mask"]), dim=-1
+        )
         torch.testing.assert_close(model(**inputs).logits, 20.0 * z @ rows.T)
     # it carries no seed: two loads agree whatever the seed
     other, _ = load_model(str(tiny_model), num_labels=2, seed=5, objective="similarity")
@@ -122,8 +141,16 @@ def test_similarity_clipping_equals_a_loop_over_examples(tiny_model):
     expected, norms = brute_force_clipped_sum(model, chunks, C=float("inf"))
     C = float(np.median(norms))
     expected, _ = brute_force_clipped_sum(model, chunks, C)
-    engine = DPEngine(model, clipping="ghost", optimizer="sgd", lr=0.0, noise_multiplier=0.0,
-                      max_grad_norm=C, expected_batch_size=1.0, seed=0)
+    engine = DPEngine(
+        model,
+        clipping="ghost",
+        optimizer="sgd",
+        lr=0.0,
+        noise_multiplier=0.0,
+        max_grad_norm=C,
+        expected_batch_size=1.0,
+        seed=0,
+    )
     out = engine.step(chunks, lr=0.0)
     assert (out.clipped - expected).norm() / expected.norm() < 1e-6
 
@@ -133,12 +160,22 @@ def test_the_classifier_head_comes_from_the_store_not_the_seed(tiny_model, tiny_
     from dataclasses import replace
 
     import spectral.store
-    from spectral.dp.config import CollectConfig
     from spectral.collect.run import collect
+    from spectral.dp.config import CollectConfig
     from spectral.dp.training import prepare
 
-    cfg = CollectConfig(model=str(tiny_model), data=str(tiny_data), objective="classifier", pooling="mean", steps=2,
-                        batch_size=8, physical_batch_size=8, noise_multiplier=0.5, eval_every=2, seed=0)
+    cfg = CollectConfig(
+        model=str(tiny_model),
+        data=str(tiny_data),
+        objective="classifier",
+        pooling="mean",
+        steps=2,
+        batch_size=8,
+        physical_batch_size=8,
+        noise_multiplier=0.5,
+        eval_every=2,
+        seed=0,
+    )
     collect(cfg, tmp_path / "run", progress=False)
     store = spectral.store.open(tmp_path / "run")
     head = store.attachment("head")

@@ -17,11 +17,17 @@ PAPER = dict(sampling="poisson", accountant="rdp", n_train=67349, batch_size=100
 
 def test_paper_sigma_matches_published_value_and_library():
     plan = plan_privacy(**PAPER, epsilon=8.0)
-    assert plan.delta == pytest.approx(67349 ** -1.1)
+    assert plan.delta == pytest.approx(67349**-1.1)
     # Li et al. 2022 report sigma ~ 0.91 for SST-2, batch 1000, ~4000 steps, eps 8, delta n^-1.1
     assert plan.noise_multiplier == pytest.approx(0.91, abs=0.01)
-    library = get_noise_multiplier(target_epsilon=8.0, target_delta=plan.delta, sample_rate=1000 / 67349,
-                                   steps=4000, accountant="rdp", epsilon_tolerance=0.005)
+    library = get_noise_multiplier(
+        target_epsilon=8.0,
+        target_delta=plan.delta,
+        sample_rate=1000 / 67349,
+        steps=4000,
+        accountant="rdp",
+        epsilon_tolerance=0.005,
+    )
     assert plan.noise_multiplier == pytest.approx(library, rel=1e-6)
 
 
@@ -53,8 +59,16 @@ def test_ledger_matches_a_direct_opacus_accountant_and_resumes():
 
 
 def test_shuffle_accounts_one_full_mechanism_per_epoch():
-    plan = plan_privacy(sampling="shuffle", accountant="rdp", n_train=1000, batch_size=100, steps=25,
-                        max_grad_norm=1.0, noise_multiplier=5.0, delta=1e-5)
+    plan = plan_privacy(
+        sampling="shuffle",
+        accountant="rdp",
+        n_train=1000,
+        batch_size=100,
+        steps=25,
+        max_grad_norm=1.0,
+        noise_multiplier=5.0,
+        delta=1e-5,
+    )
     assert plan.steps_per_epoch == 10 and plan.mechanisms(25) == 3
     ledger = PrivacyLedger(plan)
     ledger.record_step(0)
@@ -77,14 +91,28 @@ def test_no_noise_means_no_privacy():
 
 
 def test_batches_are_deterministic_and_match_the_sampler():
-    plan = plan_privacy(sampling="poisson", accountant="rdp", n_train=5000, batch_size=50, steps=400,
-                        max_grad_norm=1.0, noise_multiplier=1.0)
+    plan = plan_privacy(
+        sampling="poisson",
+        accountant="rdp",
+        n_train=5000,
+        batch_size=50,
+        steps=400,
+        max_grad_norm=1.0,
+        noise_multiplier=1.0,
+    )
     sizes = np.array([len(batch_indices(plan, 0, t)) for t in range(400)])
     assert abs(sizes.mean() - 50) < 4 * np.sqrt(50 / 400)  # Binomial(5000, 0.01) mean
     np.testing.assert_array_equal(batch_indices(plan, 0, 17), batch_indices(plan, 0, 17))
     assert not np.array_equal(batch_indices(plan, 0, 17), batch_indices(plan, 1, 17))
-    shuffle = plan_privacy(sampling="shuffle", accountant="rdp", n_train=1000, batch_size=100, steps=20,
-                           max_grad_norm=1.0, noise_multiplier=1.0)
+    shuffle = plan_privacy(
+        sampling="shuffle",
+        accountant="rdp",
+        n_train=1000,
+        batch_size=100,
+        steps=20,
+        max_grad_norm=1.0,
+        noise_multiplier=1.0,
+    )
     epoch = np.concatenate([batch_indices(shuffle, 0, t) for t in range(10)])
     np.testing.assert_array_equal(np.sort(epoch), np.arange(1000))  # every example once per epoch
 
@@ -92,7 +120,9 @@ def test_batches_are_deterministic_and_match_the_sampler():
 def test_a_continued_run_draws_fresh_batches():
     """Composing two runs' mechanisms needs independent sampling: the second run continues the
     first's sequence of draws instead of repeating its batches."""
-    kw = dict(sampling="poisson", accountant="rdp", n_train=5000, batch_size=50, max_grad_norm=1.0, noise_multiplier=1.0)
+    kw = dict(
+        sampling="poisson", accountant="rdp", n_train=5000, batch_size=50, max_grad_norm=1.0, noise_multiplier=1.0
+    )
     first = plan_privacy(**kw, steps=6)
     second = plan_privacy(**kw, steps=4, prior=[(1.0, first.sample_rate, 6)])
     chained = [batch_indices(first, 0, t) for t in range(6)] + [batch_indices(second, 0, t) for t in range(4)]

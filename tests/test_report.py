@@ -7,18 +7,18 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO, run_cli
+from test_analyse import power_law_trajectory, write_store
+
 from spectral.analyse import principal_components, rlc
 from spectral.report import fits
-from test_analyse import power_law_trajectory, write_store
 
 
 @pytest.mark.parametrize("a", [0.6, 1.0, 1.5])
 def test_slope_recovery_on_a_noisy_power_law(a):
     rng = np.random.default_rng(1)
     k = np.arange(1, 501)
-    s = 3.0 * k ** -a * np.exp(0.05 * rng.standard_normal(500))
+    s = 3.0 * k**-a * np.exp(0.05 * rng.standard_normal(500))
     f = fits.spectrum_fit(s, (1, 500))
     assert f["slope"] == pytest.approx(-a, abs=0.02)  # stated tolerance: 0.02
     assert f["ci_low"] <= -a <= f["ci_high"] and f["boot_low"] <= -a <= f["boot_high"]
@@ -34,7 +34,7 @@ def test_fit_matches_scipy_linregress_on_exact_data():
     f = fits.spectrum_fit(s, (1, 100))
     r = linregress(np.log(k), np.log(s))
     assert f["slope"] == pytest.approx(r.slope) and f["r2"] == pytest.approx(1.0)
-    assert f["verdict"] == "polynomial" and fits.spectrum_fit(k ** -1.3, (1, 100))["verdict"] == "dimension-free"
+    assert f["verdict"] == "polynomial" and fits.spectrum_fit(k**-1.3, (1, 100))["verdict"] == "dimension-free"
 
 
 def test_rlc_exponent_tracks_the_spectrum_slope_on_a_store(tmp_path):
@@ -68,11 +68,16 @@ def make_reported_run(tmp_path):
     write_store(run, H)
     proc = run_cli("spectral.analyse", run, "--k", "40", "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("spectral.toy", run, "--scale", "quick", "--dims", "20", "200", "--modes", "const", "linear",
-                   "--no-figure")
+    proc = run_cli(
+        "spectral.toy", run, "--scale", "quick", "--dims", "20", "200", "--modes", "const", "linear", "--no-figure"
+    )
     assert proc.returncode == 0, proc.stderr
-    rows = [{"variant": v, "seed": s, "step": t, "accuracy": 0.5 + 0.001 * t * (r / 100) + 0.01 * s}
-            for v, r in (("rank 10", 10), ("rank 100", 100), ("full", 200)) for s in range(3) for t in range(0, 101, 25)]
+    rows = [
+        {"variant": v, "seed": s, "step": t, "accuracy": 0.5 + 0.001 * t * (r / 100) + 0.01 * s}
+        for v, r in (("rank 10", 10), ("rank 100", 100), ("full", 200))
+        for s in range(3)
+        for t in range(0, 101, 25)
+    ]
     (run / "retrain").mkdir()
     pd.DataFrame(rows).to_csv(run / "retrain" / "retrain_history.csv", index=False)
     return run
@@ -111,7 +116,14 @@ def test_notebook_executes_on_a_tiny_run(tmp_path, monkeypatch):
     run = make_reported_run(tmp_path)
     monkeypatch.setenv("SPECTRAL_RUN", str(run))
     nb = nbformat.read(REPO / "experiments" / "explore_run.ipynb", as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(REPO / "experiments")}}).execute()
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO / "experiments")}}
+    ).execute()
     outputs = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
     assert "slope -0.9" in outputs and "c = " in outputs
+    # every cell that draws shows its figure inline (no library call may switch the backend to Agg)
+    plot_cells = [c for c in nb.cells if c.cell_type == "code" and ("subplots" in c.source or "plot_" in c.source)]
+    assert plot_cells
+    for cell in plot_cells:
+        kinds = {k for o in cell.get("outputs", []) for k in o.get("data", {})}
+        assert "image/png" in kinds, cell.source

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import run_cli
+from test_engine import _chunks, _model
+
 from spectral.dp.engine import DPEngine
 from spectral.retrain import CoordinateEngine, Subspace
-from test_engine import _chunks, _model
 
 
 def _flat_params(model):
@@ -36,9 +36,18 @@ def _outside(v: torch.Tensor, Q: np.ndarray) -> float:
 
 
 def _engine(model, sigma, C=1e9, seed=0, sub=None, mode=None):
-    return DPEngine(model, clipping="per-sample", optimizer="sgd", lr=0.1, noise_multiplier=sigma,
-                    max_grad_norm=C, expected_batch_size=8.0, seed=seed,
-                    project=sub.project if sub is not None else None, restriction=mode)
+    return DPEngine(
+        model,
+        clipping="per-sample",
+        optimizer="sgd",
+        lr=0.1,
+        noise_multiplier=sigma,
+        max_grad_norm=C,
+        expected_batch_size=8.0,
+        seed=seed,
+        project=sub.project if sub is not None else None,
+        restriction=mode,
+    )
 
 
 def _subspace64(sub):
@@ -69,8 +78,16 @@ def test_coordinates_equal_signal_plus_noise_without_noise(tiny_model):
         model, tok = _model(tiny_model, "attention-qv")
         sub = _subspace64(_random_subspace(_flat_params(model).numel(), 6, seed=1))
         if mode == "coordinates":
-            engine = CoordinateEngine(model, sub, optimizer="sgd", lr=0.1, noise_multiplier=0.0, max_grad_norm=1e9,
-                                      expected_batch_size=8.0, seed=0)
+            engine = CoordinateEngine(
+                model,
+                sub,
+                optimizer="sgd",
+                lr=0.1,
+                noise_multiplier=0.0,
+                max_grad_norm=1e9,
+                expected_batch_size=8.0,
+                seed=0,
+            )
         else:
             engine = _engine(model, sigma=0.0, sub=sub, mode=mode)
         for _ in range(3):
@@ -97,9 +114,12 @@ def test_rank_d_reproduces_unrestricted_training(tiny_model, sigma):
 def test_coordinates_noise_lives_in_r_dimensions(tiny_model):
     model, tok = _model(tiny_model, "attention-qv")
     sub = _subspace64(_random_subspace(_flat_params(model).numel(), 4))
-    engine = CoordinateEngine(model, sub, optimizer="sgd", lr=0.0, noise_multiplier=2.0, max_grad_norm=0.1,
-                              expected_batch_size=8.0, seed=0)
-    draws = torch.stack([(o.private - o.clipped) * 8.0 for o in (engine.step(_chunks(tok, 8), 0.0) for _ in range(200))])
+    engine = CoordinateEngine(
+        model, sub, optimizer="sgd", lr=0.0, noise_multiplier=2.0, max_grad_norm=0.1, expected_batch_size=8.0, seed=0
+    )
+    draws = torch.stack(
+        [(o.private - o.clipped) * 8.0 for o in (engine.step(_chunks(tok, 8), 0.0) for _ in range(200))]
+    )
     assert draws.shape == (200, 4)
     assert draws.std().item() == pytest.approx(2.0 * 0.1, rel=0.1)  # σC per coordinate, 800 draws
 
@@ -107,9 +127,27 @@ def test_coordinates_noise_lives_in_r_dimensions(tiny_model):
 @pytest.fixture(scope="module")
 def analysed_run(tiny_model, tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("retrain") / "run"
-    proc = run_cli("spectral.collect", "--model", tiny_model, "--data", tiny_data, run, "--no-progress",
-                   "--batch-size", "16", "--physical-batch-size", "8", "--steps", "12", "--eval-every", "6",
-                   "--params", "attention-qv", "--lr", "0.01")
+    proc = run_cli(
+        "spectral.collect",
+        "--model",
+        tiny_model,
+        "--data",
+        tiny_data,
+        run,
+        "--no-progress",
+        "--batch-size",
+        "16",
+        "--physical-batch-size",
+        "8",
+        "--steps",
+        "12",
+        "--eval-every",
+        "6",
+        "--params",
+        "attention-qv",
+        "--lr",
+        "0.01",
+    )
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("spectral.analyse", run, "--k", "6", "--no-progress", "--holdout", "none")
     assert proc.returncode == 0, proc.stderr
@@ -118,8 +156,22 @@ def analysed_run(tiny_model, tiny_data, tmp_path_factory):
 
 def test_cli_retrains_every_variant_with_identical_accounting(analysed_run):
     out = analysed_run / "retrain"
-    args = ["spectral.retrain", analysed_run, "--ranks", "2", "6",
-            "--seeds", "2", "--steps", "4", "--eval-every", "2", "--no-progress", "--out", out]
+    args = [
+        "spectral.retrain",
+        analysed_run,
+        "--ranks",
+        "2",
+        "6",
+        "--seeds",
+        "2",
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--no-progress",
+        "--out",
+        out,
+    ]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
     h = pd.read_csv(out / "retrain_history.csv")
@@ -142,25 +194,56 @@ def test_cli_retrains_every_variant_with_identical_accounting(analysed_run):
 @pytest.mark.parametrize("mode", ["coordinates", "signal+noise"])
 def test_cli_public_subspace(analysed_run, tmp_path, mode):
     out = tmp_path / "public"
-    proc = run_cli("spectral.retrain", analysed_run, "--ranks", "3",
-                   "--seeds", "1", "--steps", "3", "--eval-every", "3", "--no-progress", "--no-full",
-                   "--subspace-from", "public", "--public-size", "60", "--mode", mode, "--out", out)
+    proc = run_cli(
+        "spectral.retrain",
+        analysed_run,
+        "--ranks",
+        "3",
+        "--seeds",
+        "1",
+        "--steps",
+        "3",
+        "--eval-every",
+        "3",
+        "--no-progress",
+        "--no-full",
+        "--subspace-from",
+        "public",
+        "--public-size",
+        "60",
+        "--mode",
+        mode,
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr
     h = pd.read_csv(out / "retrain_history.csv")
     assert set(h.subspace_from) == {"public"} and set(h["mode"]) == {mode}
 
 
 def test_cli_non_private_setting_has_its_own_directory(analysed_run):
-    proc = run_cli("spectral.retrain", analysed_run, "--ranks", "2",
-                   "--seeds", "1", "--steps", "2", "--eval-every", "2", "--no-progress", "--no-full", "--non-private")
+    proc = run_cli(
+        "spectral.retrain",
+        analysed_run,
+        "--ranks",
+        "2",
+        "--seeds",
+        "1",
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--no-progress",
+        "--no-full",
+        "--non-private",
+    )
     assert proc.returncode == 0, proc.stderr
     h = pd.read_csv(analysed_run / "retrain" / "signal-trajectory-nonprivate" / "retrain_history.csv")
     assert np.isinf(h.epsilon.iloc[-1]) and not h.private.any()
 
 
 def test_cli_bad_input_exit_2(analysed_run, tmp_path):
-    proc = run_cli("spectral.retrain", analysed_run, "--ranks", "50",
-                   "--out", tmp_path / "x", "--no-progress")
+    proc = run_cli("spectral.retrain", analysed_run, "--ranks", "50", "--out", tmp_path / "x", "--no-progress")
     assert proc.returncode == 2 and "rank 50 is not available" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("spectral.retrain", tmp_path, "--out", tmp_path / "y")
     assert proc.returncode == 2 and proc.stderr.startswith("error:")

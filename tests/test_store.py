@@ -6,20 +6,23 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import spectral.store as store
 from spectral.errors import SpectralError
 from spectral.store.format import from_storage, to_storage
 
-from conftest import run_cli
-
-LAYOUT = [{"name": "w", "shape": [3, 4], "offset": 0, "numel": 12}, {"name": "b", "shape": [5], "offset": 12, "numel": 5}]
+LAYOUT = [
+    {"name": "w", "shape": [3, 4], "offset": 0, "numel": 12},
+    {"name": "b", "shape": [5], "offset": 12, "numel": 5},
+]
 D = 17
 
 
 def write(root, H, dtype="float32", shard_rows=3, commit_at=(), streams=("clipped", "private"), close=True):
-    w = store.StoreWriter.create(root, layout=LAYOUT, streams=list(streams), dtype=dtype, shard_rows=shard_rows,
-                                 meta={"config": {"seed": 1}})
+    w = store.StoreWriter.create(
+        root, layout=LAYOUT, streams=list(streams), dtype=dtype, shard_rows=shard_rows, meta={"config": {"seed": 1}}
+    )
     for i, row in enumerate(H):
         w.append(i, {s: row * (k + 1) for k, s in enumerate(streams)}, {"loss": float(i)})
         w.log("eval", {"step": i, "accuracy": i / 10})
@@ -152,8 +155,9 @@ def test_bad_stores_give_one_clear_error(tmp_path):
 
 
 def test_writer_rejects_wrong_row_length(tmp_path):
-    w = store.StoreWriter.create(tmp_path / "run", layout=LAYOUT, streams=["clipped"], dtype="float32",
-                                 shard_rows=2, meta={})
+    w = store.StoreWriter.create(
+        tmp_path / "run", layout=LAYOUT, streams=["clipped"], dtype="float32", shard_rows=2, meta={}
+    )
     w.append(0, {"clipped": np.ones(D + 1, np.float32)}, {})
     with pytest.raises(SpectralError, match="d=17"):
         w.close()
@@ -179,8 +183,12 @@ def test_cli_output_into_a_closed_pipe_is_quiet(tmp_path):
     from conftest import REPO
 
     write(tmp_path / "run", np.ones((30, D), np.float32))
-    proc = subprocess.Popen([sys.executable, "-m", "spectral.store", str(tmp_path / "run")], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spectral.store", str(tmp_path / "run")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # the reader went away, as `| head -0` does
     stderr = proc.stderr.read().decode()
     proc.wait()

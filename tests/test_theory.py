@@ -30,7 +30,8 @@ def test_closed_forms_for_constant_and_inverse_sqrt_decay():
     L = math.ceil(math.log2(10**6))
     # G_k = G_0: a geometric series in √2
     assert theory.dimension_factor(theory.PowerLaw(2.0, 0.0), 10**6) == pytest.approx(
-        2.0 * (1 + sum(2 ** (s / 2) for s in range(1, L + 1))))
+        2.0 * (1 + sum(2 ** (s / 2) for s in range(1, L + 1)))
+    )
     # G_k = G_0 k^{-1/2}: every term is √2 G_0, so the factor is G_0 (1 + √2 ⌈log₂ d⌉) — logarithmic
     assert theory.dimension_factor(theory.PowerLaw(1.0, 0.5), 10**6) == pytest.approx(1 + math.sqrt(2) * L)
 
@@ -38,11 +39,11 @@ def test_closed_forms_for_constant_and_inverse_sqrt_decay():
 def test_growth_in_d_follows_the_regime():
     f = lambda c, d: theory.dimension_factor(theory.PowerLaw(1.0, c), d)  # noqa: E731
     # c > 1/2: bounded (the series converges); c < 1/2: ratio over 4x in d tends to 4^{1/2-c}
-    r = 2 ** -0.3  # c = 0.8: terms 2^{s/2} 2^{-0.8(s-1)} = 2^{0.8} r^s form a convergent series
+    r = 2**-0.3  # c = 0.8: terms 2^{s/2} 2^{-0.8(s-1)} = 2^{0.8} r^s form a convergent series
     limit = 1 + 2**0.8 * r / (1 - r)
     assert f(0.8, 2**20) < f(0.8, 2**60) < limit
     assert f(0.8, 2**60) == pytest.approx(limit, rel=1e-4)
-    assert f(0.3, 2**42) / f(0.3, 2**40) == pytest.approx(4 ** 0.2, rel=1e-3)
+    assert f(0.3, 2**42) / f(0.3, 2**40) == pytest.approx(4**0.2, rel=1e-3)
     assert theory.classical_factor(3.0, 10**4) == pytest.approx(300.0)
 
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import scipy.optimize
 import torch
-
 from conftest import run_cli
+
 from spectral.toy import geomedian as gm
 from spectral.toy.grid import ToyConfig, run_grid
 
@@ -45,8 +45,9 @@ def test_noiseless_dp_gd_converges_to_the_geometric_median():
     data, d = gm.ToyData.sample(501, 10, seed=2), 5  # odd n: a unique median
     a = gm.coefficients(d, "sqrt")
     B = data.full("train", d)
-    ref = scipy.optimize.minimize(brute_loss, np.full(d, 0.3), args=(a, B), method="Powell",
-                                  options={"xtol": 1e-10, "ftol": 1e-14})
+    ref = scipy.optimize.minimize(
+        brute_loss, np.full(d, 0.3), args=(a, B), method="Powell", options={"xtol": 1e-10, "ftol": 1e-14}
+    )
     beta_star, f_star = gm.optimum(a, data.train)
     assert ref.fun == pytest.approx(f_star, abs=1e-7)  # the closed-form optimum is the true one
     np.testing.assert_allclose(ref.x, beta_star, atol=1e-3)
@@ -107,8 +108,9 @@ def test_seed_code_const_is_increasing_with_understated_sensitivity():
 
 
 def test_vectorised_grid_equals_a_plain_loop():
-    cfg = ToyConfig(dims=(3, 6), modes=("const", "linear"), steps=(5, 12), lrs=(0.1, 1.0), seeds=(0, 1),
-                    n_train=200, n_test=100)
+    cfg = ToyConfig(
+        dims=(3, 6), modes=("const", "linear"), steps=(5, 12), lrs=(0.1, 1.0), seeds=(0, 1), n_train=200, n_test=100
+    )
     runs = run_grid(cfg, progress=False, dtype=torch.float64).runs
     data = gm.ToyData.sample(200, 100, seed=0)
     for (mode, d, T, lr, seed), row in runs.set_index(["mode", "d", "T", "lr", "seed"]).iterrows():

@@ -67,8 +67,11 @@ def main(argv=None):
     spec = analyse(args.run_dir, config, out=args.out, progress=not args.no_progress, device=args.device)
     print(f"{spec.method}: {spec.reason}")
     summary = spec.summary()
-    print(json.dumps({k: summary[k] for k in ("method", "k", "n", "d", "passes", "seconds", "max_residual",
-                                               "captured_energy")}))
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("method", "k", "n", "d", "passes", "seconds", "max_residual", "captured_energy")}
+        )
+    )
     print(f"results in {args.out or args.run_dir / 'analysis' / config.stream}")
 
 

@@ -65,8 +65,16 @@ def lanczos_quadrature(apply, n: int, probes: int = 16, steps: int = 40, seed: i
     return nodes, weights
 
 
-def slq_density(source, stream: str = "clipped", probes: int = 16, steps: int = 40, points: int = 200,
-                sigma: float | None = None, max_memory=None, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+def slq_density(
+    source,
+    stream: str = "clipped",
+    probes: int = 16,
+    steps: int = 40,
+    points: int = 200,
+    sigma: float | None = None,
+    max_memory=None,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, dict]:
     """Density of the eigenvalues of HᵀH / n by stochastic Lanczos quadrature.
 
     Returns (DataFrame with ``eigenvalue`` and ``density`` over log10 eigenvalue for the nonzero
@@ -79,6 +87,8 @@ def slq_density(source, stream: str = "clipped", probes: int = 16, steps: int = 
     logs, w = np.log10(nodes[keep]), weights[keep] / probes
     sigma = sigma or max(0.05, 0.1 * logs.std())
     grid = np.linspace(logs.min() - 3 * sigma, logs.max() + 3 * sigma, points)
-    density = (w[None, :] * np.exp(-0.5 * ((grid[:, None] - logs[None, :]) / sigma) ** 2)).sum(1) / (sigma * np.sqrt(2 * np.pi))
+    density = (w[None, :] * np.exp(-0.5 * ((grid[:, None] - logs[None, :]) / sigma) ** 2)).sum(1) / (
+        sigma * np.sqrt(2 * np.pi)
+    )
     info = {"zero_mass": max(M.d - n, 0) / M.d, "nodes": nodes, "weights": weights, "passes": M.passes}
     return pd.DataFrame({"eigenvalue": 10**grid, "density": density}), info

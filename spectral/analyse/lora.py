@@ -47,8 +47,12 @@ def gaussianity(D: np.ndarray, variance: np.ndarray) -> dict:
     hist, _ = np.histogram(z, bins=edges, density=True)
     ref = np.diff(stats.norm.cdf(edges)) / np.diff(edges)
     overlap = float(np.minimum(hist, ref).sum() * np.diff(edges)[0])
-    return {"ks_statistic": float(ks.statistic), "excess_kurtosis": float(stats.kurtosis(z)),
-            "histogram_overlap": overlap, "std": float(z.std())}
+    return {
+        "ks_statistic": float(ks.statistic),
+        "excess_kurtosis": float(stats.kurtosis(z)),
+        "histogram_overlap": overlap,
+        "std": float(z.std()),
+    }
 
 
 def equivalent_noise_multiplier(variance: np.ndarray, max_grad_norm: float, batch_size: float) -> float:

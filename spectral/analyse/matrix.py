@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 from ..errors import SpectralError
 from ..store import atomic_write
 
-
 BLOCK_BYTES = 128 * 2**20
 
 
@@ -51,8 +50,9 @@ def trajectory_matrix(source, stream="clipped", rows=None, max_memory=None, prog
         if device.type != "cpu":
             from .torch_matrix import TorchTrajectoryMatrix
 
-            return TorchTrajectoryMatrix(source, stream, rows=rows, max_memory=max_memory, progress=progress,
-                                         device=device)
+            return TorchTrajectoryMatrix(
+                source, stream, rows=rows, max_memory=max_memory, progress=progress, device=device
+            )
     return TrajectoryMatrix(source, stream, rows=rows, max_memory=max_memory, progress=progress)
 
 

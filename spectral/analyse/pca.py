@@ -74,18 +74,29 @@ class Spectrum:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per component: rank, eigenvalue, singular value, residual, captured energy."""
-        return pd.DataFrame({
-            "rank": np.arange(1, self.k + 1), "eigenvalue": self.eigenvalues,
-            "singular_value": self.singular_values, "residual": self.residuals,
-            "captured_energy": self.captured_energy,
-        })
+        return pd.DataFrame(
+            {
+                "rank": np.arange(1, self.k + 1),
+                "eigenvalue": self.eigenvalues,
+                "singular_value": self.singular_values,
+                "residual": self.residuals,
+                "captured_energy": self.captured_energy,
+            }
+        )
 
     def summary(self) -> dict:
         return {
-            "method": self.method, "reason": self.reason, "centered": self.centered, "k": self.k,
-            "n": int(self.scores.shape[0]), "d": int(self.components.shape[0]), "passes": self.passes,
-            "seconds": round(self.seconds, 3), "max_residual": float(np.max(self.residuals)),
-            "captured_energy": float(self.captured_energy[-1]), "total_energy": float(self.total_energy),
+            "method": self.method,
+            "reason": self.reason,
+            "centered": self.centered,
+            "k": self.k,
+            "n": int(self.scores.shape[0]),
+            "d": int(self.components.shape[0]),
+            "passes": self.passes,
+            "seconds": round(self.seconds, 3),
+            "max_residual": float(np.max(self.residuals)),
+            "captured_energy": float(self.captured_energy[-1]),
+            "total_energy": float(self.total_energy),
             **self.info,
         }
 
@@ -107,18 +118,37 @@ class Spectrum:
         return directory
 
     @classmethod
-    def load(cls, directory) -> "Spectrum":
+    def load(cls, directory) -> Spectrum:
         directory = Path(directory)
         if not (directory / "summary.json").is_file():
             raise SpectralError(f"{directory} holds no saved spectrum (no summary.json)")
         s = json.loads((directory / "summary.json").read_text())
         arrays = {n: np.load(directory / f"{n}.npy") for n in ("eigenvalues", "scores", "row_sq_norms", "residuals")}
         components = np.load(directory / "components.npy", mmap_mode="r")
-        known = {"method", "reason", "centered", "k", "n", "d", "passes", "seconds", "max_residual",
-                 "captured_energy", "total_energy"}
-        return cls(components=components, total_energy=s["total_energy"], method=s["method"], reason=s["reason"],
-                   centered=s["centered"], passes=s["passes"], seconds=s["seconds"],
-                   info={k: v for k, v in s.items() if k not in known}, **arrays)
+        known = {
+            "method",
+            "reason",
+            "centered",
+            "k",
+            "n",
+            "d",
+            "passes",
+            "seconds",
+            "max_residual",
+            "captured_energy",
+            "total_energy",
+        }
+        return cls(
+            components=components,
+            total_energy=s["total_energy"],
+            method=s["method"],
+            reason=s["reason"],
+            centered=s["centered"],
+            passes=s["passes"],
+            seconds=s["seconds"],
+            info={k: v for k, v in s.items() if k not in known},
+            **arrays,
+        )
 
 
 # ---------------------------------------------------------------------- helpers
@@ -178,8 +208,9 @@ def _solve_in_step_space(M: TrajectoryMatrix, k, method, centered, oversample, n
         lam, W = _top_eigh(Q.T @ Y, k)  # Rayleigh–Ritz in the found subspace
         U = Q @ W
     elif method == "lanczos":
-        op = scipy.sparse.linalg.LinearOperator((M.n, M.n), matvec=lambda v: apply(v.reshape(-1, 1)).ravel(),
-                                                matmat=apply, dtype=np.float64)
+        op = scipy.sparse.linalg.LinearOperator(
+            (M.n, M.n), matvec=lambda v: apply(v.reshape(-1, 1)).ravel(), matmat=apply, dtype=np.float64
+        )
         v0 = P(np.random.default_rng(seed).standard_normal((M.n, 1))).ravel()
         lam, U = scipy.sparse.linalg.eigsh(op, k=k, which="LA", v0=v0)
         order = np.argsort(lam)[::-1]
@@ -209,10 +240,25 @@ def _orthiter(M: TrajectoryMatrix, k, centered, iters, seed):
     return lam, V, residuals
 
 
-def principal_components(source, k: int, *, stream: str = "clipped", method: str = "auto", centered: bool = False,
-                         max_memory: int | None = None, components_out=None, oversample: int = 10, n_iter: int = 4,
-                         orthiter_iters: int = 10, seed: int = 0, rows=None, progress: bool = False,
-                         checkpoint_dir=None, client=None, device=None) -> Spectrum:
+def principal_components(
+    source,
+    k: int,
+    *,
+    stream: str = "clipped",
+    method: str = "auto",
+    centered: bool = False,
+    max_memory: int | None = None,
+    components_out=None,
+    oversample: int = 10,
+    n_iter: int = 4,
+    orthiter_iters: int = 10,
+    seed: int = 0,
+    rows=None,
+    progress: bool = False,
+    checkpoint_dir=None,
+    client=None,
+    device=None,
+) -> Spectrum:
     """Top-k principal components of a trajectory.
 
     Parameters
@@ -240,8 +286,7 @@ def principal_components(source, k: int, *, stream: str = "clipped", method: str
     if method not in METHODS:
         raise SpectralError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     budget = default_memory() if max_memory is None else int(max_memory)
-    M = trajectory_matrix(source, stream, rows=rows, max_memory=budget, progress=progress, client=client,
-                          device=device)
+    M = trajectory_matrix(source, stream, rows=rows, max_memory=budget, progress=progress, client=client, device=device)
     check_k(k, M.n, M.d, centered)
     reason = "requested"
     if method == "auto":
@@ -256,8 +301,20 @@ def principal_components(source, k: int, *, stream: str = "clipped", method: str
             V = out
         scores = M.matmat(V)
         sq, mean_sq = M.norms()
-        return Spectrum(lam, V, scores, sq, residuals, _trace(sq, mean_sq, M.n, centered), method, reason, centered, M.passes,
-                        time.perf_counter() - t0, {"iterations": orthiter_iters})
+        return Spectrum(
+            lam,
+            V,
+            scores,
+            sq,
+            residuals,
+            _trace(sq, mean_sq, M.n, centered),
+            method,
+            reason,
+            centered,
+            M.passes,
+            time.perf_counter() - t0,
+            {"iterations": orthiter_iters},
+        )
 
     checkpoints = None
     if checkpoint_dir is not None and client is None:
@@ -277,5 +334,17 @@ def principal_components(source, k: int, *, stream: str = "clipped", method: str
     # the eigenvalues and certificate come from the float64 step-space solution
     V = M.rmatmat(U, out=out, scale=inv, dtype=np.float32)
     scores = U * sigma if not centered else M.matmat(V)
-    return Spectrum(lam, V, scores, sq, residuals, trace, method, reason, centered, M.passes,
-                    time.perf_counter() - t0, {"oversample": oversample, "n_iter": n_iter} if method == "randomized" else {})
+    return Spectrum(
+        lam,
+        V,
+        scores,
+        sq,
+        residuals,
+        trace,
+        method,
+        reason,
+        centered,
+        M.passes,
+        time.perf_counter() - t0,
+        {"oversample": oversample, "n_iter": n_iter} if method == "randomized" else {},
+    )

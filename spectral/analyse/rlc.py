@@ -69,8 +69,14 @@ def held_out(source, k: int, *, stream="clipped", split="half", ks=None, **pca_k
     n = source.shape[0] if isinstance(source, np.ndarray) else source.n_steps
     fit, test = split_rows(n, split)
     spectrum = principal_components(source, k, stream=stream, rows=fit, **pca_kwargs)
-    M = trajectory_matrix(source, stream, rows=test, max_memory=pca_kwargs.get("max_memory"),
-                          client=pca_kwargs.get("client"), device=pca_kwargs.get("device"))
+    M = trajectory_matrix(
+        source,
+        stream,
+        rows=test,
+        max_memory=pca_kwargs.get("max_memory"),
+        client=pca_kwargs.get("client"),
+        device=pca_kwargs.get("device"),
+    )
     scores = M.matmat(spectrum.components)
     sq, _ = M.norms()
     G = residual_norms(scores, sq, k_grid(k) if ks is None else ks)

@@ -41,7 +41,7 @@ class AnalyseConfig:
     slq: bool = False
     dask: str | None = None
 
-    def validate(self) -> "AnalyseConfig":
+    def validate(self) -> AnalyseConfig:
         if self.method not in METHODS:
             raise SpectralError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.holdout not in HOLDOUTS:
@@ -67,8 +67,10 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
     out.mkdir(parents=True, exist_ok=True)
     k = config.k or min(PAPER_K, store.n_steps - (1 if config.centered else 0))
     if k < min(500, store.n_steps):
-        warnings.warn(f"k = {k} covers ranks 1…{k} of the paper's fit range 1…500; the report will fit "
-                      "a shorter range", stacklevel=2)
+        warnings.warn(
+            f"k = {k} covers ranks 1…{k} of the paper's fit range 1…500; the report will fit a shorter range",
+            stacklevel=2,
+        )
     client = None
     if config.dask:
         from .distributed import connect
@@ -76,12 +78,19 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
         client = connect(config.dask)
         print(f"dask: {client}")
     try:
-        kw = dict(stream=config.stream, method=config.method, centered=config.centered,
-                  max_memory=config.max_memory, progress=progress, client=client,
-                  device=None if client is not None else device)
+        kw = dict(
+            stream=config.stream,
+            method=config.method,
+            centered=config.centered,
+            max_memory=config.max_memory,
+            progress=progress,
+            client=client,
+            device=None if client is not None else device,
+        )
         # per-pass checkpoints: an interrupted run continues; a finished Gram serves any later k
-        spec = principal_components(store, k, components_out=out / layout.COMPONENTS,
-                                    checkpoint_dir=out / "checkpoints", **kw)
+        spec = principal_components(
+            store, k, components_out=out / layout.COMPONENTS, checkpoint_dir=out / "checkpoints", **kw
+        )
         spec.save(out)
         G = rlc.in_sample(spec)
         G.to_csv(out / layout.RLC_STEPS)

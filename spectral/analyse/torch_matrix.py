@@ -22,8 +22,9 @@ from .matrix import TrajectoryMatrix, load_checkpoint, save_checkpoint
 class TorchTrajectoryMatrix(TrajectoryMatrix):
     """:class:`TrajectoryMatrix` whose products run with torch on ``device``."""
 
-    def __init__(self, source, stream: str = "clipped", rows=None, max_memory: int | None = None, progress=False,
-                 device="cuda"):
+    def __init__(
+        self, source, stream: str = "clipped", rows=None, max_memory: int | None = None, progress=False, device="cuda"
+    ):
         super().__init__(source, stream, rows=rows, max_memory=max_memory, progress=progress)
         self.device = resolve_device(device)
         self._rows = torch.as_tensor(self.rows, device=self.device)
@@ -35,13 +36,20 @@ class TorchTrajectoryMatrix(TrajectoryMatrix):
         bar = tqdm(total=len(spans), desc=desc, unit="block", disable=not self.progress, leave=False)
         if isinstance(self.source, np.ndarray):
             n_all = self.source.shape[0]
-            read = lambda i: torch.from_numpy(np.ascontiguousarray(  # noqa: E731
-                self.source[:, spans[i][0]:spans[i][1]], dtype=np.float32))
+            read = (
+                lambda i: torch.from_numpy(
+                    np.ascontiguousarray(  # noqa: E731
+                        self.source[:, spans[i][0] : spans[i][1]], dtype=np.float32
+                    )
+                )
+            )
         else:
             n_all = self.source.n_steps
             pin = self.device.type == "cuda"
-            buffers = [torch.empty(n_all * self.block_cols, dtype=torch.float32, pin_memory=pin)
-                       for _ in range(min(2, len(spans)))]
+            buffers = [
+                torch.empty(n_all * self.block_cols, dtype=torch.float32, pin_memory=pin)
+                for _ in range(min(2, len(spans)))
+            ]
 
             def read(i):
                 start, stop = spans[i]

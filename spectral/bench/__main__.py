@@ -22,8 +22,9 @@ from ..errors import cli_entry
 
 @cli_entry
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m spectral.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m spectral.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     c = sub.add_parser("collect", help="DP step and logging cost on the embedded default model")
     c.add_argument("--params", nargs="+", default=["attention-qv", "all"], help="parameter sets to measure")
@@ -31,6 +32,7 @@ def main(argv=None):
     c.add_argument("--physical-batch-size", type=int, default=32)
     c.add_argument("--warmup", type=int, default=3)
     c.add_argument("--steps", type=int, default=10)
+    c.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N [cpu]")
     c.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one mode, print JSON
     a = sub.add_parser("analyse", help="principal components: ours vs library methods on a synthetic store")
     a.add_argument("--n", type=int, default=2000, help="steps (rows)")
@@ -40,6 +42,11 @@ def main(argv=None):
     a.add_argument("--methods", nargs="+", default=["ours", "orthiter", "sklearn", "torch", "eigsh"])
     a.add_argument("--dir", type=Path, default=Path("runs/bench-analyse"), help="where the synthetic store lives")
     a.add_argument("--timeout", type=int, default=1800, help="seconds allowed per method")
+    a.add_argument(
+        "--device",
+        default="cpu",
+        help="also run ours on this device (cuda[:N]) and print its bound (GEMM, host-to-device, disk)",
+    )
     a.add_argument("--worker", help=argparse.SUPPRESS)
     r = sub.add_parser("retrain", help="cost of subspace-restricted DP steps vs unrestricted")
     r.add_argument("--ranks", type=int, nargs="+", default=[10, 100])
@@ -68,19 +75,32 @@ def main(argv=None):
         from . import analyse as bench_analyse
 
         if args.worker:
-            bench_analyse.worker(args.worker, str(args.dir / "store"), args.k[0], str(args.dir / f"k{args.k[0]}"))
+            bench_analyse.worker(
+                args.worker, str(args.dir / "store"), args.k[0], str(args.dir / f"k{args.k[0]}"), args.device
+            )
             return
-        print(bench_analyse.run(args.n, args.d, args.k, args.slope, args.dir, args.methods, args.timeout))
+        print(bench_analyse.run(args.n, args.d, args.k, args.slope, args.dir, args.methods, args.timeout, args.device))
         return
 
     from . import collect as bench
 
     if args.worker:
-        print(json.dumps(bench.measure(args.worker, args.params[0], args.batch_size, args.physical_batch_size,
-                                       args.warmup, args.steps)))
+        print(
+            json.dumps(
+                bench.measure(
+                    args.worker,
+                    args.params[0],
+                    args.batch_size,
+                    args.physical_batch_size,
+                    args.warmup,
+                    args.steps,
+                    device=args.device,
+                )
+            )
+        )
         return
-    results = bench.run(args.params, args.batch_size, args.physical_batch_size, args.warmup, args.steps)
-    print(bench.table(results))
+    results = bench.run(args.params, args.batch_size, args.physical_batch_size, args.warmup, args.steps, args.device)
+    print(bench.table(results, args.device))
 
 
 if __name__ == "__main__":

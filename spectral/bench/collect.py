@@ -27,13 +27,18 @@ from .memory import PeakRSS
 MODES = ("non-private", "dp-per-sample", "dp-ghost", "dp-ghost+store")
 
 
-def measure(mode: str, params: str, batch_size: int, physical: int, warmup: int, steps: int, seed: int = 0) -> dict:
-    """Time ``steps`` steps of ``mode`` after ``warmup`` steps; returns seconds/step and peak MiB."""
+def measure(
+    mode: str, params: str, batch_size: int, physical: int, warmup: int, steps: int, seed: int = 0, device="cpu"
+) -> dict:
+    """Time ``steps`` steps of ``mode`` after ``warmup`` steps; returns seconds/step, peak MiB (host RSS,
+    or the GPU's peak allocation on a GPU) and the padded tokens per step."""
     import torch
 
+    from ..collect.run import HostRows
+    from ..device import resolve_device
     from ..dp.config import CollectConfig
     from ..dp.data import load_data
-    from ..dp.engine import DPEngine
+    from ..dp.engine import DPEngine, to_device
     from ..dp.models import load_model, parameter_layout, select_trainable
     from ..dp.training import Batcher
     from ..store import StoreWriter
@@ -42,13 +47,17 @@ def measure(mode: str, params: str, batch_size: int, physical: int, warmup: int,
     torch.manual_seed(seed)
     train, _, info = load_data(None)
     model, tok = load_model("all-MiniLM-L6-v2", num_labels=len(info["classes"]), seed=seed)
-    model = select_trainable(model, params)
+    device = resolve_device(device)
+    model = select_trainable(model, params).to(device)
     layout = parameter_layout(model)
+    n_body = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
     d = sum(p["numel"] for p in layout)
     rng = np.random.default_rng(seed)
     sample = train.head(20_000)
     batcher = Batcher(model, tok, sample, 128)
-    batches = [batcher.chunks(rng.choice(len(sample), batch_size, replace=False), physical) for _ in range(warmup + steps)]
+    batches = [
+        batcher.chunks(rng.choice(len(sample), batch_size, replace=False), physical) for _ in range(warmup + steps)
+    ]
 
     writer = tmp = None
     if mode == "non-private":
@@ -57,49 +66,97 @@ def measure(mode: str, params: str, batch_size: int, physical: int, warmup: int,
 
         def step(chunks):
             for inputs, labels in chunks:
+                inputs, labels = to_device(inputs, labels, device)
                 loss = torch.nn.functional.cross_entropy(model(**inputs).logits, labels) * len(labels) / batch_size
                 loss.backward()
             opt.step()
             opt.zero_grad()
     else:
-        engine = DPEngine(model, clipping="per-sample" if mode == "dp-per-sample" else "ghost", optimizer="adam",
-                          lr=1e-4, noise_multiplier=1.0, max_grad_norm=0.1, expected_batch_size=batch_size, seed=seed)
+        engine = DPEngine(
+            model,
+            clipping="per-sample" if mode == "dp-per-sample" else "ghost",
+            optimizer="adam",
+            lr=1e-4,
+            noise_multiplier=1.0,
+            max_grad_norm=0.1,
+            expected_batch_size=batch_size,
+            seed=seed,
+        )
         if mode == "dp-ghost+store":
             tmp = tempfile.TemporaryDirectory(prefix="spectral-bench-")
             cfg = CollectConfig()  # the same shard sizing and commit interval as a default collect run
-            writer = StoreWriter.create(f"{tmp.name}/run", layout=layout, streams=["clipped"], dtype=cfg.dtype,
-                                        shard_rows=shard_rows_for(d, cfg.dtype, cfg.shard_mb, cfg.checkpoint_every),
-                                        meta={})
+            writer = StoreWriter.create(
+                f"{tmp.name}/run",
+                layout=layout,
+                streams=["clipped"],
+                dtype=cfg.dtype,
+                shard_rows=shard_rows_for(d, cfg.dtype, cfg.shard_mb, cfg.checkpoint_every),
+                meta={},
+            )
         count = iter(range(10**9))
+        host_rows = HostRows(device, ["clipped"], d, slots=8)
 
         def step(chunks):
             out = engine.step(chunks, lr=1e-4)
             if writer is not None:
-                writer.append(next(count), {"clipped": out.clipped.numpy()}, {"loss": out.loss})
+                rows, ready = host_rows({"clipped": out.clipped})
+                writer.append(next(count), rows, {"loss": out.loss}, ready)
 
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with PeakRSS() as mem:
         for chunks in batches[:warmup]:
             step(chunks)
+        sync()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         for chunks in batches[warmup:]:
             step(chunks)
         if writer is not None:
             writer.commit()
             writer.close()  # the background writes belong to the measured time
+        sync()
         seconds = (time.perf_counter() - t0) / steps
     if tmp is not None:
         tmp.cleanup()
-    return {"mode": mode, "params": params, "d": d, "sec_per_step": seconds,
-            "peak_mib": (mem.peak - mem.base) / 2**20}
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else mem.peak - mem.base
+    tokens = float(np.mean([sum(inputs["input_ids"].numel() for inputs, _ in chunks) for chunks in batches[warmup:]]))
+    return {
+        "mode": mode,
+        "params": params,
+        "d": d,
+        "sec_per_step": seconds,
+        "peak_mib": peak / 2**20,
+        "device": str(device),
+        "tokens": tokens,
+        "n_body": n_body,
+    }
 
 
-def run(params_list, batch_size, physical, warmup, steps) -> list[dict]:
+def run(params_list, batch_size, physical, warmup, steps, device="cpu") -> list[dict]:
     results = []
     for params in params_list:
         for mode in MODES:
-            cmd = [sys.executable, "-m", "spectral.bench", "collect", "--worker", mode, "--params", params,
-                   "--batch-size", str(batch_size), "--physical-batch-size", str(physical),
-                   "--warmup", str(warmup), "--steps", str(steps)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "spectral.bench",
+                "collect",
+                "--worker",
+                mode,
+                "--params",
+                params,
+                "--batch-size",
+                str(batch_size),
+                "--physical-batch-size",
+                str(physical),
+                "--warmup",
+                str(warmup),
+                "--steps",
+                str(steps),
+                "--device",
+                str(device),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"benchmark worker {mode} failed:\n{proc.stderr[-2000:]}")
@@ -108,20 +165,51 @@ def run(params_list, batch_size, physical, warmup, steps) -> list[dict]:
     return results
 
 
-def table(results: list[dict]) -> str:
-    """Markdown table with ratios against the non-private step of the same parameter set."""
-    lines = ["| params | d | mode | s/step | x non-private time | peak MiB | x non-private memory |",
-             "|---|---|---|---|---|---|---|"]
+def gemm_rate(device) -> float:
+    """Measured float32 matrix-product rate (FLOP/s) on ``device``: the step's compute bound."""
+    import torch
+
+    a = torch.randn(4096, 4096, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    a @ a
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    sync()
+    return 5 * 2 * 4096**3 / (time.perf_counter() - t0)
+
+
+def table(results: list[dict], device="cpu") -> str:
+    """Markdown table with ratios against the non-private step of the same parameter set, and the
+    non-private step against its compute bound (6 x body parameters x tokens / measured GEMM rate)."""
+    rate = gemm_rate(device)
+    lines = [
+        f"device: {results[0]['device']}; float32 GEMM {rate / 1e12:.2f} TFLOP/s (measured)",
+        "",
+        "| params | d | mode | s/step | x non-private time | peak MiB | x non-private memory |",
+        "|---|---|---|---|---|---|---|",
+    ]
     base = {r["params"]: r for r in results if r["mode"] == "non-private"}
     for r in results:
         b = base[r["params"]]
-        lines.append(f"| {r['params']} | {r['d']:,} | {r['mode']} | {r['sec_per_step']:.3f} | "
-                     f"{r['sec_per_step'] / b['sec_per_step']:.2f} | {r['peak_mib']:.0f} | "
-                     f"{r['peak_mib'] / max(b['peak_mib'], 1e-9):.2f} |")
+        lines.append(
+            f"| {r['params']} | {r['d']:,} | {r['mode']} | {r['sec_per_step']:.3f} | "
+            f"{r['sec_per_step'] / b['sec_per_step']:.2f} | {r['peak_mib']:.0f} | "
+            f"{r['peak_mib'] / max(b['peak_mib'], 1e-9):.2f} |"
+        )
     for params in base:
         by = {r["mode"]: r for r in results if r["params"] == params}
         overhead = by["dp-ghost+store"]["sec_per_step"] / by["dp-ghost"]["sec_per_step"] - 1
-        lines.append(f"\n{params}: logging overhead (dp-ghost+store vs dp-ghost) = {100 * overhead:+.1f}% of step time "
-                     f"(target <= 5%); ghost vs non-private time {by['dp-ghost']['sec_per_step'] / by['non-private']['sec_per_step']:.2f}x "
-                     f"(target <= 2x), memory {by['dp-ghost']['peak_mib'] / max(by['non-private']['peak_mib'], 1e-9):.2f}x (target <= 1.3x)")
+        b = by["non-private"]
+        bound = 6 * b["n_body"] * b["tokens"] / rate
+        lines.append(
+            f"\n{params}: non-private step {b['sec_per_step']:.4f} s = {b['sec_per_step'] / bound:.1f} x its "
+            f"GEMM bound 6 x {b['n_body']:,} x {b['tokens']:.0f} tokens / rate = {bound:.4f} s"
+        )
+        lines.append(
+            f"\n{params}: logging overhead (dp-ghost+store vs dp-ghost) = {100 * overhead:+.1f}% of step time "
+            f"(target <= 5%); ghost vs non-private time {by['dp-ghost']['sec_per_step'] / by['non-private']['sec_per_step']:.2f}x "
+            f"(target <= 2x), memory {by['dp-ghost']['peak_mib'] / max(by['non-private']['peak_mib'], 1e-9):.2f}x (target <= 1.3x)"
+        )
     return "\n".join(lines)

@@ -33,9 +33,16 @@ def run(ranks=(10, 100), modes=("signal", "signal+noise", "coordinates"), steps:
         for mode in modes:
             t = prepare(cfg, engine=mode != "coordinates")
             if mode == "coordinates":
-                t.engine = CoordinateEngine(t.model, sub, optimizer=cfg.optimizer, lr=cfg.lr,
-                                            noise_multiplier=t.plan.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
-                                            expected_batch_size=t.plan.batch_size, seed=cfg.seed)
+                t.engine = CoordinateEngine(
+                    t.model,
+                    sub,
+                    optimizer=cfg.optimizer,
+                    lr=cfg.lr,
+                    noise_multiplier=t.plan.noise_multiplier,
+                    max_grad_norm=cfg.max_grad_norm,
+                    expected_batch_size=t.plan.batch_size,
+                    seed=cfg.seed,
+                )
             else:
                 t.engine.restrict(sub.project, mode)
             variants[(r, mode)] = t
@@ -48,11 +55,17 @@ def run(ranks=(10, 100), modes=("signal", "signal+noise", "coordinates"), steps:
             if step >= warmup:
                 seconds[name].append(time.perf_counter() - t0)
     ref = float(np.median(seconds["unrestricted"]))
-    lines = [f"DP step on {cfg.model} ({cfg.params}, d={d:,}, batch {cfg.batch_size}, {cfg.clipping} clipping); "
-             f"median of {steps} steps, variants taking turns on the same batches", "",
-             "| variant | s / step | vs unrestricted | one projection V(Vᵀg) |", "|---|---|---|---|"]
+    lines = [
+        f"DP step on {cfg.model} ({cfg.params}, d={d:,}, batch {cfg.batch_size}, {cfg.clipping} clipping); "
+        f"median of {steps} steps, variants taking turns on the same batches",
+        "",
+        "| variant | s / step | vs unrestricted | one projection V(Vᵀg) |",
+        "|---|---|---|---|",
+    ]
     for name, times in seconds.items():
         med = float(np.median(times))
-        label, proj = (name, "") if name == "unrestricted" else (f"rank {name[0]}, {name[1]}", f"{project_ms[name[0]]:.1f} ms")
+        label, proj = (
+            (name, "") if name == "unrestricted" else (f"rank {name[0]}, {name[1]}", f"{project_ms[name[0]]:.1f} ms")
+        )
         lines.append(f"| {label} | {med:.3f} | {med / ref:.3f}x | {proj} |")
     return "\n".join(lines)

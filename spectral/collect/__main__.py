@@ -11,32 +11,33 @@ Examples
 from __future__ import annotations
 
 import argparse
-import tomllib
 from pathlib import Path
 
+import tomllib
+
 from .. import cli
-from ..errors import SpectralError, cli_entry
 from ..dp import config as C
 from ..dp.config import CollectConfig
+from ..errors import SpectralError, cli_entry
 from .run import collect
 
 HELP = {
     "model": "embedded all-MiniLM-L6-v2 (default), a Hugging Face name, or a local model directory",
     "data": "a directory with train/dev files, a CSV/TSV/JSONL file, or a Hugging Face dataset NAME[:CONFIG]; "
-            "default: $SPECTRAL_DATA/sst2, else glue:sst2 downloaded with `datasets`",
+    "default: $SPECTRAL_DATA/sst2, else glue:sst2 downloaded with `datasets`",
     "text_column": "text column of --data (default: sentence/text/content/...)",
     "label_column": "label column of --data (default: label)",
     "train_size": "use only the first N training examples",
     "max_length": "truncate inputs to this many tokens",
     "objective": "prompt (the pretrained masked-LM head's scores of label words at the mask of a template; the "
-                 "paper's), similarity (cosine similarity to the encoder's embeddings of label prompts; for "
-                 "sentence encoders), classifier (a fresh linear head), auto (similarity for sentence-transformers "
-                 "checkpoints such as the default, prompt for masked LMs, classifier otherwise)",
+    "paper's), similarity (cosine similarity to the encoder's embeddings of label prompts; for "
+    "sentence encoders), classifier (a fresh linear head), auto (similarity for sentence-transformers "
+    "checkpoints such as the default, prompt for masked LMs, classifier otherwise)",
     "label_text": "one text per class: label words for prompt [terrible great], label prompts for similarity "
-                  "['It was terrible.' 'It was great.']",
+    "['It was terrible.' 'It was great.']",
     "template": "prompt objective's input, with {sentence} and {mask}",
     "pooling": "classifier objective's sentence representation: mean (over tokens), cls (the model's own head), auto (mean for "
-               "sentence-transformers checkpoints such as the default)",
+    "sentence-transformers checkpoints such as the default)",
     "params": "trained parameters: " + ", ".join(C.PARAM_SETS) + "; join sets with + (attention-qv+classifier)",
     "lora_rank": "rank of the LoRA adapters (--params lora)",
     "optimizer": "adam (DP-Adam) or sgd (DP-SGD)",
@@ -60,7 +61,7 @@ HELP = {
     "checkpoint_every": "commit rows and a resumable checkpoint every N steps",
     "shard_mb": "target shard size in MiB",
     "init_from": "a finished run to start from (its trained weights; its privacy spending composes into this "
-                 "run's epsilon, so --epsilon is then the total budget)",
+    "run's epsilon, so --epsilon is then the total budget)",
 }
 
 
@@ -71,10 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store in RUN_DIR")
     cli.add_common(p)
-    cli.add_config(p, CollectConfig, HELP, title="run settings (default in brackets)", choices={
-        "objective": C.OBJECTIVES, "pooling": C.POOLING, "optimizer": C.OPTIMIZERS, "lr_schedule": C.SCHEDULES,
-        "clipping": C.CLIPPING, "sampling": C.SAMPLING, "accountant": C.ACCOUNTANTS, "streams": C.STREAMS,
-        "dtype": C.DTYPES})
+    cli.add_config(
+        p,
+        CollectConfig,
+        HELP,
+        title="run settings (default in brackets)",
+        choices={
+            "objective": C.OBJECTIVES,
+            "pooling": C.POOLING,
+            "optimizer": C.OPTIMIZERS,
+            "lr_schedule": C.SCHEDULES,
+            "clipping": C.CLIPPING,
+            "sampling": C.SAMPLING,
+            "accountant": C.ACCOUNTANTS,
+            "streams": C.STREAMS,
+            "dtype": C.DTYPES,
+        },
+    )
     return p
 
 

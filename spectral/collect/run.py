@@ -26,8 +26,13 @@ from ..store.format import STORAGE_DTYPES, shard_rows_for
 
 def code_version() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         rev = ""
     return f"{__version__}+{rev}" if rev else __version__
@@ -40,7 +45,9 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
         return
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise SpectralError(f"{out} exists and is not empty; pass --resume to continue it or --overwrite to replace it")
+            raise SpectralError(
+                f"{out} exists and is not empty; pass --resume to continue it or --overwrite to replace it"
+            )
         remove_store(out)  # refuses a directory that is not a store
 
 
@@ -89,8 +96,9 @@ class HostRows:
         return {s: b.numpy() for s, b in buffers.items()}, event.synchronize
 
 
-def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-            device="auto") -> Path:
+def collect(
+    cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = False, progress: bool = True, device="auto"
+) -> Path:
     """Run (or continue) DP fine-tuning and log every step's gradient to a store at ``out``.
 
     device : where to train (``auto``: CUDA when available); the stored rows are the same either way.
@@ -107,9 +115,13 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
     cfg.validate()
     if cfg.init_from and manifest is None:
         cfg = replace(cfg, init_from=str(Path(cfg.init_from).expanduser().resolve()))  # named from anywhere
-    t = prepare(cfg, plan=PrivacyPlan(**{k: v for k, v in manifest["dp"].items()
-                                          if k not in ("sample_rate", "steps_per_epoch")}) if manifest else None,
-                device=device)
+    t = prepare(
+        cfg,
+        plan=PrivacyPlan(**{k: v for k, v in manifest["dp"].items() if k not in ("sample_rate", "steps_per_epoch")})
+        if manifest
+        else None,
+        device=device,
+    )
     model, engine, plan, d = t.model, t.engine, t.plan, t.d
     if manifest is None:
         check_disk(out, cfg, d)
@@ -119,15 +131,28 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
         meta = {
             "code_version": code_version(),
             "config": cfg.to_dict(),
-            "model": {"name": cfg.model, "source": resolve_model(cfg.model), "class": type(model).__name__,
-                      "n_parameters": t.n_total, "n_trainable": d, "params": cfg.params,
-                      "pooling": t.pooling, "objective": t.model.objective},
+            "model": {
+                "name": cfg.model,
+                "source": resolve_model(cfg.model),
+                "class": type(model).__name__,
+                "n_parameters": t.n_total,
+                "n_trainable": d,
+                "params": cfg.params,
+                "pooling": t.pooling,
+                "objective": t.model.objective,
+            },
             "data": {**t.data_info, "n_train_used": t.n_train, "n_dev_used": t.n_dev},
             "dp": plan.to_dict(),
         }
-        writer = StoreWriter.create(out, layout=t.layout, streams=cfg.streams, dtype=cfg.dtype,
-                                    shard_rows=shard_rows, meta=meta,
-                                    attachments={"head": {k: v.numpy() for k, v in t.head.items()}})
+        writer = StoreWriter.create(
+            out,
+            layout=t.layout,
+            streams=cfg.streams,
+            dtype=cfg.dtype,
+            shard_rows=shard_rows,
+            meta=meta,
+            attachments={"head": {k: v.numpy() for k, v in t.head.items()}},
+        )
         ledger, start = PrivacyLedger(plan), 0
     else:
         writer, checkpoint = StoreWriter.resume(out)
@@ -160,11 +185,15 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
             epsilon = ledger.epsilon()
             norms = res.per_example_norms
             record = {
-                "loss": res.loss, "lr": lr, "epsilon": epsilon,
-                "clipped_norm": res.clipped.norm().item(), "private_norm": res.private.norm().item(),
+                "loss": res.loss,
+                "lr": lr,
+                "epsilon": epsilon,
+                "clipped_norm": res.clipped.norm().item(),
+                "private_norm": res.private.norm().item(),
                 "frac_clipped": (norms > cfg.max_grad_norm).float().mean().item() if len(norms) else 0.0,
                 "mean_example_norm": norms.mean().item() if len(norms) else 0.0,
-                "batch_size": res.batch_size, "seconds": time.perf_counter() - t0,
+                "batch_size": res.batch_size,
+                "seconds": time.perf_counter() - t0,
             }
             rows, ready = host_rows({s: getattr(res, s) for s in cfg.streams})
             writer.append(step, rows, record, ready)
@@ -178,7 +207,9 @@ def collect(cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = 
     except KeyboardInterrupt:
         # the step in flight may be half-applied: keep the last commit, which is consistent
         writer.close(status="interrupted")
-        raise SpectralError(f"interrupted; {out} keeps every step up to its last commit; continue with --resume") from None
+        raise SpectralError(
+            f"interrupted; {out} keeps every step up to its last commit; continue with --resume"
+        ) from None
     finally:
         bar.close()
     writer.close()

@@ -11,5 +11,13 @@ from .engine import DPEngine, NonFiniteGradient
 from .privacy import PrivacyLedger, PrivacyPlan, plan_privacy
 from .training import Training, prepare
 
-__all__ = ["CollectConfig", "DPEngine", "NonFiniteGradient", "PrivacyLedger", "PrivacyPlan", "Training",
-           "plan_privacy", "prepare"]
+__all__ = [
+    "CollectConfig",
+    "DPEngine",
+    "NonFiniteGradient",
+    "PrivacyLedger",
+    "PrivacyPlan",
+    "Training",
+    "plan_privacy",
+    "prepare",
+]

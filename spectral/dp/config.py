@@ -69,23 +69,44 @@ class CollectConfig:
         """The learning rate of step ``step`` (linear decay to 0 over ``steps``, or constant)."""
         return self.lr * (1 - step / self.steps) if self.lr_schedule == "linear" else self.lr
 
-    def validate(self) -> "CollectConfig":
+    def validate(self) -> CollectConfig:
         parts = self.params.split("+")
-        if any(part not in PARAM_SETS for part in parts) or len(set(parts)) != len(parts) or (
-                "lora" in parts and len(parts) > 1):
-            raise SpectralError(f"unknown params {self.params!r}; choose from {', '.join(PARAM_SETS)}, or join "
-                                "sets other than lora with '+' (e.g. attention-qv+classifier)")
+        if (
+            any(part not in PARAM_SETS for part in parts)
+            or len(set(parts)) != len(parts)
+            or ("lora" in parts and len(parts) > 1)
+        ):
+            raise SpectralError(
+                f"unknown params {self.params!r}; choose from {', '.join(PARAM_SETS)}, or join "
+                "sets other than lora with '+' (e.g. attention-qv+classifier)"
+            )
         choices = {
-            "clipping": CLIPPING, "sampling": SAMPLING, "accountant": ACCOUNTANTS,
-            "optimizer": OPTIMIZERS, "pooling": POOLING, "objective": OBJECTIVES, "lr_schedule": SCHEDULES, "dtype": DTYPES,
+            "clipping": CLIPPING,
+            "sampling": SAMPLING,
+            "accountant": ACCOUNTANTS,
+            "optimizer": OPTIMIZERS,
+            "pooling": POOLING,
+            "objective": OBJECTIVES,
+            "lr_schedule": SCHEDULES,
+            "dtype": DTYPES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise SpectralError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
+                raise SpectralError(
+                    f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; choose from {', '.join(allowed)}"
+                )
         bad = [s for s in self.streams if s not in STREAMS]
         if bad or not self.streams or len(set(self.streams)) != len(self.streams):
             raise SpectralError(f"streams must be distinct names from {', '.join(STREAMS)}; got {self.streams}")
-        positive = ["steps", "batch_size", "physical_batch_size", "max_length", "checkpoint_every", "shard_mb", "lora_rank"]
+        positive = [
+            "steps",
+            "batch_size",
+            "physical_batch_size",
+            "max_length",
+            "checkpoint_every",
+            "shard_mb",
+            "lora_rank",
+        ]
         for name in positive:
             if getattr(self, name) < 1:
                 raise SpectralError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -95,7 +116,9 @@ class CollectConfig:
             raise SpectralError(f"max-grad-norm must be a positive number, got {self.max_grad_norm}")
         if self.noise_multiplier is None and not (self.epsilon > 0 and math.isfinite(self.epsilon)):
             raise SpectralError(f"epsilon must be a positive number, got {self.epsilon}")
-        if self.noise_multiplier is not None and not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+        if self.noise_multiplier is not None and not (
+            self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)
+        ):
             raise SpectralError(f"noise-multiplier must be >= 0, got {self.noise_multiplier}")
         if self.delta is not None and not 0 < self.delta < 1:
             raise SpectralError(f"delta must be in (0, 1), got {self.delta}")
@@ -110,7 +133,7 @@ class CollectConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "CollectConfig":
+    def from_dict(cls, values: dict) -> CollectConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -37,10 +37,10 @@ class TextData:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def head(self, n: int | None) -> "TextData":
+    def head(self, n: int | None) -> TextData:
         return self if n is None else TextData(self.texts[:n], self.labels[:n])
 
-    def rows(self, start: int, stop: int | None = None) -> "TextData":
+    def rows(self, start: int, stop: int | None = None) -> TextData:
         """Examples ``[start, stop)`` (e.g. to set a public part aside)."""
         return TextData(self.texts[start:stop], self.labels[start:stop])
 
@@ -79,9 +79,13 @@ def frame_to_splits(frames: dict, text_column, label_column, source) -> tuple[Te
     if len(train) == 0:
         raise SpectralError(f"{source}: the training data is empty")
     # each split picks its own columns (GLUE's SST-2 calls the text `sentence` in train, `content` in dev)
-    cols = {name: (_pick(df.columns, text_column, TEXT_COLUMNS, "text", f"{source} ({name} split)"),
-                   _pick(df.columns, label_column, LABEL_COLUMNS, "label", f"{source} ({name} split)"))
-            for name, df in frames.items()}
+    cols = {
+        name: (
+            _pick(df.columns, text_column, TEXT_COLUMNS, "text", f"{source} ({name} split)"),
+            _pick(df.columns, label_column, LABEL_COLUMNS, "label", f"{source} ({name} split)"),
+        )
+        for name, df in frames.items()
+    }
     tcol, lcol = cols["train"]
     classes = sorted(pd.unique(train[lcol]).tolist(), key=str)
     if len(classes) < 2:
@@ -94,8 +98,14 @@ def frame_to_splits(frames: dict, text_column, label_column, source) -> tuple[Te
         if unknown:
             raise SpectralError(f"{source} ({name} split): labels {sorted(unknown, key=str)[:5]} do not occur in train")
         splits.append(TextData([str(x) for x in df[t]], np.array([index[v] for v in df[lab]], dtype=np.int64)))
-    info = {"source": str(source), "text_column": tcol, "label_column": lcol, "classes": [str(c) for c in classes],
-            "n_train": len(splits[0]), "n_dev": len(splits[1])}
+    info = {
+        "source": str(source),
+        "text_column": tcol,
+        "label_column": lcol,
+        "classes": [str(c) for c in classes],
+        "n_train": len(splits[0]),
+        "n_dev": len(splits[1]),
+    }
     return splits[0], splits[1], info
 
 
@@ -135,7 +145,9 @@ def _hub_frames(name: str) -> dict:
     try:
         ds = datasets.load_dataset(repo, config or None)
     except Exception as exc:  # datasets raises many types for unknown names / no network
-        raise SpectralError(f"cannot load dataset {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise SpectralError(
+            f"cannot load dataset {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     dev_split = next((s for s in ("validation", "dev", "test") if s in ds), None)
     if "train" not in ds or dev_split is None:
         raise SpectralError(f"dataset {name!r} needs a train and a validation/test split; it has {list(ds)}")

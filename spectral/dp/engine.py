@@ -138,8 +138,20 @@ class DPEngine:
 
     RESTRICTIONS = ("signal", "signal+noise")
 
-    def __init__(self, model, *, clipping, optimizer, lr, noise_multiplier, max_grad_norm, expected_batch_size, seed,
-                 project=None, restriction=None):
+    def __init__(
+        self,
+        model,
+        *,
+        clipping,
+        optimizer,
+        lr,
+        noise_multiplier,
+        max_grad_norm,
+        expected_batch_size,
+        seed,
+        project=None,
+        restriction=None,
+    ):
         if (project is None) != (restriction is None) or restriction not in (None, *self.RESTRICTIONS):
             raise SpectralError(f"a restriction needs a projection and a mode from {', '.join(self.RESTRICTIONS)}")
         self.model = model
@@ -149,16 +161,26 @@ class DPEngine:
         # on the parameters' device, so the noise is drawn where it is added
         self.noise_generator = torch.Generator(device=self.device).manual_seed(int(seed) + 7919)
         base = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer](self.params, lr=lr)
-        kwargs = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                      expected_batch_size=expected_batch_size, loss_reduction="mean", generator=self.noise_generator)
+        kwargs = dict(
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+            generator=self.noise_generator,
+        )
         model.train()  # ghost clipping's hooks only run in training mode
         if clipping == "ghost":
             self.module = GradSampleModuleFastGradientClipping(
-                model, max_grad_norm=max_grad_norm, use_ghost_clipping=True, loss_reduction="mean")
-            self.optimizer = (SignalProjectedDPOptimizerFastGradientClipping if restriction == "signal" else
-                              DPOptimizerFastGradientClipping)(base, **kwargs)
+                model, max_grad_norm=max_grad_norm, use_ghost_clipping=True, loss_reduction="mean"
+            )
+            self.optimizer = (
+                SignalProjectedDPOptimizerFastGradientClipping
+                if restriction == "signal"
+                else DPOptimizerFastGradientClipping
+            )(base, **kwargs)
             self.criterion = DPLossFastGradientClipping(
-                self.module, self.optimizer, torch.nn.CrossEntropyLoss(reduction="mean"), "mean")
+                self.module, self.optimizer, torch.nn.CrossEntropyLoss(reduction="mean"), "mean"
+            )
         elif clipping == "per-sample":
             self.module = GradSampleModule(model, loss_reduction="mean")
             self.optimizer = (SignalProjectedDPOptimizer if restriction == "signal" else DPOptimizer)(base, **kwargs)

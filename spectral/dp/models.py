@@ -100,8 +100,9 @@ class MeanPooledClassifier(torch.nn.Module):
         return self.encoder
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, position_ids=None):
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                              **_encoder_kwargs(token_type_ids, position_ids)).last_hidden_state
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, **_encoder_kwargs(token_type_ids, position_ids)
+        ).last_hidden_state
         return _output(self.classifier(mean_pool(hidden, attention_mask)))
 
 
@@ -169,8 +170,9 @@ class PromptClassifier(torch.nn.Module):
         raise SpectralError(f"prompt objective: no known masked-LM head on {type(m).__name__}")
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, position_ids=None):
-        hidden = self.mlm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                     **_encoder_kwargs(token_type_ids, position_ids)).last_hidden_state
+        hidden = self.mlm.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, **_encoder_kwargs(token_type_ids, position_ids)
+        ).last_hidden_state
         at_mask = (input_ids == self.mask_token_id).int().argmax(dim=1)  # the template puts one mask per input
         h = hidden[torch.arange(len(hidden), device=hidden.device), at_mask]
         return _output(self.lm_head(h)[:, self.label_ids])
@@ -185,8 +187,14 @@ class PromptTemplate:
         if None in (tokenizer.mask_token, tokenizer.cls_token_id, tokenizer.sep_token_id):
             raise SpectralError("prompt objective: the tokenizer needs mask, cls and sep tokens")
         prefix, suffix = template.split("{sentence}")
-        encode = lambda text: tokenizer(text.replace("{mask}", tokenizer.mask_token),  # noqa: E731
-                                        add_special_tokens=False)["input_ids"] if text.strip() else []
+        encode = lambda text: (
+            tokenizer(
+                text.replace("{mask}", tokenizer.mask_token),  # noqa: E731
+                add_special_tokens=False,
+            )["input_ids"]
+            if text.strip()
+            else []
+        )
         self.tokenizer, self.prefix, self.suffix = tokenizer, encode(prefix), encode(suffix)
         if tokenizer.mask_token_id not in self.prefix + self.suffix:
             raise SpectralError(f"template {template!r}: the mask token did not survive tokenisation")
@@ -196,8 +204,10 @@ class PromptTemplate:
         room = max_length - len(self.prefix) - len(self.suffix) - 2
         if room < 1:
             raise SpectralError(f"max-length {max_length} leaves no room for the sentence in the prompt template")
-        ids = [[tok.cls_token_id, *self.prefix, *s[:room], *self.suffix, tok.sep_token_id]
-               for s in tok(list(texts), add_special_tokens=False)["input_ids"]]
+        ids = [
+            [tok.cls_token_id, *self.prefix, *s[:room], *self.suffix, tok.sep_token_id]
+            for s in tok(list(texts), add_special_tokens=False)["input_ids"]
+        ]
         features = {"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]}
         if "token_type_ids" in tok.model_input_names:
             features["token_type_ids"] = [[0] * len(i) for i in ids]
@@ -245,8 +255,15 @@ def tokenize(model, tokenizer, texts, max_length: int) -> dict:
     return dict(tokenizer(list(texts), truncation=True, max_length=max_length))
 
 
-def load_model(name: str, num_labels: int, seed: int, pooling: str = "auto", objective: str = "classifier",
-               label_text=None, template: str = DEFAULT_TEMPLATE):
+def load_model(
+    name: str,
+    num_labels: int,
+    seed: int,
+    pooling: str = "auto",
+    objective: str = "classifier",
+    label_text=None,
+    template: str = DEFAULT_TEMPLATE,
+):
     """Load ``(model, tokenizer)``: ``model(**features).logits`` has shape ``(B, num_labels)``.
 
     objective : see the module docstring. ``label_text`` are the label words (prompt) or label
@@ -275,15 +292,22 @@ def load_model(name: str, num_labels: int, seed: int, pooling: str = "auto", obj
         if objective in ("prompt", "similarity"):
             label_text = list(label_text or (DEFAULT_LABEL_WORDS if objective == "prompt" else DEFAULT_LABEL_PROMPTS))
             if len(label_text) != num_labels:
-                raise SpectralError(f"{objective} objective: {len(label_text)} label texts {label_text} for "
-                                    f"{num_labels} classes; give one per class (--label-text)")
+                raise SpectralError(
+                    f"{objective} objective: {len(label_text)} label texts {label_text} for "
+                    f"{num_labels} classes; give one per class (--label-text)"
+                )
         if objective == "prompt":
             if not has_masked_lm_head(source):  # a fresh LM head would score label words at random
-                raise SpectralError(f"prompt objective: {name} was not saved with a masked-LM head; "
-                                    "use --objective similarity or classifier")
+                raise SpectralError(
+                    f"prompt objective: {name} was not saved with a masked-LM head; "
+                    "use --objective similarity or classifier"
+                )
             prompt = PromptTemplate(tokenizer, template)
-            model = PromptClassifier(AutoModelForMaskedLM.from_pretrained(source),
-                                     label_word_ids(tokenizer, label_text), tokenizer.mask_token_id)
+            model = PromptClassifier(
+                AutoModelForMaskedLM.from_pretrained(source),
+                label_word_ids(tokenizer, label_text),
+                tokenizer.mask_token_id,
+            )
             pooling = "mask"
         elif objective == "similarity":
             encoder = AutoModel.from_pretrained(source)
@@ -340,7 +364,9 @@ def select_trainable(model: torch.nn.Module, params: str, lora_rank: int = 8) ->
         targets = sorted({n.split(".")[-2] for n in names if QV_PATTERN.search(n)})
         if not targets:
             raise SpectralError("lora: no attention query/value projections recognised in this model")
-        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=targets, bias="none")
+        config = LoraConfig(
+            r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=targets, bias="none"
+        )
         model = get_peft_model(model, config)
         # peft keeps the new classification head trainable: LoRA here means adapters only
         for n, p in model.named_parameters():

@@ -107,8 +107,19 @@ def _calibrate_after(prior, epsilon, delta, sample_rate, mechanisms, accountant,
     return high
 
 
-def plan_privacy(*, sampling, accountant, n_train, batch_size, steps, max_grad_norm,
-                 epsilon=None, delta=None, noise_multiplier=None, prior=()) -> PrivacyPlan:
+def plan_privacy(
+    *,
+    sampling,
+    accountant,
+    n_train,
+    batch_size,
+    steps,
+    max_grad_norm,
+    epsilon=None,
+    delta=None,
+    noise_multiplier=None,
+    prior=(),
+) -> PrivacyPlan:
     """Fix the noise multiplier: given directly, or calibrated so the run spends ``epsilon``
     (in total with ``prior``, the mechanisms already spent by the run this one continues).
 
@@ -116,21 +127,39 @@ def plan_privacy(*, sampling, accountant, n_train, batch_size, steps, max_grad_n
     """
     if batch_size > n_train:
         raise SpectralError(f"batch size {batch_size} exceeds the {n_train} training examples")
-    delta = n_train ** -1.1 if delta is None else delta
-    plan = PrivacyPlan(sampling, accountant, n_train, batch_size, steps, 0.0, max_grad_norm, delta,
-                       None if noise_multiplier is not None else epsilon, [list(h) for h in prior])
+    delta = n_train**-1.1 if delta is None else delta
+    plan = PrivacyPlan(
+        sampling,
+        accountant,
+        n_train,
+        batch_size,
+        steps,
+        0.0,
+        max_grad_norm,
+        delta,
+        None if noise_multiplier is not None else epsilon,
+        [list(h) for h in prior],
+    )
     if noise_multiplier is not None:
         plan.noise_multiplier = float(noise_multiplier)
         return plan
     if prior:
-        plan.noise_multiplier = _calibrate_after(plan.prior, epsilon, delta, plan.sample_rate,
-                                                 plan.mechanisms(steps), accountant)
+        plan.noise_multiplier = _calibrate_after(
+            plan.prior, epsilon, delta, plan.sample_rate, plan.mechanisms(steps), accountant
+        )
         return plan
     try:
-        plan.noise_multiplier = float(_quiet(
-            get_noise_multiplier,
-            target_epsilon=epsilon, target_delta=delta, sample_rate=plan.sample_rate,
-            steps=plan.mechanisms(steps), accountant=accountant, epsilon_tolerance=0.005))
+        plan.noise_multiplier = float(
+            _quiet(
+                get_noise_multiplier,
+                target_epsilon=epsilon,
+                target_delta=delta,
+                sample_rate=plan.sample_rate,
+                steps=plan.mechanisms(steps),
+                accountant=accountant,
+                epsilon_tolerance=0.005,
+            )
+        )
     except ValueError as exc:
         raise SpectralError(f"cannot reach epsilon={epsilon} with these settings: {exc}") from None
     return plan

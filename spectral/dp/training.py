@@ -56,7 +56,9 @@ def load_init(model: torch.nn.Module, path, model_source: str) -> list:
     if prior.manifest.get("status") != "complete":
         raise SpectralError(f"init-from: {path} is not a finished run (status {prior.manifest.get('status')!r})")
     if prior.manifest.get("model", {}).get("source") != model_source:
-        raise SpectralError(f"init-from: {path} trained {prior.manifest.get('model', {}).get('source')}, not {model_source}")
+        raise SpectralError(
+            f"init-from: {path} trained {prior.manifest.get('model', {}).get('source')}, not {model_source}"
+        )
     if cfg.get("init_from"):
         load_init(model, cfg["init_from"], model_source)
     elif "head" in prior.manifest.get("attachments", []):  # the chain's first run fixed the head
@@ -65,7 +67,9 @@ def load_init(model: torch.nn.Module, path, model_source: str) -> list:
     with torch.no_grad():
         for name, value in trained_weights(prior).items():
             if name not in own or tuple(own[name].shape) != value.shape:
-                raise SpectralError(f"init-from: {path} trained {name} {list(value.shape)}, which this model does not have")
+                raise SpectralError(
+                    f"init-from: {path} trained {name} {list(value.shape)}, which this model does not have"
+                )
             own[name].copy_(torch.from_numpy(np.array(value)))
     return privacy_history(prior)
 
@@ -97,9 +101,18 @@ class Training:
         """A :class:`DPEngine` on this model with the run's settings (optionally restricted to a subspace)."""
         c, p = self.cfg, self.plan
         expected_batch = p.sample_rate * p.n_train if c.sampling == "poisson" else c.batch_size
-        return DPEngine(self.model, clipping=c.clipping, optimizer=c.optimizer, lr=c.lr,
-                        noise_multiplier=p.noise_multiplier, max_grad_norm=c.max_grad_norm,
-                        expected_batch_size=expected_batch, seed=c.seed, project=project, restriction=restriction)
+        return DPEngine(
+            self.model,
+            clipping=c.clipping,
+            optimizer=c.optimizer,
+            lr=c.lr,
+            noise_multiplier=p.noise_multiplier,
+            max_grad_norm=c.max_grad_norm,
+            expected_batch_size=expected_batch,
+            seed=c.seed,
+            project=project,
+            restriction=restriction,
+        )
 
     def chunks(self, step: int) -> list:
         """The physical chunks of logical step ``step`` (deterministic in seed and step)."""
@@ -107,15 +120,26 @@ class Training:
 
     def describe(self) -> str:
         c, p = self.cfg, self.plan
-        return (f"{c.model} ({c.params}: {self.d:,} of {self.n_total:,} parameters trained), {self.n_train:,} training "
-                f"examples, sigma={p.noise_multiplier:.4f}, C={c.max_grad_norm}, q={p.sample_rate:.5f}, "
-                f"delta={p.delta:.3g}, {c.clipping} clipping"
-                + (f", from {c.init_from} (which spent epsilon={compose_epsilon(p.prior, p.delta, p.accountant):.2f})"
-                   if c.init_from else ""))
+        return (
+            f"{c.model} ({c.params}: {self.d:,} of {self.n_total:,} parameters trained), {self.n_train:,} training "
+            f"examples, sigma={p.noise_multiplier:.4f}, C={c.max_grad_norm}, q={p.sample_rate:.5f}, "
+            f"delta={p.delta:.3g}, {c.clipping} clipping"
+            + (
+                f", from {c.init_from} (which spent epsilon={compose_epsilon(p.prior, p.delta, p.accountant):.2f})"
+                if c.init_from
+                else ""
+            )
+        )
 
 
-def prepare(cfg: CollectConfig, plan: PrivacyPlan | None = None, split=None, engine: bool = True,
-            head: dict | None = None, device="cpu") -> Training:
+def prepare(
+    cfg: CollectConfig,
+    plan: PrivacyPlan | None = None,
+    split=None,
+    engine: bool = True,
+    head: dict | None = None,
+    device="cpu",
+) -> Training:
     """Load data and model, choose the trainable set, plan privacy and build the DP engine.
 
     plan : a privacy plan to reuse (on resume); by default planned from ``cfg``
@@ -135,8 +159,15 @@ def prepare(cfg: CollectConfig, plan: PrivacyPlan | None = None, split=None, eng
         (train, dev), data_info = split, {"classes": sorted({int(x) for x in split[0].labels})}
     if len(dev) == 0 and cfg.eval_every:
         raise SpectralError("the dev split is empty; pass --eval-every 0 to train without evaluation")
-    model, tokenizer = load_model(cfg.model, num_labels=len(data_info["classes"]), seed=cfg.seed, pooling=cfg.pooling,
-                                  objective=cfg.objective, label_text=cfg.label_text, template=cfg.template)
+    model, tokenizer = load_model(
+        cfg.model,
+        num_labels=len(data_info["classes"]),
+        seed=cfg.seed,
+        pooling=cfg.pooling,
+        objective=cfg.objective,
+        label_text=cfg.label_text,
+        template=cfg.template,
+    )
     n_total, pooling = sum(p.numel() for p in model.parameters()), model.pooling
     if head is not None:
         load_head(model, head)
@@ -145,14 +176,37 @@ def prepare(cfg: CollectConfig, plan: PrivacyPlan | None = None, split=None, eng
     model = select_trainable(model, cfg.params, cfg.lora_rank).to(resolve_device(device))
     layout = parameter_layout(model)
     if plan is None:
-        plan = plan_privacy(sampling=cfg.sampling, accountant=cfg.accountant, n_train=len(train),
-                            batch_size=cfg.batch_size, steps=cfg.steps, max_grad_norm=cfg.max_grad_norm,
-                            epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=cfg.noise_multiplier, prior=prior)
-    dev_chunks = Batcher(model, tokenizer, dev, cfg.max_length).chunks(np.arange(len(dev)), 128) if cfg.eval_every else []
-    t = Training(cfg, model, None, plan, layout, sum(p["numel"] for p in layout), n_total, pooling, len(train), len(dev),
-                 data_info, Batcher(model, tokenizer, train, cfg.max_length), dev_chunks, head)
+        plan = plan_privacy(
+            sampling=cfg.sampling,
+            accountant=cfg.accountant,
+            n_train=len(train),
+            batch_size=cfg.batch_size,
+            steps=cfg.steps,
+            max_grad_norm=cfg.max_grad_norm,
+            epsilon=cfg.epsilon,
+            delta=cfg.delta,
+            noise_multiplier=cfg.noise_multiplier,
+            prior=prior,
+        )
+    dev_chunks = (
+        Batcher(model, tokenizer, dev, cfg.max_length).chunks(np.arange(len(dev)), 128) if cfg.eval_every else []
+    )
+    t = Training(
+        cfg,
+        model,
+        None,
+        plan,
+        layout,
+        sum(p["numel"] for p in layout),
+        n_total,
+        pooling,
+        len(train),
+        len(dev),
+        data_info,
+        Batcher(model, tokenizer, train, cfg.max_length),
+        dev_chunks,
+        head,
+    )
     if engine:
         t.engine = t.build_engine()
     return t
-
-

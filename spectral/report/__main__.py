@@ -21,12 +21,19 @@ from .run import ReportConfig, report
 
 @cli_entry
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m spectral.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m spectral.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run_dir", type=Path, help="a run directory (collect + analyse outputs)")
     p.add_argument("--stream", default="clipped", help="which analysed stream to report [clipped]")
-    p.add_argument("--fit-range", type=int, nargs=2, default=(1, 500), metavar=("FIRST", "LAST"),
-                   help="ranks of the power-law fit of the spectrum [1 500, as the paper]")
+    p.add_argument(
+        "--fit-range",
+        type=int,
+        nargs=2,
+        default=(1, 500),
+        metavar=("FIRST", "LAST"),
+        help="ranks of the power-law fit of the spectrum [1 500, as the paper]",
+    )
     p.add_argument("--out", type=Path, help="figure directory [RUN_DIR/figures]")
     p.add_argument("--toy", type=Path, help="toy results directory [RUN_DIR/toy]")
     p.add_argument("--retrain", type=Path, help="retraining results directory [RUN_DIR/retrain]")
@@ -35,14 +42,20 @@ def main(argv=None):
     f = result["fits"]
     if "spectrum" in f:
         s = f["spectrum"]
-        print(f"spectrum: slope {s['slope']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] over k={s['range'][0]}-"
-              f"{s['range'][1]}, R2 {s['r2']:.3f}; implied c = {s['c_implied']:.2f} -> {s['verdict_interval']}")
+        print(
+            f"spectrum: slope {s['slope']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] over k={s['range'][0]}-"
+            f"{s['range'][1]}, R2 {s['r2']:.3f}; implied c = {s['c_implied']:.2f} -> {s['verdict_interval']}"
+        )
     for label, r in f.get("rlc", {}).items():
-        print(f"G_k {label}: c = {r['c']:.3f} [{r['c_low']:.3f}, {r['c_high']:.3f}], R2 {r['r2']:.3f} -> "
-              f"{r['verdict']} ({r['growth']} in d)")
+        print(
+            f"G_k {label}: c = {r['c']:.3f} [{r['c_low']:.3f}, {r['c_high']:.3f}], R2 {r['r2']:.3f} -> "
+            f"{r['verdict']} ({r['growth']} in d)"
+        )
     for label, r in f.get("dimension_factor_at_d", {}).items():
-        print(f"bound factor at d={int(r['d']):,} ({label}): {r['rlc_factor']:.3g} vs classical G_0*sqrt(d) "
-              f"{r['classical_factor']:.3g} (ratio {r['ratio']:.3f})")
+        print(
+            f"bound factor at d={int(r['d']):,} ({label}): {r['rlc_factor']:.3g} vs classical G_0*sqrt(d) "
+            f"{r['classical_factor']:.3g} (ratio {r['ratio']:.3f})"
+        )
     for m in result["missing"]:
         print(f"not drawn: {m}")
     figs = sorted({str(p.with_suffix("")) for p in result["figures"] if p.suffix == ".png"})

@@ -23,10 +23,21 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 STYLE = {
-    "figure.figsize": (6.0, 4.2), "figure.dpi": 110, "savefig.dpi": 160, "savefig.bbox": "tight",
-    "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5,
-    "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "lines.linewidth": 1.6,
-    "axes.spines.top": False, "axes.spines.right": False, "legend.framealpha": 0.85,
+    "figure.figsize": (6.0, 4.2),
+    "figure.dpi": 110,
+    "savefig.dpi": 160,
+    "savefig.bbox": "tight",
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 8.5,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "lines.linewidth": 1.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.framealpha": 0.85,
     "figure.constrained_layout.use": True,
 }
 COLORS = matplotlib.colormaps["tab10"].colors
@@ -75,7 +86,9 @@ def json_default(value):
 
 def _fit_label(fit: dict, what: str = "slope") -> str:
     lo, hi = fit["ci_low"], fit["ci_high"]
-    return f"fit k={fit['range'][0]}–{fit['range'][1]}: {what} {fit['slope']:.2f} [{lo:.2f}, {hi:.2f}], R²={fit['r2']:.2f}"
+    return (
+        f"fit k={fit['range'][0]}–{fit['range'][1]}: {what} {fit['slope']:.2f} [{lo:.2f}, {hi:.2f}], R²={fit['r2']:.2f}"
+    )
 
 
 # ---------------------------------------------------------------------- 1. spectrum
@@ -94,7 +107,9 @@ def spectrum_figure(spectrum: pd.DataFrame, fit: dict, stem, title: str = "") ->
         ax.set_title(title or "Spectrum of the stored gradients")
         ax.legend(loc="lower left")
     table = pd.DataFrame({"rank": k, "singular_value": s})
-    table["fitted"] = np.where((k >= first) & (k <= last), np.exp(fit["intercept"]) * k.astype(float) ** fit["slope"], np.nan)
+    table["fitted"] = np.where(
+        (k >= first) & (k <= last), np.exp(fit["intercept"]) * k.astype(float) ** fit["slope"], np.nan
+    )
     return save(fig, stem, {"": table}, {"fit": fit})
 
 
@@ -132,8 +147,13 @@ def rlc_figure(curves: dict, fits: dict, stem, column: str = "rms", title: str =
             tables.append(c[["k", column]].assign(curve=label))
         if anchor:
             k = np.logspace(0, np.log10(max(float(cv.k.max()) for cv in curves.values())), 50)
-            ax.loglog(k, anchor[1] * (k / anchor[0]) ** -0.5, "--", color="0.4",
-                      label="k^(-1/2): boundary of dimension-freedom")
+            ax.loglog(
+                k,
+                anchor[1] * (k / anchor[0]) ** -0.5,
+                "--",
+                color="0.4",
+                label="k^(-1/2): boundary of dimension-freedom",
+            )
         ax.set_xlabel("subspace dimension k")
         ax.set_ylabel(f"G_k = {column} over steps of ‖(I − P_k) g‖")
         ax.set_title(title or "Restricted-Lipschitz curve")
@@ -160,13 +180,24 @@ def dimension_figure(frames: dict, stem, d_run: int | None = None, title: str = 
         ax.loglog(first.d, first.classical_factor, "--", color="0.3", label="classical G_0 √d")
         if d_run:
             ax.axvline(d_run, color="0.5", lw=0.8)
-            ax.annotate(f"this run: d = {d_run:,}", (d_run, ax.get_ylim()[0]), xytext=(4, 6),
-                        textcoords="offset points", fontsize=8, color="0.3", rotation=90, ha="left", va="bottom")
+            ax.annotate(
+                f"this run: d = {d_run:,}",
+                (d_run, ax.get_ylim()[0]),
+                xytext=(4, 6),
+                textcoords="offset points",
+                fontsize=8,
+                color="0.3",
+                rotation=90,
+                ha="left",
+                va="bottom",
+            )
         ax.set_xlabel("dimension d")
         ax.set_ylabel("dimension factor of the DP-GD risk bound")
         ax.set_title(title or "Dimension dependence implied by the measured G_k")
         handles, _ = ax.get_legend_handles_labels()
-        dotted = matplotlib.lines.Line2D([], [], color="0.4", ls=":", label="(dotted: G_k extrapolated beyond measured k)")
+        dotted = matplotlib.lines.Line2D(
+            [], [], color="0.4", ls=":", label="(dotted: G_k extrapolated beyond measured k)"
+        )
         ax.legend(handles=handles + [dotted], loc="upper left")
     return save(fig, stem, {"": pd.concat(tables, ignore_index=True)})
 
@@ -188,14 +219,16 @@ def retrain_figure(history: pd.DataFrame, stem, metric: str = "accuracy", title:
     history : columns ``setting`` (optional), ``variant`` ("rank 10", …, "full"), ``seed``, ``step``, ``metric``
     """
     history = history if "setting" in history else history.assign(setting="")
-    stats = history.groupby(["setting", "variant", "step"], sort=False)[metric].agg(["mean", "std", "count"]).reset_index()
+    stats = (
+        history.groupby(["setting", "variant", "step"], sort=False)[metric].agg(["mean", "std", "count"]).reset_index()
+    )
     stats["std"] = stats["std"].fillna(0.0)
     settings = list(dict.fromkeys(stats.setting))
     cols = min(len(settings), 2)
     rows = -(-len(settings) // cols)
     with style(**{"figure.figsize": (4.8 * cols + 0.6, 3.6 * rows + 0.4)}):
         fig, axes = new_figure(rows, cols, sharey=True, squeeze=False)
-        for ax in axes.flat[len(settings):]:
+        for ax in axes.flat[len(settings) :]:
             ax.set_visible(False)
         for ax, setting in zip(axes.flat, settings):
             variants = list(dict.fromkeys(stats[stats.setting == setting].variant))
@@ -229,8 +262,16 @@ def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
         fig, axes = new_figure(1, panels)
         for ax, split in zip(axes, ("train", "test")):
             for i, (mode, g) in enumerate(main.groupby("mode", sort=False)):
-                ax.errorbar(g.d, g[f"{split}_mean"], yerr=g[f"{split}_std"], marker=MARKERS[i], ms=4, capsize=2,
-                            color=COLORS[i], label=mode)
+                ax.errorbar(
+                    g.d,
+                    g[f"{split}_mean"],
+                    yerr=g[f"{split}_std"],
+                    marker=MARKERS[i],
+                    ms=4,
+                    capsize=2,
+                    color=COLORS[i],
+                    label=mode,
+                )
             ax.set_xscale("log")
             ax.set_xlabel("dimension d")
             ax.set_ylabel(f"{split} loss F(β̄) of the averaged iterate")
@@ -238,9 +279,19 @@ def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
         axes[0].legend(title="coefficient decay", loc="upper left")
         if len(extra):
             ax = axes[2]
-            for i, (mode, g) in enumerate(pd.concat([main[main["mode"] == "const"], extra]).groupby("mode", sort=False)):
-                ax.errorbar(g.d, g.test_mean, yerr=g.test_std, marker=MARKERS[i], ms=4, capsize=2,
-                            color=COLORS[0] if mode == "const" else COLORS[5], label=mode)
+            for i, (mode, g) in enumerate(
+                pd.concat([main[main["mode"] == "const"], extra]).groupby("mode", sort=False)
+            ):
+                ax.errorbar(
+                    g.d,
+                    g.test_mean,
+                    yerr=g.test_std,
+                    marker=MARKERS[i],
+                    ms=4,
+                    capsize=2,
+                    color=COLORS[0] if mode == "const" else COLORS[5],
+                    label=mode,
+                )
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("dimension d")

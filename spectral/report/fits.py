@@ -34,9 +34,16 @@ def log_log_fit(x, y, *, confidence: float = 0.95, bootstrap: int = 2000, seed: 
         raise SpectralError(f"a power-law fit needs at least 3 positive points, got {m}")
     r = stats.linregress(lx, ly)
     t = stats.t.ppf(0.5 + confidence / 2, m - 2)
-    out = {"slope": float(r.slope), "intercept": float(r.intercept), "r2": float(r.rvalue**2),
-           "stderr": float(r.stderr), "points": m, "confidence": confidence,
-           "ci_low": float(r.slope - t * r.stderr), "ci_high": float(r.slope + t * r.stderr)}
+    out = {
+        "slope": float(r.slope),
+        "intercept": float(r.intercept),
+        "r2": float(r.rvalue**2),
+        "stderr": float(r.stderr),
+        "points": m,
+        "confidence": confidence,
+        "ci_low": float(r.slope - t * r.stderr),
+        "ci_high": float(r.slope + t * r.stderr),
+    }
     if bootstrap:
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, m, size=(bootstrap, m))
@@ -64,8 +71,13 @@ def spectrum_fit(singular_values, fit_range=(1, 500), **kw) -> dict:
     fit = log_log_fit(k, s[first - 1 : last], **kw)
     c = -fit["slope"] - 0.5
     lo, hi = -fit["ci_high"] - 0.5, -fit["ci_low"] - 0.5
-    return {**fit, "range": [first, last], "c_implied": c,
-            "verdict": theory.regime(c).name, "verdict_interval": theory.regime_interval(lo, hi)}
+    return {
+        **fit,
+        "range": [first, last],
+        "c_implied": c,
+        "verdict": theory.regime(c).name,
+        "verdict_interval": theory.regime_interval(lo, hi),
+    }
 
 
 def range_table(singular_values, ranges=DEFAULT_RANGES, **kw) -> pd.DataFrame:
@@ -74,8 +86,13 @@ def range_table(singular_values, ranges=DEFAULT_RANGES, **kw) -> pd.DataFrame:
     for first, last in ranges:
         if last <= len(singular_values) and first < last:
             f = spectrum_fit(singular_values, (first, last), **kw)
-            rows.append({"first": first, "last": last, **{k: f[k] for k in ("slope", "ci_low", "ci_high", "r2",
-                                                                             "c_implied", "verdict")}})
+            rows.append(
+                {
+                    "first": first,
+                    "last": last,
+                    **{k: f[k] for k in ("slope", "ci_low", "ci_high", "r2", "c_implied", "verdict")},
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -91,14 +108,23 @@ def rlc_fit(curve: pd.DataFrame, column: str = "rms", k_range=None, **kw) -> dic
         sel = sel[(sel.k >= k_range[0]) & (sel.k <= k_range[1])]
     fit = log_log_fit(sel.k.to_numpy(), sel[column].to_numpy(), **kw)
     g0 = curve.loc[curve.k == 0, column]
-    out = {"c": -fit["slope"], "c_low": -fit["ci_high"], "c_high": -fit["ci_low"], "r2": fit["r2"],
-           "points": fit["points"], "g0_fit": float(np.exp(fit["intercept"])),
-           "g0": float(g0.iloc[0]) if len(g0) else None, "k_range": [int(sel.k.min()), int(sel.k.max())],
-           "statistic": column}
+    out = {
+        "c": -fit["slope"],
+        "c_low": -fit["ci_high"],
+        "c_high": -fit["ci_low"],
+        "r2": fit["r2"],
+        "points": fit["points"],
+        "g0_fit": float(np.exp(fit["intercept"])),
+        "g0": float(g0.iloc[0]) if len(g0) else None,
+        "k_range": [int(sel.k.min()), int(sel.k.max())],
+        "statistic": column,
+    }
     if "boot_low" in fit:
         out.update(c_boot_low=-fit["boot_high"], c_boot_high=-fit["boot_low"])
     reg = theory.regime(out["c"])
-    out.update(verdict=reg.name, growth=reg.growth, verdict_interval=theory.regime_interval(out["c_low"], out["c_high"]))
+    out.update(
+        verdict=reg.name, growth=reg.growth, verdict_interval=theory.regime_interval(out["c_low"], out["c_high"])
+    )
     return out
 
 

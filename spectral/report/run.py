@@ -64,9 +64,12 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
         fit = fits.spectrum_fit(sv, fit_range)
         result["fits"]["spectrum"] = fit
         result["fits"]["spectrum_ranges"] = fits.range_table(sv).to_dict(orient="records")
-        result["figures"] += figures.spectrum_figure(spectrum, fit, out / "fig1_spectrum",
-                                                     f"Spectrum of the {stream} gradients ({title}, n={summary.get('n')}, d={d_run:,})"
-                                                     if d_run else "")
+        result["figures"] += figures.spectrum_figure(
+            spectrum,
+            fit,
+            out / "fig1_spectrum",
+            f"Spectrum of the {stream} gradients ({title}, n={summary.get('n')}, d={d_run:,})" if d_run else "",
+        )
     else:
         result["missing"].append(f"spectrum ({analysis / 'spectrum.csv'}; run python -m spectral.analyse)")
 
@@ -76,8 +79,14 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
     else:
         result["missing"].append("spectral density (density_kde.csv)")
 
-    curves = {label: c for label, c in (("in-sample", _read_csv(analysis / layout.RLC_IN_SAMPLE)),
-                                         ("held-out", _read_csv(analysis / layout.RLC_HELD_OUT))) if c is not None}
+    curves = {
+        label: c
+        for label, c in (
+            ("in-sample", _read_csv(analysis / layout.RLC_IN_SAMPLE)),
+            ("held-out", _read_csv(analysis / layout.RLC_HELD_OUT)),
+        )
+        if c is not None
+    }
     if curves:
         rlc_fits = {label: fits.rlc_fit(c) for label, c in curves.items()}
         result["fits"]["rlc"] = rlc_fits
@@ -85,7 +94,8 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
         frames = {label: fits.dimension_curve(c) for label, c in curves.items()}
         if d_run:  # the bound's factor at this run's own d, next to G_0 √d
             result["fits"]["dimension_factor_at_d"] = {
-                label: fits.dimension_curve(c, ds=[d_run]).iloc[0].to_dict() for label, c in curves.items()}
+                label: fits.dimension_curve(c, ds=[d_run]).iloc[0].to_dict() for label, c in curves.items()
+            }
         result["figures"] += figures.dimension_figure(frames, out / "fig4_dimension", d_run=d_run)
     else:
         result["missing"].append("restricted-Lipschitz curves (rlc_in_sample.csv / rlc_held_out.csv)")

@@ -31,8 +31,10 @@ from ..errors import cli_entry
 from ..layout import RunDir
 from .run import MODES, SOURCES, RetrainConfig, retrain
 
-SCALES = {"quick": {"steps": 40, "eval_every": 10, "seeds": 2, "ranks": (10, 100)},
-          "paper": {"steps": 260, "eval_every": 25, "seeds": 3, "ranks": (10, 20, 100)}}
+SCALES = {
+    "quick": {"steps": 40, "eval_every": 10, "seeds": 2, "ranks": (10, 100)},
+    "paper": {"steps": 260, "eval_every": 25, "seeds": 3, "ranks": (10, 20, 100)},
+}
 
 HELP = {
     "ranks": "subspace ranks",
@@ -55,8 +57,11 @@ def build_parser():
     cli.add_config(p, RetrainConfig, HELP, choices={"mode": MODES, "subspace_from": SOURCES})
     p.add_argument("--scale", choices=sorted(SCALES), help="preset steps/eval/seeds/ranks (quick: minutes on 2 cores)")
     p.add_argument("--lr", type=float, help="override the run's learning rate")
-    p.add_argument("--non-private", action="store_true",
-                   help="no noise (σ = 0): where gradients live, without DP's noise floor (not private)")
+    p.add_argument(
+        "--non-private",
+        action="store_true",
+        help="no noise (σ = 0): where gradients live, without DP's noise floor (not private)",
+    )
     p.add_argument("--out", help="results directory [RUN_DIR/retrain/<mode>-<source>[-nonprivate]]")
     p.add_argument("--overwrite", action="store_true", help="replace results of other settings in --out")
     return p
@@ -70,8 +75,9 @@ def main(argv=None):
         settings["noise_multiplier"] = 0.0
     values = {**SCALES.get(args.scale, {}), **cli.config_values(args, RetrainConfig)}
     config = RetrainConfig(**values, settings=settings)
-    history = retrain(args.run_dir, config, args.out, progress=not args.no_progress, overwrite=args.overwrite,
-                      device=args.device)
+    history = retrain(
+        args.run_dir, config, args.out, progress=not args.no_progress, overwrite=args.overwrite, device=args.device
+    )
     out = Path(args.out) if args.out else RunDir(args.run_dir).retrain(config.tag)
     summary = json.loads((out / "retrain_summary.json").read_text())
     for variant, r in summary["final_accuracy"].items():

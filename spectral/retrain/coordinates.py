@@ -13,16 +13,24 @@ import math
 import torch
 from opacus.grad_sample import GradSampleModule
 
-from ..dp.engine import (NonFiniteGradient, StepOutput, add_position_ids, evaluate, flatten, needs_explicit_positions,
-                         to_device)
+from ..dp.engine import (
+    NonFiniteGradient,
+    StepOutput,
+    add_position_ids,
+    evaluate,
+    flatten,
+    needs_explicit_positions,
+    to_device,
+)
 from .subspace import Subspace
 
 
 class CoordinateEngine:
     """The ``coordinates`` restriction: same interface as :class:`spectral.dp.engine.DPEngine`."""
 
-    def __init__(self, model, subspace: Subspace, *, optimizer, lr, noise_multiplier, max_grad_norm,
-                 expected_batch_size, seed):
+    def __init__(
+        self, model, subspace: Subspace, *, optimizer, lr, noise_multiplier, max_grad_norm, expected_batch_size, seed
+    ):
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.device = self.params[0].device
@@ -58,8 +66,9 @@ class CoordinateEngine:
             n += len(labels)
             for p in self.params:
                 p.grad_sample, p.grad = None, None
-        noise = torch.normal(0.0, self.noise_std, size=summed.shape, generator=self.noise_generator, dtype=self.dtype,
-                             device=self.device)
+        noise = torch.normal(
+            0.0, self.noise_std, size=summed.shape, generator=self.noise_generator, dtype=self.dtype, device=self.device
+        )
         clipped = summed / self.expected_batch_size
         private = (summed + noise) / self.expected_batch_size
         if not torch.isfinite(private).all():
@@ -73,9 +82,13 @@ class CoordinateEngine:
             for p in self.params:
                 p.copy_(flat[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
-        return StepOutput(loss=sum(losses) / n if n else math.nan, clipped=clipped, private=private,
-                          per_example_norms=torch.cat(norms) if norms else torch.zeros(0, device=self.device),
-                          batch_size=n)
+        return StepOutput(
+            loss=sum(losses) / n if n else math.nan,
+            clipped=clipped,
+            private=private,
+            per_example_norms=torch.cat(norms) if norms else torch.zeros(0, device=self.device),
+            batch_size=n,
+        )
 
     def evaluate(self, chunks) -> dict:
         return evaluate(self.model, chunks)

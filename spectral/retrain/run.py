@@ -26,16 +26,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .. import layout
 from ..device import resolve_device
 from ..dp.config import CollectConfig
 from ..dp.data import load_data
 from ..dp.privacy import PrivacyLedger
 from ..dp.training import prepare
-from .. import layout
 from ..errors import SpectralError
 from ..layout import RunDir
-from ..store import open as open_store
 from ..store import atomic_write
+from ..store import open as open_store
 from .coordinates import CoordinateEngine
 from .subspace import Subspace
 
@@ -72,7 +72,7 @@ class RetrainConfig:
         """A name for this setting, e.g. ``signal-trajectory`` or ``signal-trajectory-nonprivate``."""
         return f"{self.mode}-{self.subspace_from}" + ("" if self.private else "-nonprivate")
 
-    def validate(self) -> "RetrainConfig":
+    def validate(self) -> RetrainConfig:
         if self.mode not in MODES:
             raise SpectralError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
         if self.subspace_from not in SOURCES:
@@ -92,8 +92,9 @@ def check_analysis(run: RunDir, analysis: Path) -> None:
         raise SpectralError(f"{analysis} analyses {source}, not the run {run.root}")
 
 
-def public_subspace(cfg: CollectConfig, public, dev, rank: int, steps: int, progress: bool,
-                    head: dict | None = None, device="cpu") -> Subspace:
+def public_subspace(
+    cfg: CollectConfig, public, dev, rank: int, steps: int, progress: bool, head: dict | None = None, device="cpu"
+) -> Subspace:
     """Top-``rank`` components of non-private clipped gradients along ``steps`` steps on public data."""
     from ..analyse import principal_components
 
@@ -106,8 +107,16 @@ def public_subspace(cfg: CollectConfig, public, dev, rank: int, steps: int, prog
     return Subspace(spec.components)
 
 
-def train_variant(cfg: CollectConfig, split, subspace: Subspace | None, mode: str, progress: bool, desc: str,
-                  head: dict | None = None, device="cpu"):
+def train_variant(
+    cfg: CollectConfig,
+    split,
+    subspace: Subspace | None,
+    mode: str,
+    progress: bool,
+    desc: str,
+    head: dict | None = None,
+    device="cpu",
+):
     """One DP run from the pretrained model with the collect run's ``head``; returns (evaluations: list
     of dicts, seconds per step)."""
     t = prepare(cfg, split=split, engine=False, head=head, device=device)
@@ -118,9 +127,16 @@ def train_variant(cfg: CollectConfig, split, subspace: Subspace | None, mode: st
     if subspace is None:
         engine = t.build_engine()
     elif mode == "coordinates":
-        engine = CoordinateEngine(t.model, subspace, optimizer=cfg.optimizer, lr=cfg.lr,
-                                  noise_multiplier=t.plan.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
-                                  expected_batch_size=t.plan.batch_size, seed=cfg.seed)
+        engine = CoordinateEngine(
+            t.model,
+            subspace,
+            optimizer=cfg.optimizer,
+            lr=cfg.lr,
+            noise_multiplier=t.plan.noise_multiplier,
+            max_grad_norm=cfg.max_grad_norm,
+            expected_batch_size=t.plan.batch_size,
+            seed=cfg.seed,
+        )
     else:
         engine = t.build_engine(subspace.project, mode)
     ledger, evals, seconds = PrivacyLedger(t.plan), [], 0.0
@@ -135,8 +151,9 @@ def train_variant(cfg: CollectConfig, split, subspace: Subspace | None, mode: st
     return evals, seconds / cfg.steps
 
 
-def retrain(run, config: RetrainConfig | None = None, out=None, progress: bool = True,
-            overwrite: bool = False, device="auto") -> pd.DataFrame:
+def retrain(
+    run, config: RetrainConfig | None = None, out=None, progress: bool = True, overwrite: bool = False, device="auto"
+) -> pd.DataFrame:
     """Run every (variant, seed) for the collect run at ``run``; returns the history (variant, rank, seed,
     step, accuracy, loss, epsilon).
 
@@ -155,8 +172,12 @@ def retrain(run, config: RetrainConfig | None = None, out=None, progress: bool =
     head = store.attachment("head") if "head" in store.manifest.get("attachments", []) else None
     out = Path(out) if out else run.retrain(config.tag)
     out.mkdir(parents=True, exist_ok=True)
-    base = replace(CollectConfig.from_dict(store.manifest["config"]), steps=config.steps,
-                   eval_every=config.eval_every, **config.settings).validate()
+    base = replace(
+        CollectConfig.from_dict(store.manifest["config"]),
+        steps=config.steps,
+        eval_every=config.eval_every,
+        **config.settings,
+    ).validate()
     history_path, record = out / layout.RETRAIN_HISTORY, {**asdict(config), "run": str(run.store.resolve())}
     history = pd.DataFrame()
     saved = out / "retrain_config.json"
@@ -164,8 +185,10 @@ def retrain(run, config: RetrainConfig | None = None, out=None, progress: bool =
         if json.loads(saved.read_text()) == json.loads(json.dumps(record)):
             history = pd.read_csv(history_path)  # same settings: continue after the finished runs
         elif not overwrite:
-            raise SpectralError(f"{out} holds retraining results of other settings; choose another --out "
-                                "or pass --overwrite to replace them")
+            raise SpectralError(
+                f"{out} holds retraining results of other settings; choose another --out "
+                "or pass --overwrite to replace them"
+            )
     saved.write_text(json.dumps(record, indent=1))
 
     train, dev, _ = load_data(base.data, base.text_column, base.label_column, base.seed)
@@ -176,8 +199,11 @@ def retrain(run, config: RetrainConfig | None = None, out=None, progress: bool =
         public, train = train.rows(0, config.public_size), train.rows(config.public_size)
     variants = [(f"rank {r}", r) for r in config.ranks] + ([("full", None)] if config.full else [])
     bases: dict = {}
-    timing = json.loads((out / "retrain_summary.json").read_text()).get("seconds_per_step", {}) \
-        if (out / "retrain_summary.json").is_file() and len(history) else {}
+    timing = (
+        json.loads((out / "retrain_summary.json").read_text()).get("seconds_per_step", {})
+        if (out / "retrain_summary.json").is_file() and len(history)
+        else {}
+    )
     for seed in range(config.seeds):
         for name, rank in variants:
             done = len(history) and ((history.variant == name) & (history.seed == seed)).any()
@@ -186,17 +212,33 @@ def retrain(run, config: RetrainConfig | None = None, out=None, progress: bool =
             subspace = None
             if rank is not None:
                 if "basis" not in bases:  # the top max(ranks) components, loaded or estimated once
-                    bases["basis"] = (Subspace.from_analysis(analysis, max(config.ranks))
-                                      if config.subspace_from == "trajectory" else
-                                      public_subspace(base, public, dev, max(config.ranks), config.public_steps,
-                                                      progress, head, device))
+                    bases["basis"] = (
+                        Subspace.from_analysis(analysis, max(config.ranks))
+                        if config.subspace_from == "trajectory"
+                        else public_subspace(
+                            base, public, dev, max(config.ranks), config.public_steps, progress, head, device
+                        )
+                    )
                 subspace = Subspace(bases["basis"].V[:, :rank])
             cfg = replace(base, seed=base.seed + seed)
-            evals, per_step = train_variant(cfg, (train, dev), subspace, config.mode, progress, f"{name} seed {seed}",
-                                            head, device)
-            rows = pd.DataFrame([{"setting": config.tag, "variant": name, "rank": rank if rank else 0,
-                                  "mode": config.mode if rank else "full", "subspace_from": config.subspace_from,
-                                  "private": config.private, "seed": seed, **e} for e in evals])
+            evals, per_step = train_variant(
+                cfg, (train, dev), subspace, config.mode, progress, f"{name} seed {seed}", head, device
+            )
+            rows = pd.DataFrame(
+                [
+                    {
+                        "setting": config.tag,
+                        "variant": name,
+                        "rank": rank if rank else 0,
+                        "mode": config.mode if rank else "full",
+                        "subspace_from": config.subspace_from,
+                        "private": config.private,
+                        "seed": seed,
+                        **e,
+                    }
+                    for e in evals
+                ]
+            )
             history = pd.concat([history, rows], ignore_index=True) if len(history) else rows
             timing.setdefault(name, []).append(per_step)
             atomic_write(history_path, lambda f: f.write(history.to_csv(index=False).encode()))
@@ -208,7 +250,10 @@ def summarize(history: pd.DataFrame, timing: dict) -> dict:
     """Final dev accuracy per variant (mean ± std over seeds) and seconds per step."""
     last = history[history.step == history.step.max()]
     final = last.groupby("variant").accuracy.agg(["mean", "std", "count"]).fillna(0.0)
-    return {"final_accuracy": {v: {"mean": r["mean"], "std": r["std"], "seeds": int(r["count"])}
-                               for v, r in final.iterrows()},
-            "final_epsilon": float(last.epsilon.max()),
-            "seconds_per_step": timing}
+    return {
+        "final_accuracy": {
+            v: {"mean": r["mean"], "std": r["std"], "seeds": int(r["count"])} for v, r in final.iterrows()
+        },
+        "final_epsilon": float(last.epsilon.max()),
+        "seconds_per_step": timing,
+    }

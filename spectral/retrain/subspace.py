@@ -22,7 +22,7 @@ class Subspace:
             raise SpectralError(f"a subspace basis must have shape (d, r) with r <= d, got {tuple(V.shape)}")
         self.V = V.float().contiguous()
 
-    def to(self, device) -> "Subspace":
+    def to(self, device) -> Subspace:
         """The same subspace with its basis on ``device``."""
         return self if self.V.device == torch.device(device) else Subspace(self.V.to(device))
 
@@ -35,7 +35,7 @@ class Subspace:
         return self.V.shape[1]
 
     @classmethod
-    def from_analysis(cls, directory, rank: int) -> "Subspace":
+    def from_analysis(cls, directory, rank: int) -> Subspace:
         """The top-``rank`` components saved by ``python -m spectral.analyse`` (components.npy, d x k)."""
         path = Path(directory) / "components.npy"
         if not path.is_file():
@@ -45,7 +45,9 @@ class Subspace:
         except (ValueError, OSError) as exc:
             raise SpectralError(f"{path} is not a readable .npy array ({exc})") from None
         if components.ndim != 2 or not 1 <= rank <= components.shape[1]:
-            raise SpectralError(f"rank {rank} is not available: {path} holds {components.shape[1] if components.ndim == 2 else 0} components")
+            raise SpectralError(
+                f"rank {rank} is not available: {path} holds {components.shape[1] if components.ndim == 2 else 0} components"
+            )
         return cls(np.asarray(components[:, :rank]))
 
     def project(self, g: torch.Tensor) -> torch.Tensor:

@@ -7,5 +7,14 @@ from .format import atomic_write
 from .reader import Checkpoint, Param, Store, open, read_manifest
 from .writer import StoreWriter, remove_store, write_matrix
 
-__all__ = ["open", "Store", "Param", "StoreWriter", "Checkpoint", "read_manifest", "remove_store", "write_matrix",
-           "atomic_write"]
+__all__ = [
+    "open",
+    "Store",
+    "Param",
+    "StoreWriter",
+    "Checkpoint",
+    "read_manifest",
+    "remove_store",
+    "write_matrix",
+    "atomic_write",
+]

@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,16 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 
 from ..errors import SpectralError
-from .format import ATTACHMENTS, FORMAT_NAME, FORMAT_VERSION, MANIFEST, STEPS_TABLE, STORAGE_DTYPES, from_storage, shard_path
+from .format import (
+    ATTACHMENTS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    STEPS_TABLE,
+    STORAGE_DTYPES,
+    from_storage,
+    shard_path,
+)
 
 
 def read_manifest(root) -> dict:
@@ -79,8 +88,9 @@ class Param:
     numel: int
 
 
-def _pread(path, offset: int, width: int, row_start: int, row_stop: int, col_start: int, col_stop: int,
-           buf: np.ndarray) -> None:
+def _pread(
+    path, offset: int, width: int, row_start: int, row_stop: int, col_start: int, col_stop: int, buf: np.ndarray
+) -> None:
     """Fill ``buf`` with rows ``[row_start, row_stop)`` × columns ``[col_start, col_stop)`` of a row-major
     array of ``width`` columns stored at byte ``offset`` of ``path`` (a .npy body), read with pread.
 
@@ -174,7 +184,9 @@ class Store:
         return arr
 
     def __repr__(self) -> str:
-        return f"Store({str(self.root)!r}, n_steps={self.n_steps}, d={self.d}, streams={self.streams}, dtype={self.dtype})"
+        return (
+            f"Store({str(self.root)!r}, n_steps={self.n_steps}, d={self.d}, streams={self.streams}, dtype={self.dtype})"
+        )
 
     # ------------------------------------------------------------------ integrity
     def verify(self) -> None:
@@ -204,8 +216,16 @@ class Store:
         """Columns ``[start, stop)`` of every step, shape ``(n_steps, stop-start)``."""
         return self.block(stream, 0, self.n_steps, start, stop, dtype)
 
-    def block(self, stream, row_start=0, row_stop=None, col_start=0, col_stop=None, dtype=np.float32,
-              out: np.ndarray | None = None) -> np.ndarray:
+    def block(
+        self,
+        stream,
+        row_start=0,
+        row_stop=None,
+        col_start=0,
+        col_stop=None,
+        dtype=np.float32,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """The sub-matrix ``H[row_start:row_stop, col_start:col_stop]`` widened to ``dtype``.
 
         ``out``: a C-contiguous array of that shape and dtype to fill (reusing one buffer across
@@ -258,8 +278,15 @@ class Store:
             rows = stop - start
             cols = block_cols or max(1, min(self.d, (64 * 2**20) // (max(rows, 1) * np.dtype(dtype).itemsize)))
             reader = ShardReader(arr.filename, arr.offset, arr.shape, self.dtype, dtype)
-            parts.append(da.from_array(reader, chunks=(rows, cols), asarray=False, fancy=False,
-                                       name=f"spectral-{stream}-{arr.filename}-{cols}-{np.dtype(dtype).name}"))
+            parts.append(
+                da.from_array(
+                    reader,
+                    chunks=(rows, cols),
+                    asarray=False,
+                    fancy=False,
+                    name=f"spectral-{stream}-{arr.filename}-{cols}-{np.dtype(dtype).name}",
+                )
+            )
         return da.concatenate(parts, axis=0) if parts else da.zeros((0, self.d), dtype=dtype)
 
     def iter_row_blocks(self, stream: str, block_rows: int, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:

@@ -60,7 +60,8 @@ class _ShardFile:
     def _header(self, rows: int) -> bytes:
         buf = io.BytesIO()
         np.lib.format.write_array_header_1_0(
-            buf, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (rows, self.d)})
+            buf, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (rows, self.d)}
+        )
         return buf.getvalue()
 
     def append(self, row: np.ndarray) -> None:
@@ -111,8 +112,17 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def create(cls, root, *, layout: list, streams: list, dtype: str, shard_rows: int, meta: dict,
-               attachments: dict | None = None) -> "StoreWriter":
+    def create(
+        cls,
+        root,
+        *,
+        layout: list,
+        streams: list,
+        dtype: str,
+        shard_rows: int,
+        meta: dict,
+        attachments: dict | None = None,
+    ) -> StoreWriter:
         """Start a new store in ``root`` (which must be absent or empty).
 
         layout: list of ``{"name", "shape", "offset", "numel"}`` describing the flat vector.
@@ -154,12 +164,16 @@ class StoreWriter:
         return cls(root, manifest, {STEPS_TABLE: []})
 
     @classmethod
-    def resume(cls, root) -> tuple["StoreWriter", Checkpoint | None]:
+    def resume(cls, root) -> tuple[StoreWriter, Checkpoint | None]:
         """Reopen an interrupted store at its last commit, removing uncommitted files."""
         root = Path(root)
         manifest = read_manifest(root)
         n = manifest["n_steps"]
-        listed = {f for sh in manifest["shards"] for f in (shard_path(s, sh["start"], sh["stop"]) for s in manifest["streams"])}
+        listed = {
+            f
+            for sh in manifest["shards"]
+            for f in (shard_path(s, sh["start"], sh["stop"]) for s in manifest["streams"])
+        }
         for f in (root / "streams").glob("*/*"):
             if f.relative_to(root).as_posix() not in listed:
                 f.unlink()  # orphan from a crash between writing a shard and committing it
@@ -198,7 +212,9 @@ class StoreWriter:
         """Queue a record (with a ``step`` key) for another table, e.g. ``eval``."""
         self._put(("log", table, record))
 
-    def commit(self, checkpoint: dict | None = None, checkpoint_meta: dict | None = None, status: str = "running") -> None:
+    def commit(
+        self, checkpoint: dict | None = None, checkpoint_meta: dict | None = None, status: str = "running"
+    ) -> None:
         """Queue a commit of everything appended so far, with the training state to resume from."""
         self._put(("commit", checkpoint, checkpoint_meta, status))
 
@@ -298,13 +314,20 @@ def remove_store(root) -> None:
     shutil.rmtree(root)
 
 
-def write_matrix(root, n: int, d: int, column_blocks, *, dtype: str = "float32", stream: str = "clipped",
-                 meta: dict | None = None) -> Path:
+def write_matrix(
+    root, n: int, d: int, column_blocks, *, dtype: str = "float32", stream: str = "clipped", meta: dict | None = None
+) -> Path:
     """Write an (n, d) matrix given as ``(start, stop, block (n, stop-start))`` column blocks
     into a new one-shard store (for synthetic trajectories and imported gradients)."""
     root = Path(root)
-    writer = StoreWriter.create(root, layout=[{"name": stream, "shape": [d], "offset": 0, "numel": d}],
-                                streams=[stream], dtype=dtype, shard_rows=n, meta=meta or {})
+    writer = StoreWriter.create(
+        root,
+        layout=[{"name": stream, "shape": [d], "offset": 0, "numel": d}],
+        streams=[stream],
+        dtype=dtype,
+        shard_rows=n,
+        meta=meta or {},
+    )
     writer.close()
     rel = shard_path(stream, 0, n)
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -316,6 +339,8 @@ def write_matrix(root, n: int, d: int, column_blocks, *, dtype: str = "float32",
     del out
     fsync_file(root / rel)
     manifest = read_manifest(root)
-    manifest.update(n_steps=n, shards=[{"start": 0, "stop": n, "files": {stream: {"sha256": digest}}}], status="complete")
+    manifest.update(
+        n_steps=n, shards=[{"start": 0, "stop": n, "files": {stream: {"sha256": digest}}}], status="complete"
+    )
     write_json(root / MANIFEST, manifest)
     return root

@@ -40,7 +40,7 @@ def build_parser():
     cli.add_run_dir(p, "run directory; results go to RUN_DIR/toy")
     cli.add_common(p)
     cli.add_config(p, ToyConfig, HELP, choices={"modes": MODES, "accountant": ACCOUNTANTS})
-    p.add_argument("--seeds", type=int, help="number of seeds [5; quick: 2]")
+    p.add_argument("--seeds", type=int, dest="n_seeds", help="number of seeds [5; quick: 2]")
     p.add_argument("--scale", choices=sorted(SCALES), default="paper", help="the paper's grid or a small one [paper]")
     p.add_argument("--no-figure", action="store_true", help="do not draw toy.png/.pdf")
     return p
@@ -50,8 +50,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     config = replace(SCALES[args.scale](), **cli.config_values(args, ToyConfig))
-    if args.seeds is not None:
-        config = replace(config, seeds=tuple(range(args.seeds)))
+    if args.n_seeds is not None:
+        config = replace(config, seeds=tuple(range(args.n_seeds)))
     results = toy(args.run_dir, config, progress=not args.no_progress, device=args.device)
     out = RunDir(args.run_dir).toy(config.seed_code_const)
     cols = ["mode", "d", "T", "lr", "train_mean", "train_std", "test_mean", "test_std"]

@@ -103,7 +103,9 @@ def optimum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
 def advanced_composition_epsilon(step_epsilon: float, steps: int, delta_prime: float) -> float:
     """ε of T-fold (ε_s, δ_s)-DP composition (Dwork–Rothblum–Vadhan):
     ε_s √(2T log(1/δ')) + T ε_s (e^{ε_s} − 1), holding with δ = T δ_s + δ'."""
-    return step_epsilon * math.sqrt(2 * steps * math.log(1 / delta_prime)) + steps * step_epsilon * math.expm1(step_epsilon)
+    return step_epsilon * math.sqrt(2 * steps * math.log(1 / delta_prime)) + steps * step_epsilon * math.expm1(
+        step_epsilon
+    )
 
 
 def step_privacy(epsilon: float, delta: float, steps: int, tol: float = 1e-10) -> tuple[float, float]:
@@ -136,8 +138,16 @@ def noise_multiplier(epsilon: float, delta: float, steps: int, accountant: str =
     if accountant == "rdp":
         from opacus.accountants.utils import get_noise_multiplier
 
-        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=1.0, steps=steps,
-                                          accountant="rdp", epsilon_tolerance=0.001))
+        return float(
+            get_noise_multiplier(
+                target_epsilon=epsilon,
+                target_delta=delta,
+                sample_rate=1.0,
+                steps=steps,
+                accountant="rdp",
+                epsilon_tolerance=0.001,
+            )
+        )
     raise SpectralError(f"unknown accountant {accountant!r}; choose from {', '.join(ACCOUNTANTS)}")
 
 
@@ -152,7 +162,9 @@ def step_noise(seeds, steps: int, d: int, dtype=torch.float32) -> torch.Tensor:
     return out
 
 
-def dp_gd(a: torch.Tensor, b: torch.Tensor, lrs: torch.Tensor, noise: torch.Tensor, noise_std: torch.Tensor) -> torch.Tensor:
+def dp_gd(
+    a: torch.Tensor, b: torch.Tensor, lrs: torch.Tensor, noise: torch.Tensor, noise_std: torch.Tensor
+) -> torch.Tensor:
     """Full-batch DP-GD from β = 0 with iterate averaging, for many runs at once.
 
     a : (M, d) coefficients per mode; b : (n,) first coordinates of the training β_i

@@ -20,7 +20,18 @@ from .. import theory
 from ..device import resolve_device
 from ..errors import SpectralError
 from ..store import atomic_write
-from .geomedian import ACCOUNTANTS, MODES, ToyData, coefficients, dp_gd, loss, noise_multiplier, optimum, sensitivity, step_noise
+from .geomedian import (
+    ACCOUNTANTS,
+    MODES,
+    ToyData,
+    coefficients,
+    dp_gd,
+    loss,
+    noise_multiplier,
+    optimum,
+    sensitivity,
+    step_noise,
+)
 
 PAPER_DIMS = (20, 50, 100, 200, 500, 1000, 2000)
 PAPER_STEPS = tuple(10 * 2**i for i in range(10))  # 10 … 5120
@@ -46,10 +57,11 @@ class ToyConfig:
     data_seed: int = 0
 
     @classmethod
-    def quick(cls, **overrides) -> "ToyConfig":
+    def quick(cls, **overrides) -> ToyConfig:
         """A small grid for tests and the quick reproduction (seconds)."""
-        base = dict(dims=(20, 200, 2000), steps=(10, 40, 160), lrs=(1e-2, 0.1, 1.0), seeds=(0, 1), n_train=2000,
-                    n_test=2000)
+        base = dict(
+            dims=(20, 200, 2000), steps=(10, 40, 160), lrs=(1e-2, 0.1, 1.0), seeds=(0, 1), n_train=2000, n_test=2000
+        )
         return cls(**{**base, **overrides})
 
     def validate(self) -> None:
@@ -84,31 +96,54 @@ class ToyResults:
         return directory
 
     @classmethod
-    def load(cls, directory) -> "ToyResults":
+    def load(cls, directory) -> ToyResults:
         directory = Path(directory)
         if not (directory / "toy_runs.csv").is_file():
             raise SpectralError(f"{directory} holds no toy results (no toy_runs.csv)")
-        config = ToyConfig(**{k: tuple(v) if isinstance(v, list) else v
-                              for k, v in json.loads((directory / "toy_config.json").read_text()).items()})
+        config = ToyConfig(
+            **{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in json.loads((directory / "toy_config.json").read_text()).items()
+            }
+        )
         return cls(config, pd.read_csv(directory / "toy_runs.csv"))
 
 
 def select_best(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (mode, d): the (T, lr) with the lowest mean train loss, with mean ± std over seeds."""
-    stats = runs.groupby(["mode", "d", "T", "lr"]).agg(
-        train_mean=("train_loss", "mean"), train_std=("train_loss", "std"),
-        test_mean=("test_loss", "mean"), test_std=("test_loss", "std"),
-        train_excess_mean=("train_excess", "mean"), noise_std=("noise_std", "first"),
-        rlc_factor=("rlc_factor", "first"), classical_factor=("classical_factor", "first"),
-    ).reset_index()
+    stats = (
+        runs.groupby(["mode", "d", "T", "lr"])
+        .agg(
+            train_mean=("train_loss", "mean"),
+            train_std=("train_loss", "std"),
+            test_mean=("test_loss", "mean"),
+            test_std=("test_loss", "std"),
+            train_excess_mean=("train_excess", "mean"),
+            noise_std=("noise_std", "first"),
+            rlc_factor=("rlc_factor", "first"),
+            classical_factor=("classical_factor", "first"),
+        )
+        .reset_index()
+    )
     stats = stats.fillna({"train_std": 0.0, "test_std": 0.0})
     best = stats.loc[stats.groupby(["mode", "d"]).train_mean.idxmin()]
     order = {m: i for i, m in enumerate(MODES)}
     return best.sort_values(["mode", "d"], key=lambda c: c.map(order) if c.name == "mode" else c).reset_index(drop=True)
 
 
-COLUMNS = ["mode", "d", "T", "lr", "seed", "train_loss", "test_loss", "train_excess", "noise_std", "rlc_factor",
-           "classical_factor"]
+COLUMNS = [
+    "mode",
+    "d",
+    "T",
+    "lr",
+    "seed",
+    "train_loss",
+    "test_loss",
+    "train_excess",
+    "noise_std",
+    "rlc_factor",
+    "classical_factor",
+]
 
 
 def _combine(done: pd.DataFrame, rows: list) -> pd.DataFrame:
@@ -116,8 +151,9 @@ def _combine(done: pd.DataFrame, rows: list) -> pd.DataFrame:
     return pd.concat([done, new], ignore_index=True) if len(done) else new
 
 
-def run_grid(config: ToyConfig | None = None, out=None, progress: bool = True, dtype=torch.float32,
-             device="cpu") -> ToyResults:
+def run_grid(
+    config: ToyConfig | None = None, out=None, progress: bool = True, dtype=torch.float32, device="cpu"
+) -> ToyResults:
     """Run every (d, mode, T, lr, seed) of ``config``; one batched DP-GD per (T, d).
 
     With ``out``, results are saved there after every (T, d) group, and a rerun with the same
@@ -169,8 +205,21 @@ def run_grid(config: ToyConfig | None = None, out=None, progress: bool = True, d
                 factor, classical = theory.dimension_factor(g, d), theory.classical_factor(g[0], d)
                 for j, lr in enumerate(config.lrs):
                     for s, seed in enumerate(config.seeds):
-                        rows.append((mode, d, T, lr, seed, train[i, j, s], test[i, j, s], train[i, j, s] - f_star,
-                                     sens[i] * multiplier, factor, classical))
+                        rows.append(
+                            (
+                                mode,
+                                d,
+                                T,
+                                lr,
+                                seed,
+                                train[i, j, s],
+                                test[i, j, s],
+                                train[i, j, s] - f_star,
+                                sens[i] * multiplier,
+                                factor,
+                                classical,
+                            )
+                        )
             if out is not None:
                 ToyResults(config, _combine(done, rows)).save(out)
             bar.update(T)

@@ -1,0 +1,75 @@
+"""The package's import layering: data flows collect -> store -> analyse -> report and never back.
+
+Each package may import only the layers listed for it (its own modules always); checked on the source
+with ``ast``, so a new upward import fails here before it can tangle the stages.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SPECTRAL = Path(__file__).resolve().parents[1] / "spectral"
+BASE = {"errors", "layout", "device", "cli"}  # leaf modules every layer may use
+ALLOWED = {
+    "errors": set(),
+    "layout": set(),
+    "device": {"errors"},
+    "cli": set(),
+    "store": {"errors", "layout"},
+    "dp": BASE | {"store"},
+    "collect": BASE | {"dp", "store"},
+    "analyse": BASE | {"store"},
+    "theory": BASE,
+    "toy": BASE | {"store", "theory"},
+    "retrain": BASE | {"dp", "store", "analyse"},
+    "report": BASE | {"theory", "analyse", "toy"},  # public APIs only: Spectrum, the toy's mode names
+    "bench": BASE | {"dp", "collect", "store", "analyse", "retrain"},
+    "repro": BASE | {"collect", "analyse", "toy", "retrain", "report"},
+}
+
+
+def _layer(path: Path) -> str:
+    rel = path.relative_to(SPECTRAL)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _imported_layers(path: Path) -> set[str]:
+    layers, depth_pkg = set(), len(path.relative_to(SPECTRAL).parts) - 1
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: climb to the spectral package, then name the layer
+                up = node.level - depth_pkg
+                if up < 1:  # inside its own package
+                    continue
+                names = (node.module or "").split(".") if node.module else [a.name for a in node.names]
+                layers.add(names[0] if node.module else names[0])
+            elif node.module and node.module.startswith("spectral."):
+                layers.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            layers |= {a.name.split(".")[1] for a in node.names if a.name.startswith("spectral.")}
+    return layers - {"__version__"}
+
+
+def test_no_module_imports_above_its_layer():
+    bad = []
+    for path in sorted(SPECTRAL.rglob("*.py")):
+        layer = _layer(path)
+        if layer == "__init__":
+            continue
+        allowed = ALLOWED[layer] | ({"report"} if path.name == "__main__.py" else set())  # a CLI may draw
+        extra = _imported_layers(path) - allowed - {layer}
+        if extra:
+            bad.append(f"{path.relative_to(SPECTRAL)} ({layer}) imports {sorted(extra)}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    """The check can fail: a store module importing the analyse stage is caught."""
+    fake = SPECTRAL / "store" / "_probe_upward.py"
+    fake.write_text("from ..analyse import principal_components\n")
+    try:
+        assert _imported_layers(fake) == {"analyse"}
+        assert "analyse" not in ALLOWED["store"]
+    finally:
+        fake.unlink()
