@@ -18,7 +18,7 @@ from ..dp.config import CollectConfig
 from ..dp.engine import NonFiniteGradient
 from ..dp.models import resolve_model
 from ..dp.privacy import PrivacyLedger, PrivacyPlan
-from ..dp.training import prepare
+from ..dp.training import Training, prepare
 from ..errors import SpectralError
 from ..store import StoreWriter, read_manifest, remove_store
 from ..store.format import STORAGE_DTYPES, shard_rows_for
@@ -96,11 +96,71 @@ class HostRows:
         return {s: b.numpy() for s, b in buffers.items()}, event.synchronize
 
 
+def run_metadata(t: Training) -> dict:
+    """What the manifest records about a new run besides its rows."""
+    cfg = t.cfg
+    return {
+        "code_version": code_version(),
+        "config": cfg.to_dict(),
+        "model": {
+            "name": cfg.model,
+            "source": resolve_model(cfg.model),
+            "class": type(t.model).__name__,
+            "n_parameters": t.n_total,
+            "n_trainable": t.d,
+            "params": cfg.params,
+            "pooling": t.pooling,
+            "objective": t.model.objective,
+        },
+        "data": {**t.data_info, "n_train_used": t.n_train, "n_dev_used": t.n_dev},
+        "dp": t.plan.to_dict(),
+    }
+
+
+def open_writer(t: Training, out: Path, resumed: bool) -> tuple[StoreWriter, PrivacyLedger, int]:
+    """``(writer, privacy ledger, first step)``: a new store, or the resumed one with the engine,
+    ledger and step restored from its last checkpoint."""
+    if not resumed:
+        check_disk(out, t.cfg, t.d)
+        writer = StoreWriter.create(
+            out,
+            layout=t.layout,
+            streams=t.cfg.streams,
+            dtype=t.cfg.dtype,
+            shard_rows=shard_rows_for(t.d, t.cfg.dtype, t.cfg.shard_mb, t.cfg.checkpoint_every),
+            meta=run_metadata(t),
+            attachments={"head": {k: v.numpy() for k, v in t.head.items()}},
+        )
+        return writer, PrivacyLedger(t.plan), 0
+    writer, checkpoint = StoreWriter.resume(out)
+    if checkpoint is None:
+        return writer, PrivacyLedger(t.plan), 0
+    t.engine.load_state(checkpoint.tensors)
+    return writer, PrivacyLedger(t.plan, checkpoint.meta["accountant"]), checkpoint.step
+
+
+def step_record(res, lr: float, epsilon: float, max_grad_norm: float, seconds: float) -> dict:
+    """The steps-table row of one DP step."""
+    norms = res.per_example_norms
+    return {
+        "loss": res.loss,
+        "lr": lr,
+        "epsilon": epsilon,
+        "clipped_norm": res.clipped.norm().item(),
+        "private_norm": res.private.norm().item(),
+        "frac_clipped": (norms > max_grad_norm).float().mean().item() if len(norms) else 0.0,
+        "mean_example_norm": norms.mean().item() if len(norms) else 0.0,
+        "batch_size": res.batch_size,
+        "seconds": seconds,
+    }
+
+
 def collect(
     cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = False, progress: bool = True, device="auto"
 ) -> Path:
     """Run (or continue) DP fine-tuning and log every step's gradient to a store at ``out``.
 
+    resume : continue the store in ``out`` with its stored settings (``cfg`` is ignored)
     device : where to train (``auto``: CUDA when available); the stored rows are the same either way.
     Returns the store path; open it with :func:`spectral.store.open`.
     """
@@ -108,93 +168,37 @@ def collect(
     prepare_out(out, resume, overwrite)
     manifest = read_manifest(out) if resume else None
     if manifest is not None:
-        cfg = CollectConfig.from_dict(manifest["config"])
         if manifest["status"] == "complete":
             print(f"{out}: already complete ({manifest['n_steps']} steps); nothing to resume")
             return out
-    cfg.validate()
-    if cfg.init_from and manifest is None:
-        cfg = replace(cfg, init_from=str(Path(cfg.init_from).expanduser().resolve()))  # named from anywhere
-    t = prepare(
-        cfg,
-        plan=PrivacyPlan(**{k: v for k, v in manifest["dp"].items() if k not in ("sample_rate", "steps_per_epoch")})
-        if manifest
-        else None,
-        device=device,
-    )
-    model, engine, plan, d = t.model, t.engine, t.plan, t.d
-    if manifest is None:
-        check_disk(out, cfg, d)
-
-    if manifest is None:
-        shard_rows = shard_rows_for(d, cfg.dtype, cfg.shard_mb, cfg.checkpoint_every)
-        meta = {
-            "code_version": code_version(),
-            "config": cfg.to_dict(),
-            "model": {
-                "name": cfg.model,
-                "source": resolve_model(cfg.model),
-                "class": type(model).__name__,
-                "n_parameters": t.n_total,
-                "n_trainable": d,
-                "params": cfg.params,
-                "pooling": t.pooling,
-                "objective": t.model.objective,
-            },
-            "data": {**t.data_info, "n_train_used": t.n_train, "n_dev_used": t.n_dev},
-            "dp": plan.to_dict(),
-        }
-        writer = StoreWriter.create(
-            out,
-            layout=t.layout,
-            streams=cfg.streams,
-            dtype=cfg.dtype,
-            shard_rows=shard_rows,
-            meta=meta,
-            attachments={"head": {k: v.numpy() for k, v in t.head.items()}},
-        )
-        ledger, start = PrivacyLedger(plan), 0
+        cfg = CollectConfig.from_dict(manifest["config"])
+        plan = PrivacyPlan(**{k: v for k, v in manifest["dp"].items() if k not in ("sample_rate", "steps_per_epoch")})
     else:
-        writer, checkpoint = StoreWriter.resume(out)
-        ledger, start = PrivacyLedger(plan), 0
-        if checkpoint is not None:
-            engine.load_state(checkpoint.tensors)
-            ledger, start = PrivacyLedger(plan, checkpoint.meta["accountant"]), checkpoint.step
-
+        plan = None
+        if cfg.init_from:  # named from anywhere, stored absolute
+            cfg = replace(cfg, init_from=str(Path(cfg.init_from).expanduser().resolve()))
+    t = prepare(cfg.validate(), plan=plan, device=device)
+    writer, ledger, start = open_writer(t, out, resumed=manifest is not None)
+    engine, host_rows = t.engine, HostRows(t.device, cfg.streams, t.d, slots=8)
     print(f"collect: {t.describe()} -> {out}")
 
     def commit(status="running"):
         writer.commit(engine.state(), {"accountant": ledger.state(), "epsilon": ledger.epsilon()}, status=status)
 
-    host_rows = HostRows(t.device, cfg.streams, d, slots=8)
     if cfg.eval_every and start == 0:  # the starting point, before any update (step -1)
         writer.log("eval", {"step": -1, **engine.evaluate(t.dev_chunks)})
     bar = tqdm(total=cfg.steps, initial=start, desc="collect", unit="step", disable=not progress)
     try:
         for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            chunks = t.chunks(step)
-            lr = cfg.learning_rate(step)
+            t0, lr = time.perf_counter(), cfg.learning_rate(step)
             try:
-                res = engine.step(chunks, lr)
+                res = engine.step(t.chunks(step), lr)
             except NonFiniteGradient as exc:
                 commit(status="stopped")
                 writer.close()
                 raise SpectralError(f"step {step}: {exc}; the {step} completed steps are stored in {out}") from None
             ledger.record_step(step)
-            epsilon = ledger.epsilon()
-            norms = res.per_example_norms
-            record = {
-                "loss": res.loss,
-                "lr": lr,
-                "epsilon": epsilon,
-                "clipped_norm": res.clipped.norm().item(),
-                "private_norm": res.private.norm().item(),
-                "frac_clipped": (norms > cfg.max_grad_norm).float().mean().item() if len(norms) else 0.0,
-                "mean_example_norm": norms.mean().item() if len(norms) else 0.0,
-                "batch_size": res.batch_size,
-                "seconds": time.perf_counter() - t0,
-            }
+            record = step_record(res, lr, ledger.epsilon(), cfg.max_grad_norm, time.perf_counter() - t0)
             rows, ready = host_rows({s: getattr(res, s) for s in cfg.streams})
             writer.append(step, rows, record, ready)
             last = step + 1 == cfg.steps
@@ -203,7 +207,7 @@ def collect(
             if (step + 1) % cfg.checkpoint_every == 0 or last:
                 commit(status="complete" if last else "running")
             bar.update(1)
-            bar.set_postfix(loss=f"{res.loss:.3f}", eps=f"{epsilon:.2f}")
+            bar.set_postfix(loss=f"{res.loss:.3f}", eps=f"{record['epsilon']:.2f}")
     except KeyboardInterrupt:
         # the step in flight may be half-applied: keep the last commit, which is consistent
         writer.close(status="interrupted")
