@@ -37,6 +37,7 @@ from spectral.collect import CollectConfig, collect
 from spectral.dp.data import load_data
 from spectral.dp.privacy import compose_epsilon, plan_privacy
 from spectral.errors import SpectralError, cli_entry
+from spectral.layout import RunDir
 from spectral.report import fits
 from spectral.report.figures import COLORS, MARKERS, new_figure, save, style
 from spectral.store import open as open_store
@@ -96,7 +97,7 @@ def budget_split(
 
 def run_phase(cfg: CollectConfig, out: Path, progress: bool) -> Path:
     """One collect run: reuse a finished store with these settings, resume an interrupted one."""
-    if (out / "manifest.json").is_file():
+    if RunDir(out).has_store():
         manifest = read_manifest(out)
         if manifest["config"] != {**cfg.to_dict(), "init_from": manifest["config"].get("init_from")}:
             raise SpectralError(f"{out} holds a run with other settings; remove it or choose another directory")
@@ -312,7 +313,7 @@ def main(argv=None):
     }
     paths = {label: args.out / f"eps{eps:g}" / f"f{f:g}" / "seed0" / ph for label, (f, ph) in phases.items()}
     # a held-out G_k fit needs a few components fitted on half of the steps
-    stores = {label: open_store(path) for label, path in paths.items() if (path / "manifest.json").is_file()}
+    stores = {label: open_store(path) for label, path in paths.items() if RunDir(path).has_store()}
     results = [phase_spectrum(s, label) for label, s in stores.items() if s.n_steps >= 8]
     if not results:
         raise SpectralError(f"no phase at ε = {eps:g} has the 8 stored steps a spectrum fit needs; use more --steps")

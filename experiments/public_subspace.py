@@ -21,13 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spectral import layout
 from spectral.analyse import rlc
 from spectral.analyse.matrix import TrajectoryMatrix
+from spectral.dp.config import CollectConfig
 from spectral.dp.data import load_data
 from spectral.errors import cli_entry
+from spectral.layout import RunDir
 from spectral.report import fits
 from spectral.report.figures import COLORS, MARKERS, new_figure, save, style
-from spectral.retrain.run import public_subspace, run_settings
+from spectral.retrain.run import public_subspace
 from spectral.store import open as open_store
 
 
@@ -77,21 +80,22 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    store = open_store(args.run_dir)
-    analysis = args.run_dir / "analysis" / "clipped"
+    store, run = open_store(args.run_dir), RunDir(args.run_dir)
+    analysis = run.analysis("clipped")
     out = args.out or args.run_dir / "studies" / "public"
     out.mkdir(parents=True, exist_ok=True)
-    cfg = run_settings(analysis)
+    cfg = CollectConfig.from_dict(store.manifest["config"])
+    head = store.attachment("head") if "head" in store.manifest.get("attachments", []) else None
     train, dev, _ = load_data(cfg.data, cfg.text_column, cfg.label_column, cfg.seed)
     ks = rlc.k_grid(args.k)
 
     curves = {}
-    for label, name in (("private, in-sample", "rlc_in_sample.csv"), ("private, held-out", "rlc_held_out.csv")):
+    for label, name in (("private, in-sample", layout.RLC_IN_SAMPLE), ("private, held-out", layout.RLC_HELD_OUT)):
         if (analysis / name).is_file():
             curves[label] = pd.read_csv(analysis / name)
     for size in args.public_size:
         sub = public_subspace(
-            replace(cfg, eval_every=0), train.rows(0, size), dev.head(0), args.k, args.public_steps, progress=True
+            replace(cfg, eval_every=0), train.rows(0, size), dev.head(0), args.k, args.public_steps, True, head
         )
         curves[f"public projector, {size} examples"] = projector_curve(store, sub.V.numpy(), ks)
     table = summary_table(curves)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..layout import RunDir
 from .memory import PeakRSS
 
 METHODS = ("ours", "orthiter", "sklearn", "torch", "eigsh")
@@ -188,7 +189,7 @@ def worker(method: str, root: str, k: int, out: str, device="cpu") -> None:
 def run(n: int, d: int, ks, slope: float, workdir: Path, methods, timeout: int, device="cpu") -> str:
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "store"
-    if not (root / "manifest.json").is_file():
+    if not RunDir(root).has_store():
         print(f"building a synthetic {n} x {d} trajectory ({n * d * 4 / 2**30:.2f} GiB) in {root}", file=sys.stderr)
         build(root, n, d, slope)
     rates = machine_rates(root)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..layout import RunDir
 from .analyse import build
 from .memory import PeakRSS
 
@@ -32,7 +33,7 @@ def run(n: int, d: int, k: int, workers: int, workdir: Path) -> str:
 
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "store"
-    if not (root / "manifest.json").is_file():
+    if not RunDir(root).has_store():
         build(root, n, d, 1.0)
     store = open_store(root)
     rows = []

@@ -3,8 +3,8 @@
 Reads (whatever is there; a missing part is reported, not fatal unless nothing is there):
   RUN_DIR/analysis/<stream>/spectrum.csv, density_kde.csv, rlc_in_sample.csv, rlc_held_out.csv, summary.json
   RUN_DIR/retrain/*/retrain_history.csv   (python -m spectral.retrain; one panel per setting)
-  RUN_DIR/toy/toy_best.csv                (python -m spectral.toy --out RUN_DIR/toy)
-  RUN_DIR/toy-seedcode/toy_best.csv       (optional: ... --seed-code-const --out RUN_DIR/toy-seedcode)
+  RUN_DIR/toy/toy_best.csv                (python -m spectral.toy RUN_DIR)
+  RUN_DIR/toy-seedcode/toy_best.csv       (optional: python -m spectral.toy RUN_DIR --seed-code-const)
 Writes into ``out`` (default RUN_DIR/figures): fig1_spectrum … fig6_toy as PNG + PDF + data, and
 fits.json with every fit.
 """

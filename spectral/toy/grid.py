@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import theory
+from .. import layout, theory
 from ..device import resolve_device
 from ..errors import SpectralError
 from ..store import atomic_write
@@ -91,7 +91,7 @@ class ToyResults:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "toy_config.json").write_text(json.dumps(asdict(self.config), indent=1))
-        for name, frame in (("toy_runs.csv", self.runs), ("toy_best.csv", self.best)):
+        for name, frame in (("toy_runs.csv", self.runs), (layout.TOY_BEST, self.best)):
             atomic_write(directory / name, lambda f, frame=frame: f.write(frame.to_csv(index=False).encode()))
         return directory
 

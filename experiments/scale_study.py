@@ -1,0 +1,148 @@
+"""Study: does the spectrum's slope and the G_k exponent depend on how many steps are stored?
+
+For nested parts of one trajectory (the first 250, the first 500, all steps, and all but the first 300,
+or other --parts), the spectrum of HᵀH restricted to those rows, its power-law fit over ranks 1…500 (or
+as many as the part has), and the in-sample and held-out G_k curves with their exponent c.
+
+Everything comes from the n x n Gram matrix G = HHᵀ of the whole trajectory, read once (the analyse
+stage's Gram checkpoint is reused): a part's nonzero spectrum is that of G[rows, rows]; its in-sample
+residuals are ‖g_t‖² − Σ_{j≤k} (U_tj σ_j)²; held-out scores of rows B under components fitted on rows A
+are G[B, A] U_A Σ_A^{-1}. So the study costs no pass over the d-dimensional data beyond the Gram.
+
+    python experiments/scale_study.py runs/repro-cpu        # writes runs/repro-cpu/studies/scale/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spectral.analyse import rlc
+from spectral.analyse.matrix import TrajectoryMatrix
+from spectral.errors import SpectralError, cli_entry
+from spectral.layout import RunDir
+from spectral.report import fits
+from spectral.report.figures import COLORS, MARKERS, new_figure, save, style
+from spectral.store import open as open_store
+
+
+def parts_of(n: int, specs) -> dict:
+    """``first:N`` (the first N steps), ``drop:N`` (all but the first N), ``all``."""
+    parts = {}
+    for spec in specs:
+        kind, _, value = spec.partition(":")
+        if kind == "all":
+            parts["all"] = np.arange(n)
+        elif kind == "first" and 1 < int(value) <= n:
+            parts[f"first {value}"] = np.arange(int(value))
+        elif kind == "drop" and 0 <= int(value) < n - 1:
+            parts[f"steps {value}…{n - 1}"] = np.arange(int(value), n)
+        elif kind not in ("first", "drop", "all"):
+            raise SpectralError(f"unknown part {spec!r}; use first:N, drop:N or all")
+    return parts
+
+
+def eig_desc(S: np.ndarray, k: int):
+    w, U = np.linalg.eigh(S)
+    return w[::-1][:k], U[:, ::-1][:, :k]
+
+
+def in_sample_curve(G: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """(eigenvalues, G_k summary) of the part ``rows``, from the Gram matrix alone."""
+    S = G[np.ix_(rows, rows)]
+    lam, U = eig_desc(S, k)
+    scores = U * np.sqrt(np.clip(lam, 0, None))
+    return lam, rlc.summarize(rlc.residual_norms(scores, np.diag(S).copy(), rlc.k_grid(k)))
+
+
+def held_out_curve(G: np.ndarray, rows: np.ndarray, k: int) -> pd.DataFrame:
+    """G_k of the second half of ``rows`` under the top-k components of the first half."""
+    fit, test = rows[: len(rows) // 2], rows[len(rows) // 2 :]
+    k = min(k, len(fit))
+    lam, U = eig_desc(G[np.ix_(fit, fit)], k)
+    keep = lam > lam[0] * 1e-12
+    scores = G[np.ix_(test, fit)] @ (U[:, keep] / np.sqrt(lam[keep]))
+    ks = rlc.k_grid(int(keep.sum()))
+    return rlc.summarize(rlc.residual_norms(scores, np.diag(G)[test].copy(), ks))
+
+
+@cli_entry
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="a collect run (analysed: its Gram checkpoint is reused)")
+    p.add_argument("--parts", nargs="+", default=["first:250", "first:500", "all", "drop:300"])
+    p.add_argument("--k", type=int, default=1000, help="components per part (at most its number of steps)")
+    p.add_argument("--fit-range", type=int, nargs=2, default=(1, 500))
+    p.add_argument("--stream", default="clipped")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    run = RunDir(args.run_dir)
+    store = open_store(run.store)
+    out = args.out or run.root / "studies" / "scale"
+    out.mkdir(parents=True, exist_ok=True)
+    G = TrajectoryMatrix(store, args.stream, progress=True).gram(
+        checkpoint=run.analysis(args.stream) / "checkpoints" / "gram"
+    )
+
+    rows, spectra, curves = [], [], []
+    for label, part in parts_of(store.n_steps, args.parts).items():
+        k = min(args.k, len(part))
+        lam, inside = in_sample_curve(G, part, k)
+        held = held_out_curve(G, part, k)
+        sv = np.sqrt(np.clip(lam, 0, None))
+        spec = fits.spectrum_fit(sv, args.fit_range)
+        c_in, c_out = fits.rlc_fit(inside), fits.rlc_fit(held)
+        rows.append(
+            {
+                "part": label,
+                "n": len(part),
+                "fit_range": f"{spec['range'][0]}-{spec['range'][1]}",
+                "slope": spec["slope"],
+                "slope_ci_low": spec["ci_low"],
+                "slope_ci_high": spec["ci_high"],
+                "r2": spec["r2"],
+                "c_in_sample": c_in["c"],
+                "c_in_low": c_in["c_low"],
+                "c_in_high": c_in["c_high"],
+                "c_held_out": c_out["c"],
+                "c_out_low": c_out["c_low"],
+                "c_out_high": c_out["c_high"],
+                "energy_top10": float(lam[:10].sum() / np.trace(G[np.ix_(part, part)])),
+            }
+        )
+        spectra.append(pd.DataFrame({"part": label, "rank": np.arange(1, len(sv) + 1), "singular_value": sv}))
+        curves += [inside.assign(part=label, curve="in-sample"), held.assign(part=label, curve="held-out")]
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+    spectra, curves = pd.concat(spectra, ignore_index=True), pd.concat(curves, ignore_index=True)
+    with style(**{"figure.figsize": (10.0, 4.0)}):
+        fig, (a, b) = new_figure(1, 2)
+        for i, (label, sp) in enumerate(spectra.groupby("part", sort=False)):
+            a.loglog(sp["rank"], sp.singular_value, color=COLORS[i], lw=1.2, label=f"{label} (n={len(sp)})")
+            for style_, (name, c) in zip(("-", "--"), curves[curves.part == label].groupby("curve", sort=False)):
+                c = c[c.k >= 1]
+                b.loglog(c.k, c.rms, style_, marker=MARKERS[i], ms=2.5, color=COLORS[i], label=f"{label}, {name}")
+        a.set_xlabel("rank k")
+        a.set_ylabel("singular value σ_k")
+        a.set_title("Spectrum by stored steps")
+        a.legend(fontsize=7.5)
+        b.set_xlabel("k")
+        b.set_ylabel("rms G_k")
+        b.set_title("G_k by stored steps (solid: in-sample, dashed: held-out)")
+        b.legend(fontsize=6.5, ncol=2)
+    table.to_csv(out / "scale_study.csv", index=False)
+    (out / "scale_study.json").write_text(
+        json.dumps({"table": table.to_dict(orient="records"), "fit_range": list(args.fit_range)}, indent=1)
+    )
+    paths = save(fig, out / "scale_study", {"_spectra": spectra, "_curves": curves})
+    print("figure:", paths[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
