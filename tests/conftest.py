@@ -74,6 +74,25 @@ def tiny_data(tmp_path_factory) -> Path:
     return make_tiny_data(tmp_path_factory.mktemp("data") / "reviews.csv")
 
 
+def run_main(module: str, *args) -> subprocess.CompletedProcess:
+    """``python -m module args`` in this process (the CLI's own ``main``): exit code, stdout, stderr.
+
+    For error paths: no interpreter start-up or torch import per call. A traceback is not caught,
+    so it fails the test, as it should."""
+    import contextlib
+    import importlib
+    import io
+
+    main = importlib.import_module(f"{module}.__main__").main
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return subprocess.CompletedProcess([module, *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
 def run_cli(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python -m <args>`` as a user would; returns the completed process."""
     return subprocess.run(

