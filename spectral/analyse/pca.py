@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -291,6 +292,8 @@ def principal_components(
     reason = "requested"
     if method == "auto":
         method, reason = choose_method(M.n, M.d, k, budget)
+    if method == "lanczos" and k >= M.n:  # ARPACK finds at most n - 1 pairs of an n x n operator
+        method, reason = "gram", f"lanczos finds at most n - 1 = {M.n - 1} pairs; k = {k} asks for all: exact Gram"
     t0 = time.perf_counter()
 
     if method == "orthiter":
@@ -321,6 +324,9 @@ def principal_components(
         checkpoints = Path(checkpoint_dir)
         checkpoints.mkdir(parents=True, exist_ok=True)
     lam, U, apply, sq, trace = _solve_in_step_space(M, k, method, centered, oversample, n_iter, seed, checkpoints)
+    info = {"oversample": oversample, "n_iter": n_iter} if method == "randomized" else {}
+    lam, U, info = _drop_null_directions(lam, U, trace, M.n, info)
+    k = len(lam)
     sigma = np.sqrt(np.clip(lam, 0, None))
     inv = np.divide(1.0, sigma, out=np.zeros_like(sigma), where=sigma > sigma.max() * 1e-12)
     # certificate: HᵀH v − λ v = Hᵀ r with r = (G U − U Λ) Σ⁻¹, so its norm² is rᵀ G r
@@ -346,5 +352,21 @@ def principal_components(
         centered,
         M.passes,
         time.perf_counter() - t0,
-        {"oversample": oversample, "n_iter": n_iter} if method == "randomized" else {},
+        info,
     )
+
+
+def _drop_null_directions(lam, U, trace: float, n: int, info: dict):
+    """Keep the pairs with a nonzero eigenvalue. A trajectory of rank r < k (repeated rows, all-zero
+    clipped rows from empty Poisson batches) has only r principal directions; the rest would be
+    zero-norm components with undefined (NaN) certificates. Warns, and records ``rank`` in ``info``."""
+    if not trace > 0:
+        raise SpectralError("the trajectory is all zeros (‖H‖_F = 0): it has no principal components")
+    # eigenvalues of a float64 Gram of n rows are exact to about n * eps * λ_max
+    keep = lam > lam.max() * max(n, 10) * 10 * np.finfo(float).eps
+    if keep.all():
+        return lam, U, info
+    r = int(keep.sum())
+    message = f"the trajectory has rank {r} < k = {len(lam)}: returning its {r} nonzero principal directions"
+    warnings.warn(message, stacklevel=3)
+    return lam[keep], U[:, keep], {**info, "rank": r, "warning": message}

@@ -79,6 +79,7 @@ def held_out(source, k: int, *, stream="clipped", split="half", ks=None, **pca_k
     )
     scores = M.matmat(spectrum.components)
     sq, _ = M.norms()
-    G = residual_norms(scores, sq, k_grid(k) if ks is None else ks)
+    ks = k_grid(spectrum.k) if ks is None else np.asarray(ks)[np.asarray(ks) <= spectrum.k]  # rank may be < k
+    G = residual_norms(scores, sq, ks)
     G.index = pd.Index(test, name="step")
     return G, spectrum

@@ -4,6 +4,7 @@ written into the run directory's ``analysis/<stream>/`` (see :mod:`spectral.layo
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,6 +92,8 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
         spec = principal_components(
             store, k, components_out=out / layout.COMPONENTS, checkpoint_dir=out / "checkpoints", **kw
         )
+        if "warning" in spec.info:
+            print(f"warning: {spec.info['warning']}", file=sys.stderr)
         spec.save(out)
         G = rlc.in_sample(spec)
         G.to_csv(out / layout.RLC_STEPS)

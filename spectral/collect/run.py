@@ -21,7 +21,7 @@ from ..dp.privacy import PrivacyLedger, PrivacyPlan
 from ..dp.training import Training, prepare
 from ..errors import SpectralError
 from ..store import StoreWriter, read_manifest, remove_store
-from ..store.format import STORAGE_DTYPES, shard_rows_for
+from ..store.format import STORAGE_DTYPES, shard_rows_for, storage_overflow
 
 
 def code_version() -> str:
@@ -197,6 +197,14 @@ def collect(
                 commit(status="stopped")
                 writer.close()
                 raise SpectralError(f"step {step}: {exc}; the {step} completed steps are stored in {out}") from None
+            peak = max(getattr(res, s).abs().max().item() for s in cfg.streams)
+            if storage_overflow([peak], cfg.dtype) is not None:  # checked here: the host copy is asynchronous
+                commit(status="stopped")
+                writer.close()
+                raise SpectralError(
+                    f"step {step}: a gradient value {peak:.4g} exceeds what {cfg.dtype} storage holds; "
+                    f"the {step} completed steps are stored in {out}; use --dtype float32"
+                )
             ledger.record_step(step)
             record = step_record(res, lr, ledger.epsilon(), cfg.max_grad_norm, time.perf_counter() - t0)
             rows, ready = host_rows({s: getattr(res, s) for s in cfg.streams})

@@ -36,6 +36,20 @@ def shard_path(stream: str, start: int, stop: int) -> str:
     return f"streams/{stream}/{start:09d}-{stop:09d}.npy"
 
 
+# the largest magnitude that rounds to a finite value in each storage dtype (beyond it: inf)
+STORAGE_LIMITS = {
+    "float32": float(np.finfo(np.float32).max),
+    "float16": 65519.99,
+    "bfloat16": float(np.float32(2**127 * (2 - 2**-8))),
+}
+
+
+def storage_overflow(row, dtype: str) -> float | None:
+    """The largest |value| of ``row`` if it would overflow to inf in ``dtype``, else None."""
+    peak = float(np.max(np.abs(row))) if np.size(row) else 0.0
+    return peak if peak >= STORAGE_LIMITS[dtype] and np.isfinite(peak) else None
+
+
 def to_storage(rows: np.ndarray, dtype: str) -> np.ndarray:
     """Cast float32 rows to the storage dtype (bfloat16: round-to-nearest-even bits)."""
     rows = np.ascontiguousarray(rows, dtype=np.float32)

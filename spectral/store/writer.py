@@ -36,6 +36,7 @@ from .format import (
     fsync_file,
     open_temp,
     shard_path,
+    storage_overflow,
     to_storage,
     write_json,
 )
@@ -205,6 +206,14 @@ class StoreWriter:
             raise ValueError(f"expected step {self._n_steps}, got {step}")
         if set(rows) != set(self._streams):
             raise ValueError(f"rows for streams {sorted(rows)}, store has {self._streams}")
+        if ready is None:  # the values are here: refuse what the storage dtype would turn into inf
+            for s, row in rows.items():
+                peak = storage_overflow(row, self._dtype)
+                if peak is not None:
+                    raise SpectralError(
+                        f"step {step}: stream {s!r} has a value {peak:.4g} that {self._dtype} "
+                        f"storage cannot hold (it would become inf); the step is not stored"
+                    )
         self._put(("row", step, rows, {"step": step, **record}, ready))
         self._n_steps += 1
 
