@@ -163,7 +163,11 @@ class Regime:
 
 
 def regime(c: float, tolerance: float = TOLERANCE) -> Regime:
-    """The theory's verdict for an RLC exponent c (|c − 1/2| <= tolerance is the boundary case)."""
+    """The theory's verdict for an RLC exponent c (|c − 1/2| <= tolerance is the boundary case).
+
+    G_k never exceeds G_0, so a fitted c below 0 means no decay: the classical √d, never worse.
+    (The toolkit's reading of the bound; constants omitted.)"""
+    c = max(float(c), 0.0)
     if abs(c - 0.5) <= tolerance:
         return Regime("logarithmic", "O(log d)", c)
     if c > 0.5:

@@ -10,6 +10,7 @@ import pytest
 from conftest import REPO, run_cli
 from test_analyse import power_law_trajectory, write_store
 
+from spectral import theory
 from spectral.analyse import principal_components, rlc
 from spectral.report import fits
 
@@ -127,3 +128,35 @@ def test_notebook_executes_on_a_tiny_run(tmp_path, monkeypatch):
     for cell in plot_cells:
         kinds = {k for o in cell.get("outputs", []) for k in o.get("data", {})}
         assert "image/png" in kinds, cell.source
+
+
+@pytest.mark.parametrize("a", [0.3, 0.5, 0.8, 1.2])
+def test_implied_exponent_only_where_the_power_law_link_holds(a):
+    """c = a − 1/2 needs a > 1/2; below that the link does not apply (never a growth worse than √d)."""
+    k = np.arange(1, 401)
+    f = fits.spectrum_fit(k**-a, (1, 400))
+    assert f["slope"] == pytest.approx(-a, abs=1e-9)
+    if a > 0.5:
+        assert f["c_implied"] == pytest.approx(a - 0.5, abs=1e-9) and "not applicable" not in f["verdict"]
+    else:
+        assert f["c_implied"] is None and f["verdict"].startswith("not applicable")
+        assert f["verdict_interval"].startswith("not applicable")
+
+
+def test_a_negative_or_zero_exponent_means_the_classical_sqrt_d():
+    for c in (-0.3, 0.0):
+        reg = theory.regime(c)
+        assert reg.name == "polynomial" and reg.growth == "O(d^0.50)"
+
+
+def test_g_k_verdict_comes_from_the_worst_case_over_steps():
+    """rms decays fast, the max slowly: the verdict follows the max, as the bound asks of every gradient."""
+    k = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128])
+    kk = np.maximum(k, 1).astype(float)
+    curve = pd.DataFrame({"k": k, "rms": kk**-0.9, "q90": kk**-0.6, "max": kk**-0.2})
+    stats = fits.rlc_statistics(curve)
+    for stat, c in (("rms", 0.9), ("q90", 0.6), ("max", 0.2)):
+        slope = np.polyfit(np.log(kk[1:]), np.log(curve[stat].to_numpy()[1:]), 1)[0]  # closed-form OLS
+        assert stats[stat]["c"] == pytest.approx(-slope, abs=1e-9) == pytest.approx(c, abs=1e-9)
+    assert stats["verdict_basis"] == "max" and stats["verdict"] == "polynomial"
+    assert stats["rms"]["verdict"] == "dimension-free"

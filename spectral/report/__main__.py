@@ -42,14 +42,16 @@ def main(argv=None):
     f = result["fits"]
     if "spectrum" in f:
         s = f["spectrum"]
+        implied = "n/a" if s["c_implied"] is None else f"{s['c_implied']:.2f}"
         print(
             f"spectrum: slope {s['slope']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] over k={s['range'][0]}-"
-            f"{s['range'][1]}, R2 {s['r2']:.3f}; implied c = {s['c_implied']:.2f} -> {s['verdict_interval']}"
+            f"{s['range'][1]}, R2 {s['r2']:.3f}; implied c = {implied} -> {s['verdict_interval']}"
         )
-    for label, r in f.get("rlc", {}).items():
+    for label, stats in f.get("rlc_statistics", {}).items():
+        cs = ", ".join(f"{k} {v['c']:.3f}" for k, v in stats.items() if isinstance(v, dict))
         print(
-            f"G_k {label}: c = {r['c']:.3f} [{r['c_low']:.3f}, {r['c_high']:.3f}], R2 {r['r2']:.3f} -> "
-            f"{r['verdict']} ({r['growth']} in d)"
+            f"G_k {label}: c by statistic ({cs}); verdict from the {stats['verdict_basis']}: "
+            f"{stats['verdict']} ({stats['growth']} in d)"
         )
     for label, r in f.get("dimension_factor_at_d", {}).items():
         print(

@@ -61,7 +61,10 @@ def spectrum_fit(singular_values, fit_range=(1, 500), **kw) -> dict:
     """Power law of σ_k (k = 1, 2, …) over ranks fit_range = (first, last), inclusive.
 
     The range is clipped to the ranks available; ``range`` in the result says which were used.
-    Adds ``c_implied`` = −slope − 1/2, the RLC exponent this spectrum implies, and its verdict.
+    Adds ``c_implied``, the RLC exponent this spectrum implies under the toolkit's reading of the
+    theory: if σ_j ∝ j^{-a} with a > 1/2 and the power law continues, G_k² ∝ Σ_{j>k} σ_j² ∝ k^{1−2a},
+    so c = a − 1/2. With a ≤ 1/2 that tail sum is set by where the spectrum ends, not by k, and
+    the link does not apply: ``c_implied`` is None and the verdict "not applicable".
     """
     s = np.asarray(singular_values, dtype=float)
     first, last = int(fit_range[0]), min(int(fit_range[1]), len(s))
@@ -69,15 +72,28 @@ def spectrum_fit(singular_values, fit_range=(1, 500), **kw) -> dict:
         raise SpectralError(f"fit range {tuple(fit_range)} does not fit {len(s)} singular values")
     k = np.arange(first, last + 1)
     fit = log_log_fit(k, s[first - 1 : last], **kw)
-    c = -fit["slope"] - 0.5
-    lo, hi = -fit["ci_high"] - 0.5, -fit["ci_low"] - 0.5
+    a, a_low, a_high = -fit["slope"], -fit["ci_high"], -fit["ci_low"]
+    applicable = a > 0.5
+    na = "not applicable (σ_k falls slower than k^-1/2)"
     return {
         **fit,
         "range": [first, last],
-        "c_implied": c,
-        "verdict": theory.regime(c).name,
-        "verdict_interval": theory.regime_interval(lo, hi),
+        "c_implied": a - 0.5 if applicable else None,
+        "verdict": theory.regime(a - 0.5).name if applicable else na,
+        "verdict_interval": theory.regime_interval(a_low - 0.5, a_high - 0.5) if a_low > 0.5 else na,
     }
+
+
+# The bound asks ‖(I − P_k)∇h(x)‖ <= G_k of every gradient: the worst case over stored steps.
+VERDICT_STATISTIC = "max"
+
+
+def rlc_statistics(curve: pd.DataFrame, statistics=("rms", "q90", "max"), **kw) -> dict:
+    """The G_k exponent of several summaries over steps (rms, 90th percentile, max), and the verdict
+    taken from :data:`VERDICT_STATISTIC` (the max: the theory bounds every gradient, not their mean)."""
+    out = {stat: rlc_fit(curve, column=stat, **kw) for stat in statistics if stat in curve}
+    basis = out.get(VERDICT_STATISTIC) or next(iter(out.values()))
+    return {**out, "verdict_basis": basis["statistic"], "verdict": basis["verdict"], "growth": basis["growth"]}
 
 
 def range_table(singular_values, ranges=DEFAULT_RANGES, **kw) -> pd.DataFrame:

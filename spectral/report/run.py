@@ -90,6 +90,7 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
     if curves:
         rlc_fits = {label: fits.rlc_fit(c) for label, c in curves.items()}
         result["fits"]["rlc"] = rlc_fits
+        result["fits"]["rlc_statistics"] = {label: fits.rlc_statistics(c) for label, c in curves.items()}
         result["figures"] += figures.rlc_figure(curves, rlc_fits, out / "fig3_rlc")
         frames = {label: fits.dimension_curve(c) for label, c in curves.items()}
         if d_run:  # the bound's factor at this run's own d, next to G_0 √d
