@@ -28,14 +28,29 @@ def test_slope_recovery_on_a_noisy_power_law(a):
     assert len(table) == len(fits.DEFAULT_RANGES) and np.allclose(table.slope, -a, atol=0.06)
 
 
-def test_fit_matches_scipy_linregress_on_exact_data():
-    from scipy.stats import linregress
-
-    k, s = np.arange(1, 101), 2.0 * np.arange(1, 101) ** -0.8
+def test_fit_matches_the_closed_form_least_squares_line():
+    """Slope, intercept, R² and the slope's standard error by their textbook formulas (not by the
+    library the fit calls), on noisy data so every quantity is exercised."""
+    rng = np.random.default_rng(7)
+    k = np.arange(1, 101)
+    s = 2.0 * k**-0.8 * np.exp(0.1 * rng.standard_normal(100))
+    x, y = np.log(k), np.log(s)
+    sxx, sxy = ((x - x.mean()) ** 2).sum(), ((x - x.mean()) * (y - y.mean())).sum()
+    slope = sxy / sxx
+    intercept = y.mean() - slope * x.mean()
+    resid = y - intercept - slope * x
+    r2 = 1 - (resid**2).sum() / ((y - y.mean()) ** 2).sum()
+    se = np.sqrt((resid**2).sum() / (len(x) - 2) / sxx)
     f = fits.spectrum_fit(s, (1, 100))
-    r = linregress(np.log(k), np.log(s))
-    assert f["slope"] == pytest.approx(r.slope) and f["r2"] == pytest.approx(1.0)
-    assert f["verdict"] == "polynomial" and fits.spectrum_fit(k**-1.3, (1, 100))["verdict"] == "dimension-free"
+    assert f["slope"] == pytest.approx(slope, rel=1e-12) and f["intercept"] == pytest.approx(intercept, rel=1e-12)
+    assert f["r2"] == pytest.approx(r2, rel=1e-12)
+    from scipy.stats import t
+
+    half = t.ppf(0.975, len(x) - 2) * se  # the 95% interval of the slope
+    assert f["ci_low"] == pytest.approx(slope - half, rel=1e-9) and f["ci_high"] == pytest.approx(
+        slope + half, rel=1e-9
+    )
+    assert fits.spectrum_fit(k**-1.3, (1, 100))["verdict"] == "dimension-free"
 
 
 def test_rlc_exponent_tracks_the_spectrum_slope_on_a_store(tmp_path):
