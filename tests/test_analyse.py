@@ -236,3 +236,43 @@ def test_interrupted_gram_pass_resumes_from_its_checkpoint(tmp_path, monkeypatch
     assert read[0] == 5 * block  # the Gram pass continued where it stopped, not from column 0
     again = principal_components(s, 3, **kw)  # a finished Gram is reused: only the eigenvector pass
     assert again.passes == 1
+
+
+def _authors_orthogonal_iteration(H, k, iters, V0):
+    """ml-swissknife's orthogonal_iteration written out (float64, d-space): W = HᵀH V, then modified
+    Gram–Schmidt column by column, eigenvalues as per-column Rayleigh quotients ‖H v‖² / ‖v‖²."""
+    V = V0.copy()
+    for _ in range(iters):
+        W = H.T @ (H @ V)
+        for i in range(k):
+            W[:, i] /= np.linalg.norm(W[:, i])
+            W[:, i + 1 :] -= np.sum(W[:, i : i + 1] * W[:, i + 1 :], axis=0) * W[:, i : i + 1]
+        V = W
+    lam = ((H @ V) ** 2).sum(0) / (V**2).sum(0)
+    return lam, V
+
+
+@pytest.mark.parametrize("iters", [1, 3, 10])
+def test_seedcode_is_the_authors_algorithm(tmp_path, iters):
+    from spectral.analyse.pca import GaussianColumns
+
+    H = power_law_trajectory(n=30, d=400, slope=0.7, seed=4).astype(np.float64)
+    s = write_store(tmp_path / "run", H.astype(np.float32))
+    k = 6
+    spec = principal_components(s, k, method="seedcode", orthiter_iters=iters, seed=3)
+    V0 = GaussianColumns(400, k, 3)[0:400]  # the same Gaussian start
+    lam, V = _authors_orthogonal_iteration(H, k, iters, V0)
+    order = np.argsort(lam)[::-1]
+    np.testing.assert_allclose(spec.eigenvalues, lam[order], rtol=1e-8)
+    np.testing.assert_allclose(np.abs(np.asarray(spec.components)), np.abs(V[:, order]), atol=1e-5)
+    if iters == 1:  # one iteration is far from converged: the test can tell the solver from the exact one
+        exact = np.linalg.eigvalsh(H @ H.T)[::-1][:k]
+        assert np.max(np.abs(lam[order] - exact) / exact) > 1e-3
+
+
+def test_gaussian_columns_are_reproducible_in_any_blocks():
+    from spectral.analyse.pca import GaussianColumns
+
+    g = GaussianColumns(1000, 3, seed=5, block=128)
+    whole = g[0:1000]
+    np.testing.assert_array_equal(np.vstack([g[0:300], g[300:301], g[301:1000]]), whole)

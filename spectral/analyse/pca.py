@@ -9,6 +9,10 @@ side only in streamed passes:
 ``randomized``  subspace iteration with a Gaussian start on G, applied as H(HᵀQ) in one pass
                 each (Halko et al.), for n too large for an n×n matrix.
 ``lanczos``     ARPACK ``eigsh`` on the same streamed operator; one pass per matrix-vector product.
+``seedcode``    the authors' solver exactly (ml-swissknife ``orthogonal_iteration``): a Gaussian start,
+                V ← Gram–Schmidt(HᵀH V) ``orthiter_iters`` times, eigenvalues as per-column Rayleigh
+                quotients ‖H v‖², no Rayleigh–Ritz; computed in step space (3 passes), to show how
+                much of a printed slope is the solver's.
 ``orthiter``    the seed code's orthogonal iteration in d-space (k vectors, 10 iterations):
                 a reference for comparison, two passes per iteration, V held in memory.
 
@@ -32,7 +36,7 @@ import scipy.sparse.linalg
 from ..errors import SpectralError
 from .matrix import TrajectoryMatrix, default_memory, load_checkpoint, save_checkpoint, trajectory_matrix
 
-METHODS = ("auto", "gram", "randomized", "lanczos", "orthiter")
+METHODS = ("auto", "gram", "randomized", "lanczos", "orthiter", "seedcode")
 
 
 @dataclass
@@ -227,6 +231,70 @@ def _trace(sq, mean_sq, n, centered) -> float:
     return float(sq.sum() - (n * mean_sq if centered else 0.0))
 
 
+class GaussianColumns:
+    """A (d, k) standard normal matrix generated block by block (never held whole): ``[start:stop]``
+    rows are drawn from a generator seeded by (seed, start), so any block is reproducible."""
+
+    def __init__(self, d: int, k: int, seed: int, block: int = 65536):
+        self.shape, self.seed, self.block = (d, k), seed, block
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop = rows.start or 0, min(rows.stop, self.shape[0])
+        out = np.empty((stop - start, self.shape[1]))
+        for a in range(start - start % self.block, stop, self.block):  # whole generator blocks, cut to fit
+            draw = np.random.default_rng([self.seed, a]).standard_normal((self.block, self.shape[1]))
+            lo, hi = max(a, start), min(a + self.block, stop)
+            out[lo - start : hi - start] = draw[lo - a : hi - a]
+        return out
+
+
+def seedcode_iterate(G: np.ndarray, A: np.ndarray, iters: int):
+    """The authors' orthogonal iteration on the Gram matrix G = HHᵀ (n, n), from A = H V₀ (n, k).
+
+    Theirs: V₀ Gaussian (d, k); each iteration W = HᵀH V, V = modified Gram–Schmidt(W) column by
+    column, λ_j = ‖H v_j‖². After the first product every iterate is V = Hᵀ A, so HᵀH V = Hᵀ(G A),
+    the Gram–Schmidt of W = Hᵀ A is Hᵀ A R⁻¹ with R the Cholesky factor of Aᵀ G A (Gram–Schmidt is
+    that QR), and ‖H v_j‖ = ‖(G a)_j‖. Returns (λ (k,) descending, A with V = Hᵀ A, G A = H V).
+    """
+    for it in range(iters):
+        if it:
+            A = G @ A  # W = HᵀH V = Hᵀ (G A)
+        R = np.linalg.cholesky(A.T @ G @ A).T  # W = Hᵀ A: WᵀW = Aᵀ G A = RᵀR
+        A = scipy.linalg.solve_triangular(R, A.T, trans="T", lower=False).T  # V = W R⁻¹ = Hᵀ (A R⁻¹)
+    GA = G @ A
+    lam = np.einsum("ij,ij->j", GA, GA)  # per-column Rayleigh quotients ‖H v_j‖² (v_j unit)
+    order = np.argsort(lam)[::-1]  # theirs come out nearly sorted; sorted here for the fits
+    return lam[order], A[:, order], GA[:, order]
+
+
+def _seedcode(M: TrajectoryMatrix, k, iters, seed, components_out, t0, reason, checkpoint_dir):
+    """:func:`seedcode_iterate` on a trajectory: the Gram pass (or its checkpoint), H V₀, the components."""
+    checkpoint = Path(checkpoint_dir) / "gram" if checkpoint_dir is not None else None
+    G = M.gram(checkpoint=checkpoint)
+    lam, A, GA = seedcode_iterate(G, M.matmat(GaussianColumns(M.d, k, seed)), iters)
+    r = GA - A * lam  # HᵀH v − λ v = Hᵀ r
+    residuals = np.sqrt(np.clip(np.einsum("ij,ij->j", r, G @ r), 0, None)) / lam
+    out = None
+    if components_out is not None:
+        out = np.lib.format.open_memmap(components_out, mode="w+", dtype=np.float32, shape=(M.d, k))
+    V = M.rmatmat(A, out=out, dtype=np.float32)
+    sq = np.diag(G).copy()
+    return Spectrum(
+        lam,
+        V,
+        GA,
+        sq,
+        residuals,
+        float(sq.sum()),
+        "seedcode",
+        reason,
+        False,
+        M.passes,
+        time.perf_counter() - t0,
+        {"iterations": iters},
+    )
+
+
 def _orthiter(M: TrajectoryMatrix, k, centered, iters, seed):
     """The seed code's orthogonal iteration on HᵀH in d-space (reference method)."""
     P = _center if centered else (lambda X: X)
@@ -296,6 +364,10 @@ def principal_components(
         method, reason = "gram", f"lanczos finds at most n - 1 = {M.n - 1} pairs; k = {k} asks for all: exact Gram"
     t0 = time.perf_counter()
 
+    if method == "seedcode":
+        if centered:
+            raise SpectralError("seedcode analyses the uncentred HᵀH only, as the authors' code does")
+        return _seedcode(M, k, orthiter_iters, seed, components_out, t0, reason, checkpoint_dir)
     if method == "orthiter":
         lam, V, residuals = _orthiter(M, k, centered, orthiter_iters, seed)
         if components_out is not None:
