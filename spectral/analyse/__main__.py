@@ -35,6 +35,7 @@ HELP = {
     "max_memory": "memory for block buffers, e.g. 2G (default: a quarter of the available RAM)",
     "holdout": "held-out G_k: fit on the first half / even steps, measure the rest",
     "slq": "also estimate the full spectral density (SLQ)",
+    "iterations": "iterations of orthiter / seedcode (the authors: 10 in the final code, 50 in May 2022)",
     "dask": "run the passes on a dask cluster: local:N (N worker processes here) or tcp://HOST:PORT",
 }
 

@@ -41,6 +41,7 @@ class AnalyseConfig:
     holdout: str = "half"
     slq: bool = False
     dask: str | None = None
+    iterations: int = 10  # orthiter / seedcode: the authors used 10 (final code) and 50 (May 2022)
 
     def validate(self) -> AnalyseConfig:
         if self.method not in METHODS:
@@ -80,6 +81,7 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
         print(f"dask: {client}")
     try:
         kw = dict(
+            orthiter_iters=config.iterations,
             stream=config.stream,
             method=config.method,
             centered=config.centered,
