@@ -33,6 +33,14 @@ def add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
         )
 
 
+def quiet_library_warnings() -> None:
+    """For entry points only (process-wide): Opacus' per-step backward-hook notice says nothing a
+    user can act on."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*(full_backward_hook|Using a non-full backward hook).*")
+
+
 def _default(f):
     if f.default is not MISSING:
         return f.default

@@ -104,6 +104,7 @@ def load_toml(path: Path) -> dict:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cli.quiet_library_warnings()
     out, resume, overwrite = args.run_dir, args.resume, args.overwrite
     given = {**(load_toml(args.config) if args.config else {}), **cli.config_values(args, CollectConfig)}
     if resume and overwrite:

@@ -177,6 +177,7 @@ def collect(
         plan = None
         if cfg.init_from:  # named from anywhere, stored absolute
             cfg = replace(cfg, init_from=str(Path(cfg.init_from).expanduser().resolve()))
+    torch.manual_seed(cfg.seed)  # dropout draws from torch's global generator: seeded by the loop that trains
     t = prepare(cfg.validate(), plan=plan, device=device)
     writer, ledger, start = open_writer(t, out, resumed=manifest is not None)
     engine, host_rows = t.engine, HostRows(t.device, cfg.streams, t.d, slots=8)

@@ -284,7 +284,8 @@ def load_model(
     if objective not in OBJECTIVES:
         raise SpectralError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
     local = Path(source).exists()
-    hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected here
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected here; restored below
     try:
         objective = choose_objective(source, objective)
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -332,6 +333,8 @@ def load_model(
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpectralError(f"cannot load model {name!r}: {first}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.pooling, model.objective = pooling, objective

@@ -6,7 +6,6 @@ benchmarks.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,8 +149,6 @@ def prepare(
     device : where the model and the engine compute (``auto``, ``cpu``, ``cuda[:i]``); batches are
         built on the CPU and moved per physical chunk
     """
-    warnings.filterwarnings("ignore", message=".*(full_backward_hook|Using a non-full backward hook).*")
-    torch.manual_seed(cfg.seed)
     if split is None:
         train, dev, data_info = load_data(cfg.data, cfg.text_column, cfg.label_column, cfg.seed)
         train, dev = train.head(cfg.train_size), dev.head(cfg.eval_size)

@@ -70,6 +70,7 @@ def build_parser():
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cli.quiet_library_warnings()
     settings = {"lr": args.lr} if args.lr else {}
     if args.non_private:
         settings["noise_multiplier"] = 0.0

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from .. import layout
@@ -99,6 +100,7 @@ def public_subspace(
     from ..analyse import principal_components
 
     pub = replace(cfg, noise_multiplier=0.0, epsilon=None, steps=steps, eval_every=0)
+    torch.manual_seed(cfg.seed)
     t = prepare(pub, split=(public, dev), head=head, device=device)
     rows = []
     for step in tqdm(range(steps), desc="public gradients", disable=not progress, leave=False):
@@ -119,6 +121,7 @@ def train_variant(
 ):
     """One DP run from the pretrained model with the collect run's ``head``; returns (evaluations: list
     of dicts, seconds per step)."""
+    torch.manual_seed(cfg.seed)  # dropout draws from torch's global generator: seeded by the loop that trains
     t = prepare(cfg, split=split, engine=False, head=head, device=device)
     if subspace is not None:
         subspace = subspace.to(t.device)
