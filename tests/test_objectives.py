@@ -44,6 +44,29 @@ def tiny_mlm(tmp_path_factory):
     return path
 
 
+def _clipping_equals_the_loop(model, tok, clipping: str, physical: int) -> None:
+    """Ghost or per-sample clipping of the q/v gradients through ``model``'s head against a loop over
+    single examples (float64; C at the median norm, so half the examples are clipped)."""
+    model = select_trainable(model.double(), "attention-qv")
+    chunks = Batcher(model, tok, TextData(TEXTS, LABELS), 32).chunks(np.arange(len(TEXTS)), physical)
+    _, norms = brute_force_clipped_sum(model, chunks, C=1e9)
+    C = float(np.median(norms))
+    expected, _ = brute_force_clipped_sum(model, chunks, C)
+    engine = DPEngine(
+        model,
+        clipping=clipping,
+        optimizer="sgd",
+        lr=0.0,
+        noise_multiplier=0.0,
+        max_grad_norm=C,
+        expected_batch_size=1.0,
+        seed=0,
+    )
+    out = engine.step(chunks, lr=0.0)
+    assert (out.clipped - expected).norm() / expected.norm() < 1e-6
+    np.testing.assert_allclose(out.per_example_norms.numpy(), norms, rtol=1e-5)
+
+
 def test_prompt_logits_are_the_lm_head_at_the_mask(tiny_mlm):
     model, tok = load_model(str(tiny_mlm), num_labels=2, seed=0, objective="auto")
     assert model.objective == "prompt"
@@ -77,25 +100,7 @@ def test_prompt_truncates_the_sentence_not_the_template(tiny_mlm):
 
 @pytest.mark.parametrize("clipping", ["ghost", "per-sample"])
 def test_prompt_clipping_equals_a_loop_over_examples(tiny_mlm, clipping):
-    model, tok = load_model(str(tiny_mlm), num_labels=2, seed=0, objective="prompt")
-    model = select_trainable(model.double(), "attention-qv")
-    chunks = Batcher(model, tok, TextData(TEXTS, LABELS), 32).chunks(np.arange(len(TEXTS)), 3)
-    _, norms = brute_force_clipped_sum(model, chunks, C=1e9)
-    C = float(np.median(norms))
-    expected, _ = brute_force_clipped_sum(model, chunks, C)
-    engine = DPEngine(
-        model,
-        clipping=clipping,
-        optimizer="sgd",
-        lr=0.0,
-        noise_multiplier=0.0,
-        max_grad_norm=C,
-        expected_batch_size=1.0,
-        seed=0,
-    )
-    out = engine.step(chunks, lr=0.0)
-    assert (out.clipped - expected).norm() / expected.norm() < 1e-6
-    np.testing.assert_allclose(out.per_example_norms.numpy(), norms, rtol=1e-5)
+    _clipping_equals_the_loop(*load_model(str(tiny_mlm), num_labels=2, seed=0, objective="prompt"), clipping, 3)
 
 
 def test_bad_objective_settings_are_clear_errors(tiny_mlm, tiny_model):
@@ -135,24 +140,7 @@ def test_similarity_head_is_the_encoders_embedding_of_the_label_prompts(tiny_mod
 
 
 def test_similarity_clipping_equals_a_loop_over_examples(tiny_model):
-    model, tok = load_model(str(tiny_model), num_labels=2, seed=0, objective="similarity")
-    model = select_trainable(model.double(), "attention-qv")
-    chunks = Batcher(model, tok, TextData(TEXTS, LABELS), 32).chunks(np.arange(len(TEXTS)), 4)
-    expected, norms = brute_force_clipped_sum(model, chunks, C=float("inf"))
-    C = float(np.median(norms))
-    expected, _ = brute_force_clipped_sum(model, chunks, C)
-    engine = DPEngine(
-        model,
-        clipping="ghost",
-        optimizer="sgd",
-        lr=0.0,
-        noise_multiplier=0.0,
-        max_grad_norm=C,
-        expected_batch_size=1.0,
-        seed=0,
-    )
-    out = engine.step(chunks, lr=0.0)
-    assert (out.clipped - expected).norm() / expected.norm() < 1e-6
+    _clipping_equals_the_loop(*load_model(str(tiny_model), num_labels=2, seed=0, objective="similarity"), "ghost", 4)
 
 
 def test_the_classifier_head_comes_from_the_store_not_the_seed(tiny_model, tiny_data, tmp_path):
