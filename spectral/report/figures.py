@@ -213,8 +213,8 @@ def _setting_title(tag: str) -> str:
 
 
 def retrain_figure(history: pd.DataFrame, stem, metric: str = "accuracy", title: str = "") -> list[Path]:
-    """Accuracy vs step per subspace rank and the unrestricted baseline, mean ± std over seeds;
-    one panel per setting (e.g. ``signal-trajectory``, ``signal-trajectory-nonprivate``).
+    """Accuracy vs step per subspace rank and the unrestricted baseline: every seed's curve and their
+    mean; one panel per setting (e.g. ``signal-trajectory``, ``signal-trajectory-nonprivate``).
 
     history : columns ``setting`` (optional), ``variant`` ("rank 10", …, "full"), ``seed``, ``step``, ``metric``
     """
@@ -235,13 +235,23 @@ def retrain_figure(history: pd.DataFrame, stem, metric: str = "accuracy", title:
             for i, variant in enumerate(variants):
                 g = stats[(stats.setting == setting) & (stats.variant == variant)]
                 color = "black" if variant == "full" else COLORS[i]
-                ax.plot(g.step, g["mean"], marker=MARKERS[i % len(MARKERS)], ms=3.5, color=color, label=variant)
-                ax.fill_between(g.step, g["mean"] - g["std"], g["mean"] + g["std"], color=color, alpha=0.15, lw=0)
+                runs = history[(history.setting == setting) & (history.variant == variant)]
+                for _, run in runs.groupby("seed"):  # every seed, not a band over few of them
+                    ax.plot(run.step, run[metric], color=color, lw=0.7, alpha=0.45)
+                seeds = runs.seed.nunique()
+                ax.plot(
+                    g.step,
+                    g["mean"],
+                    marker=MARKERS[i % len(MARKERS)],
+                    ms=3.5,
+                    color=color,
+                    label=f"{variant} (mean of {seeds} seed{'s' * (seeds > 1)})",
+                )
             ax.set_xlabel("training step")
             ax.set_title(_setting_title(setting))
             ax.legend(loc="upper left")
         for row in axes:
-            row[0].set_ylabel(f"dev {metric}\n(mean ± std over seeds)")
+            row[0].set_ylabel(f"dev {metric}\n(thin: each seed; line: their mean)")
         fig.suptitle(title or "Retraining with updates restricted to the top-r gradient subspace")
     return save(fig, stem, {"": stats})
 
