@@ -126,7 +126,7 @@ def test_vectorised_grid_equals_a_plain_loop():
         assert row.test_loss == pytest.approx(brute_loss(avg, a, data.full("test", d)), rel=1e-9)
 
 
-def test_quick_cli_writes_results_that_show_the_papers_message(tmp_path):
+def test_quick_cli_writes_results_that_show_the_papers_message(tmp_path, monkeypatch):
     out = tmp_path / "toy"
     proc = run_cli("spectral.toy", tmp_path, "--scale", "quick")
     assert proc.returncode == 0, proc.stderr
@@ -137,9 +137,17 @@ def test_quick_cli_writes_results_that_show_the_papers_message(tmp_path):
     # without decay the loss grows with d; with fast decay it stays flat
     assert loss["const"].iloc[-1] - loss["const"].iloc[0] > 0.3
     assert abs(loss["quadratic"].iloc[-1] - loss["quadratic"].iloc[0]) < 0.05
-    # a rerun with the same settings resumes: nothing left to compute
-    again = run_cli("spectral.toy", tmp_path, "--scale", "quick", "--no-figure")
-    assert again.returncode == 0 and pd.read_csv(out / "toy_runs.csv").shape == pd.read_csv(out / "toy_runs.csv").shape
+    # a rerun with the same settings resumes: no group is recomputed, the results stay as they were
+    before = (out / "toy_runs.csv").read_text()
+    import spectral.toy.grid as grid
+    from spectral.toy import ToyConfig, toy
+
+    def recompute(*args, **kwargs):
+        raise AssertionError("a finished (T, d) group was run again")
+
+    monkeypatch.setattr(grid, "dp_gd", recompute)
+    toy(tmp_path, ToyConfig.quick(), progress=False, device="cpu")
+    assert (out / "toy_runs.csv").read_text() == before
 
 
 def test_cli_bad_input_exit_2(tmp_path):
