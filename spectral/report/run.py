@@ -87,6 +87,10 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
         )
         if c is not None
     }
+    if "in-sample" in curves and summary.get("n"):
+        # components fitted on the same n steps explain them exactly at k = n: G_k -> 0 there is
+        # overfitting, not decay, so the in-sample curve is read up to n/2 (the held-out one to its end)
+        curves["in-sample"] = curves["in-sample"][curves["in-sample"].k <= summary["n"] // 2]
     if curves:
         rlc_fits = {label: fits.rlc_fit(c) for label, c in curves.items()}
         result["fits"]["rlc"] = rlc_fits
