@@ -14,7 +14,8 @@ import torch
 
 from ..dp.config import CollectConfig
 from ..dp.training import prepare
-from ..retrain import CoordinateEngine, Subspace
+from ..retrain import Subspace
+from ..retrain.run import restricted_engine
 
 
 def run(ranks=(10, 100), modes=("signal", "signal+noise", "coordinates"), steps: int = 8, warmup: int = 2) -> str:
@@ -31,20 +32,8 @@ def run(ranks=(10, 100), modes=("signal", "signal+noise", "coordinates"), steps:
             sub.project(x)
         project_ms[r] = (time.perf_counter() - t0) / 20 * 1e3
         for mode in modes:
-            t = prepare(cfg, engine=mode != "coordinates")
-            if mode == "coordinates":
-                t.engine = CoordinateEngine(
-                    t.model,
-                    sub,
-                    optimizer=cfg.optimizer,
-                    lr=cfg.lr,
-                    noise_multiplier=t.plan.noise_multiplier,
-                    max_grad_norm=cfg.max_grad_norm,
-                    expected_batch_size=t.plan.batch_size,
-                    seed=cfg.seed,
-                )
-            else:
-                t.engine.restrict(sub.project, mode)
+            t = prepare(cfg, engine=False)
+            t.engine = restricted_engine(t, sub, mode)
             variants[(r, mode)] = t
     seconds = {name: [] for name in variants}
     for step in range(steps + warmup):

@@ -109,6 +109,26 @@ def public_subspace(
     return Subspace(spec.components)
 
 
+def restricted_engine(t, subspace: Subspace | None, mode: str):
+    """The DP engine of training setup ``t`` with updates restricted to ``subspace`` by ``mode``
+    (None: unrestricted)."""
+    if subspace is None:
+        return t.build_engine()
+    if mode == "coordinates":
+        c = t.cfg
+        return CoordinateEngine(
+            t.model,
+            subspace,
+            optimizer=c.optimizer,
+            lr=c.lr,
+            noise_multiplier=t.plan.noise_multiplier,
+            max_grad_norm=c.max_grad_norm,
+            expected_batch_size=t.plan.batch_size,
+            seed=c.seed,
+        )
+    return t.build_engine(subspace.project, mode)
+
+
 def train_variant(
     cfg: CollectConfig,
     split,
@@ -127,21 +147,7 @@ def train_variant(
         subspace = subspace.to(t.device)
     if subspace is not None and subspace.d != t.d:
         raise SpectralError(f"the subspace has d={subspace.d:,} but this model trains d={t.d:,} parameters")
-    if subspace is None:
-        engine = t.build_engine()
-    elif mode == "coordinates":
-        engine = CoordinateEngine(
-            t.model,
-            subspace,
-            optimizer=cfg.optimizer,
-            lr=cfg.lr,
-            noise_multiplier=t.plan.noise_multiplier,
-            max_grad_norm=cfg.max_grad_norm,
-            expected_batch_size=t.plan.batch_size,
-            seed=cfg.seed,
-        )
-    else:
-        engine = t.build_engine(subspace.project, mode)
+    engine = restricted_engine(t, subspace, mode)
     ledger, evals, seconds = PrivacyLedger(t.plan), [], 0.0
     evals.append({"step": 0, **engine.evaluate(t.dev_chunks), "epsilon": 0.0})
     for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False):
