@@ -6,11 +6,14 @@ Examples
   python -m spectral.collect runs/cpu --config experiments/collect_cpu.toml   # the CPU-faithful run
   python -m spectral.collect runs/demo --resume                 # after a crash or Ctrl-C
   python -m spectral.collect runs/paper --config experiments/collect_paper.toml  # roberta-base, online + GPU
+  torchrun --nproc-per-node 4 -m spectral.collect runs/paper --config experiments/collect_paper.toml  # 4 GPUs
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from pathlib import Path
 
 import tomllib
@@ -18,6 +21,7 @@ import tomllib
 from .. import cli
 from ..dp import config as C
 from ..dp.config import CollectConfig
+from ..dp.distributed import launched_rank
 from ..errors import SpectralError, cli_entry
 from .run import collect
 
@@ -101,10 +105,22 @@ def load_toml(path: Path) -> dict:
         raise SpectralError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (torchrun stopping the job when one rank died, a batch scheduler's time limit) ends the
+    run like Ctrl-C: at its last commit, with a clear message, instead of killing it mid-write."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt("by SIGTERM; torchrun sends it to every rank when one fails")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
     cli.quiet_library_warnings()
+    interrupt_on_sigterm()
     out, resume, overwrite = args.run_dir, args.resume, args.overwrite
     given = {**(load_toml(args.config) if args.config else {}), **cli.config_values(args, CollectConfig)}
     if resume and overwrite:
@@ -121,7 +137,8 @@ def main(argv=None):
     else:
         cfg = CollectConfig.from_dict(given).validate()
     collect(cfg, out, resume=resume, overwrite=overwrite, progress=not args.no_progress, device=args.device)
-    print(f"stored in {out}; open with spectral.store.open({str(out)!r})")
+    if launched_rank() == 0:
+        print(f"stored in {out}; open with spectral.store.open({str(out)!r})")
 
 
 if __name__ == "__main__":

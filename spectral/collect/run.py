@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .. import __version__
 from ..device import resolve_device
 from ..dp.config import CollectConfig
+from ..dp.distributed import join, leave, seed_dropout, share
 from ..dp.engine import NonFiniteGradient
 from ..dp.models import resolve_model
 from ..dp.privacy import PrivacyLedger, PrivacyPlan
@@ -114,6 +116,7 @@ def run_metadata(t: Training) -> dict:
         },
         "data": {**t.data_info, "n_train_used": t.n_train, "n_dev_used": t.n_dev},
         "dp": t.plan.to_dict(),
+        "world_size": t.group.world_size,  # ranks of the launch that created the run; each launch: table "launches"
     }
 
 
@@ -155,6 +158,21 @@ def step_record(res, lr: float, epsilon: float, max_grad_norm: float, seconds: f
     }
 
 
+def run_settings(cfg: CollectConfig, out: Path, resume: bool, overwrite: bool) -> dict:
+    """What the run does, decided from ``out`` (on rank 0 alone in a data-parallel job):
+    ``{"cfg", "plan", "resumed"}``, or ``{"done": message}`` when a resumed run is already complete."""
+    prepare_out(out, resume, overwrite)
+    manifest = read_manifest(out) if resume else None
+    if manifest is None:
+        if cfg.init_from:  # named from anywhere, stored absolute
+            cfg = replace(cfg, init_from=str(Path(cfg.init_from).expanduser().resolve()))
+        return {"cfg": cfg, "plan": None, "resumed": False}
+    if manifest["status"] == "complete":
+        return {"done": f"{out}: already complete ({manifest['n_steps']} steps); nothing to resume"}
+    plan = PrivacyPlan(**{k: v for k, v in manifest["dp"].items() if k not in ("sample_rate", "steps_per_epoch")})
+    return {"cfg": CollectConfig.from_dict(manifest["config"]), "plan": plan, "resumed": True}
+
+
 def collect(
     cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = False, progress: bool = True, device="auto"
 ) -> Path:
@@ -162,50 +180,78 @@ def collect(
 
     resume : continue the store in ``out`` with its stored settings (``cfg`` is ignored)
     device : where to train (``auto``: CUDA when available); the stored rows are the same either way.
+    Under ``torchrun`` each process is one rank of a data-parallel job (:mod:`spectral.dp.distributed`):
+    rank 0 writes the store; a job can be resumed with any number of ranks.
     Returns the store path; open it with :func:`spectral.store.open`.
     """
-    out, device = Path(out), resolve_device(device)  # a missing GPU is an error before anything is loaded
-    prepare_out(out, resume, overwrite)
-    manifest = read_manifest(out) if resume else None
-    if manifest is not None:
-        if manifest["status"] == "complete":
-            print(f"{out}: already complete ({manifest['n_steps']} steps); nothing to resume")
-            return out
-        cfg = CollectConfig.from_dict(manifest["config"])
-        plan = PrivacyPlan(**{k: v for k, v in manifest["dp"].items() if k not in ("sample_rate", "steps_per_epoch")})
-    else:
-        plan = None
-        if cfg.init_from:  # named from anywhere, stored absolute
-            cfg = replace(cfg, init_from=str(Path(cfg.init_from).expanduser().resolve()))
+    out = Path(out)
+    group, device = join(resolve_device(device))  # a missing GPU is an error before anything is loaded
+    try:
+        return _collect(cfg, out, resume, overwrite, progress and group.is_writer, device, group)
+    finally:
+        leave()
+
+
+def _collect(cfg, out, resume, overwrite, progress, device, group) -> Path:
+    settings = None
+    if group.is_writer:
+        try:
+            settings = run_settings(cfg, out, resume, overwrite)
+        except SpectralError as exc:
+            share({"error": str(exc)}, group)  # the other ranks stop too instead of waiting
+            raise
+    settings = share(settings, group)
+    if "error" in settings:
+        raise SpectralError(f"rank {group.rank}: rank 0 stopped: {settings['error']}")
+    if "done" in settings:
+        if group.is_writer:
+            print(settings["done"])
+        return out
+    cfg = settings["cfg"]
     torch.manual_seed(cfg.seed)  # dropout draws from torch's global generator: seeded by the loop that trains
-    t = prepare(cfg.validate(), plan=plan, device=device)
-    writer, ledger, start = open_writer(t, out, resumed=manifest is not None)
-    engine, host_rows = t.engine, HostRows(t.device, cfg.streams, t.d, slots=8)
-    print(f"collect: {t.describe()} -> {out}")
+    t = prepare(cfg.validate(), plan=settings["plan"], device=device, group=group)
+    engine, writer = t.engine, None
+    if group.is_writer:
+        writer, ledger, start = open_writer(t, out, resumed=settings["resumed"])
+        writer.log("launches", {"step": start, "world_size": group.world_size, "device": device.type})
+        print(f"collect: {t.describe()} -> {out}" + (f" on {group.world_size} ranks" if group.world_size > 1 else ""))
+    if group.world_size > 1:  # every rank continues from rank 0's state (weights, moments, noise generator)
+        state, start = share((engine.state(), start) if group.is_writer else None, group)
+        if not group.is_writer:
+            engine.load_state(state)
+    host_rows = HostRows(t.device, cfg.streams, t.d, slots=8)
 
     def commit(status="running"):
         writer.commit(engine.state(), {"accountant": ledger.state(), "epsilon": ledger.epsilon()}, status=status)
 
-    if cfg.eval_every and start == 0:  # the starting point, before any update (step -1)
+    def stop(status, message):
+        if writer is not None:
+            if status == "stopped":
+                commit(status)
+            writer.close(status=status)
+        return SpectralError(message)
+
+    if writer is not None and cfg.eval_every and start == 0:  # the starting point, before any update (step -1)
         writer.log("eval", {"step": -1, **engine.evaluate(t.dev_chunks)})
     bar = tqdm(total=cfg.steps, initial=start, desc="collect", unit="step", disable=not progress)
     try:
         for step in range(start, cfg.steps):
             t0, lr = time.perf_counter(), cfg.learning_rate(step)
+            if group.world_size > 1:
+                seed_dropout(cfg.seed, step, group)
             try:
                 res = engine.step(t.chunks(step), lr)
-            except NonFiniteGradient as exc:
-                commit(status="stopped")
-                writer.close()
-                raise SpectralError(f"step {step}: {exc}; the {step} completed steps are stored in {out}") from None
+            except NonFiniteGradient as exc:  # the same on every rank: the gradients are all-reduced
+                raise stop("stopped", f"step {step}: {exc}; the {step} completed steps are stored in {out}") from None
             peak = max(getattr(res, s).abs().max().item() for s in cfg.streams)
             if storage_overflow([peak], cfg.dtype) is not None:  # checked here: the host copy is asynchronous
-                commit(status="stopped")
-                writer.close()
-                raise SpectralError(
+                raise stop(
+                    "stopped",
                     f"step {step}: a gradient value {peak:.4g} exceeds what {cfg.dtype} storage holds; "
-                    f"the {step} completed steps are stored in {out}; use --dtype float32"
+                    f"the {step} completed steps are stored in {out}; use --dtype float32",
                 )
+            if writer is None:
+                continue
             ledger.record_step(step)
             record = step_record(res, lr, ledger.epsilon(), cfg.max_grad_norm, time.perf_counter() - t0)
             rows, ready = host_rows({s: getattr(res, s) for s in cfg.streams})
@@ -217,13 +263,20 @@ def collect(
                 commit(status="complete" if last else "running")
             bar.update(1)
             bar.set_postfix(loss=f"{res.loss:.3f}", eps=f"{record['epsilon']:.2f}")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # the step in flight may be half-applied: keep the last commit, which is consistent
-        writer.close(status="interrupted")
-        raise SpectralError(
-            f"interrupted; {out} keeps every step up to its last commit; continue with --resume"
+        why = f" {exc.args[0]}" if exc.args else ""
+        raise stop(
+            "interrupted", f"interrupted{why}; {out} keeps every step up to its last commit; continue with --resume"
+        ) from None
+    except dist.DistError as exc:  # another rank died (or the network did) in a collective
+        raise stop(
+            "interrupted",
+            f"rank {group.rank}: the job lost a rank ({str(exc).splitlines()[0][:200]}); {out} keeps every step up "
+            "to its last commit; continue with --resume (with any number of ranks)",
         ) from None
     finally:
         bar.close()
-    writer.close()
+    if writer is not None:
+        writer.close()
     return out

@@ -24,6 +24,7 @@ from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
 from ..errors import SpectralError
+from .distributed import data_parallel_class, gather_over_ranks, sum_over_ranks
 
 
 class NonFiniteGradient(SpectralError):
@@ -151,6 +152,7 @@ class DPEngine:
         seed,
         project=None,
         restriction=None,
+        data_parallel: bool = False,
     ):
         if (project is None) != (restriction is None) or restriction not in (None, *self.RESTRICTIONS):
             raise SpectralError(f"a restriction needs a projection and a mode from {', '.join(self.RESTRICTIONS)}")
@@ -169,11 +171,12 @@ class DPEngine:
             generator=self.noise_generator,
         )
         model.train()  # ghost clipping's hooks only run in training mode
+        parallel = data_parallel_class if data_parallel else (lambda cls: cls)
         if clipping == "ghost":
             self.module = GradSampleModuleFastGradientClipping(
                 model, max_grad_norm=max_grad_norm, use_ghost_clipping=True, loss_reduction="mean"
             )
-            self.optimizer = (
+            self.optimizer = parallel(
                 SignalProjectedDPOptimizerFastGradientClipping
                 if restriction == "signal"
                 else DPOptimizerFastGradientClipping
@@ -183,7 +186,9 @@ class DPEngine:
             )
         elif clipping == "per-sample":
             self.module = GradSampleModule(model, loss_reduction="mean")
-            self.optimizer = (SignalProjectedDPOptimizer if restriction == "signal" else DPOptimizer)(base, **kwargs)
+            self.optimizer = parallel(SignalProjectedDPOptimizer if restriction == "signal" else DPOptimizer)(
+                base, **kwargs
+            )
             self.criterion = torch.nn.CrossEntropyLoss(reduction="mean")
         else:
             raise SpectralError(f"unknown clipping mode {clipping!r}")
@@ -191,6 +196,7 @@ class DPEngine:
         self.optimizer.project = project
         self._project, self._restriction = project, restriction
         self._explicit_positions = needs_explicit_positions(model)
+        self.data_parallel = data_parallel
 
     # ------------------------------------------------------------------ one step
     def _per_example_norms(self) -> torch.Tensor:
@@ -239,12 +245,14 @@ class DPEngine:
             raise NonFiniteGradient("the gradient became non-finite (NaN or inf); stopped before applying it")
         opt.original_optimizer.step()
         opt.zero_grad()
+        norms = torch.cat(norms) if norms else torch.zeros(0, device=self.device)
+        loss = sum(losses)
+        if self.data_parallel:  # report the logical batch, not this rank's share
+            norms = gather_over_ranks(norms)
+            loss, n = sum_over_ranks([loss, n])
+            n = int(n)
         return StepOutput(
-            loss=sum(losses) / n if n else math.nan,
-            clipped=clipped,
-            private=private,
-            per_example_norms=torch.cat(norms) if norms else torch.zeros(0, device=self.device),
-            batch_size=n,
+            loss=loss / n if n else math.nan, clipped=clipped, private=private, per_example_norms=norms, batch_size=n
         )
 
     # ------------------------------------------------------------------ evaluation

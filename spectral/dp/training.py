@@ -16,6 +16,7 @@ from ..errors import SpectralError
 from ..store import open as open_store
 from .config import CollectConfig
 from .data import TextData, load_data
+from .distributed import SINGLE, Group, share_of
 from .engine import DPEngine, trained_weights
 from .models import head_state, load_head, load_model, parameter_layout, resolve_model, select_trainable, tokenize
 from .privacy import PrivacyPlan, batch_indices, compose_epsilon, plan_privacy, privacy_history
@@ -91,6 +92,7 @@ class Training:
     train_batches: Batcher
     dev_chunks: list
     head: dict  # the head's tensors at the start (see models.head_state)
+    group: Group = SINGLE  # this process's rank in a data-parallel job
 
     @property
     def device(self) -> torch.device:
@@ -111,11 +113,15 @@ class Training:
             seed=c.seed,
             project=project,
             restriction=restriction,
+            data_parallel=self.group.world_size > 1,
         )
 
     def chunks(self, step: int) -> list:
-        """The physical chunks of logical step ``step`` (deterministic in seed and step)."""
-        return self.train_batches.chunks(batch_indices(self.plan, self.cfg.seed, step), self.cfg.physical_batch_size)
+        """The physical chunks of logical step ``step`` (deterministic in seed and step): the whole
+        batch, or in a data-parallel job this rank's share of it."""
+        batch = batch_indices(self.plan, self.cfg.seed, step)
+        share = share_of(batch, self.train_batches.lengths, self.group)
+        return self.train_batches.chunks(share, self.cfg.physical_batch_size)
 
     def describe(self) -> str:
         c, p = self.cfg, self.plan
@@ -138,6 +144,7 @@ def prepare(
     engine: bool = True,
     head: dict | None = None,
     device="cpu",
+    group: Group = SINGLE,
 ) -> Training:
     """Load data and model, choose the trainable set, plan privacy and build the DP engine.
 
@@ -148,6 +155,7 @@ def prepare(
         of the one ``cfg.seed`` initialises, so that runs derived from a trajectory share its head
     device : where the model and the engine compute (``auto``, ``cpu``, ``cuda[:i]``); batches are
         built on the CPU and moved per physical chunk
+    group : this process's rank in a data-parallel job (:func:`spectral.dp.distributed.join`)
     """
     if split is None:
         train, dev, data_info = load_data(cfg.data, cfg.text_column, cfg.label_column, cfg.seed)
@@ -186,7 +194,9 @@ def prepare(
             prior=prior,
         )
     dev_chunks = (
-        Batcher(model, tokenizer, dev, cfg.max_length).chunks(np.arange(len(dev)), 128) if cfg.eval_every else []
+        Batcher(model, tokenizer, dev, cfg.max_length).chunks(np.arange(len(dev)), 128)
+        if cfg.eval_every and group.is_writer  # rank 0 alone evaluates
+        else []
     )
     t = Training(
         cfg,
@@ -203,6 +213,7 @@ def prepare(
         Batcher(model, tokenizer, train, cfg.max_length),
         dev_chunks,
         head,
+        group,
     )
     if engine:
         t.engine = t.build_engine()
