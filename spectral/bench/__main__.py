@@ -2,7 +2,8 @@
 
 collect  seconds per step and peak memory of a non-private step, a DP step with per-sample
          clipping, with ghost clipping, and with ghost clipping plus store writes, as ratios to
-         the non-private step, on the embedded default model and SST-2.
+         the non-private step, on the embedded default model and SST-2; with --nproc N, a
+         torchrun job of N ranks against one process.
 analyse  our principal components vs sklearn randomized_svd, torch.svd_lowrank, scipy eigsh and
          the seed code's orthogonal iteration on a synthetic on-disk trajectory: time, passes,
          peak RSS, accuracy against an exact reference, and our time against a lower bound.
@@ -33,6 +34,11 @@ def main(argv=None):
     c.add_argument("--warmup", type=int, default=3)
     c.add_argument("--steps", type=int, default=10)
     c.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N [cpu]")
+    c.add_argument(
+        "--nproc",
+        type=int,
+        help="instead: a torchrun job of this many ranks vs one process (time per step, agreement of the rows)",
+    )
     c.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one mode, print JSON
     a = sub.add_parser("analyse", help="principal components: ours vs library methods on a synthetic store")
     a.add_argument("--n", type=int, default=2000, help="steps (rows)")
@@ -80,6 +86,12 @@ def main(argv=None):
             )
             return
         print(bench_analyse.run(args.n, args.d, args.k, args.slope, args.dir, args.methods, args.timeout, args.device))
+        return
+
+    if args.nproc:
+        from . import parallel
+
+        print(parallel.run(args.nproc, args.steps, args.batch_size, args.physical_batch_size, args.device))
         return
 
     from . import collect as bench
