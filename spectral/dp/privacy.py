@@ -107,6 +107,20 @@ def _calibrate_after(prior, epsilon, delta, sample_rate, mechanisms, accountant,
     return high
 
 
+# The PRV accountant discretises the privacy-loss distribution on a grid that grows with epsilon
+# (measured at q = 0.0019, 1000 steps: 1.4 GB and 35 s at epsilon 30, 4.2 GB and 70 s at 100, over 20 GB
+# at 1000). Above this epsilon (its RDP bound for a given sigma) it is refused before it can exhaust memory.
+PRV_MAX_EPSILON = 50.0
+
+
+def _check_prv(epsilon: float) -> None:
+    if epsilon > PRV_MAX_EPSILON:
+        raise SpectralError(
+            f"the PRV accountant's memory grows with epsilon (4 GB at 100, over 20 GB at 1000); this run's epsilon "
+            f"is about {epsilon:.3g}; use --accountant rdp above epsilon {PRV_MAX_EPSILON:g}"
+        )
+
+
 def plan_privacy(
     *,
     sampling,
@@ -140,6 +154,12 @@ def plan_privacy(
         None if noise_multiplier is not None else epsilon,
         [list(h) for h in prior],
     )
+    if accountant == "prv":  # checked with the cheap RDP bound before PRV builds its grid
+        _check_prv(
+            epsilon
+            if noise_multiplier is None
+            else compose_epsilon([*prior, (noise_multiplier, plan.sample_rate, plan.mechanisms(steps))], delta)
+        )
     if noise_multiplier is not None:
         plan.noise_multiplier = float(noise_multiplier)
         return plan
