@@ -247,3 +247,27 @@ def test_cli_bad_input_exit_2(analysed_run, tmp_path):
     assert proc.returncode == 2 and "rank 50 is not available" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_main("spectral.retrain", tmp_path, "--out", tmp_path / "y")
     assert proc.returncode == 2 and proc.stderr.startswith("error:")
+
+
+def test_public_examples_stay_out_of_private_training_and_its_accounting(analysed_run, tmp_path, monkeypatch):
+    import spectral.retrain.run as retrain_run
+    from spectral.dp.data import load_data
+
+    prepared, real = [], retrain_run.prepare
+
+    def spy(cfg, *args, **kwargs):
+        t = real(cfg, *args, **kwargs)
+        prepared.append((cfg.noise_multiplier == 0.0, kwargs["split"][0], t.plan))
+        return t
+
+    monkeypatch.setattr(retrain_run, "prepare", spy)
+    args = ["--ranks", 3, "--seeds", 1, "--steps", 2, "--eval-every", 2, "--no-progress", "--no-full"]
+    r = run_main("spectral.retrain", analysed_run, *args, "--subspace-from", "public", "--public-size", 60)
+    assert r.returncode == 0, r.stderr
+    train, _, _ = load_data(str(json.loads((analysed_run / "manifest.json").read_text())["config"]["data"]))
+    (public,) = [split for non_private, split, _ in prepared if non_private]
+    (private,) = [(split, plan) for non_private, split, plan in prepared if not non_private]
+    assert public.texts == train.texts[:60]  # the public part: the first 60 training examples
+    assert private[0].texts == train.texts[60:]  # ... which private training never sees
+    assert private[1].n_train == len(train) - 60  # ... nor counts: q = B / n over the private part only
+    assert private[1].sample_rate == pytest.approx(16 / (len(train) - 60))
