@@ -12,12 +12,16 @@ from spectral.analyse import lora
 def test_deviation_variance_matches_monte_carlo(r):
     rng = np.random.default_rng(r)
     G = rng.standard_normal((5, 12)) * np.linspace(0.2, 2.0, 12)  # uneven columns: the G_ij² term matters
-    draws = np.stack([lora.deviation(G, lora.random_a(r, 12, rng)) for _ in range(40_000)])
-    np.testing.assert_allclose(draws.mean(0), 0.0, atol=5 * np.sqrt(lora.deviation_variance(G, r).max() / 40_000))
-    np.testing.assert_allclose(draws.var(0), lora.deviation_variance(G, r), rtol=0.05)
-    # the deviation is G (AᵀA − I) computed without AᵀA
-    A = lora.random_a(r, 12, rng)
-    np.testing.assert_allclose(lora.deviation(G, A), G @ (A.T @ A - np.eye(12)), atol=1e-12)
+    # Monte Carlo in plain numpy: A with N(0, 1/r) entries, D = G (AᵀA − I)
+    A = rng.standard_normal((40_000, r, 12)) / np.sqrt(r)
+    draws = np.einsum("ij,njk->nik", G, np.einsum("nri,nrk->nik", A, A) - np.eye(12))
+    predicted = lora.deviation_variance(G, r)
+    np.testing.assert_allclose(draws.mean(0), 0.0, atol=5 * np.sqrt(predicted.max() / 40_000))
+    np.testing.assert_allclose(draws.var(0), predicted, rtol=0.05)
+    # the helpers: deviation is G (AᵀA − I) computed without AᵀA; random_a has entries of variance 1/r
+    np.testing.assert_allclose(lora.deviation(G, A[0]), draws[0], atol=1e-12)
+    a = lora.random_a(r, 20_000, rng)
+    assert a.shape == (r, 20_000) and a.var() == pytest.approx(1 / r, rel=0.05) and abs(a.mean()) < 0.02
 
 
 def test_gaussianity_and_equivalent_sigma():
