@@ -153,6 +153,33 @@ def test_non_finite_gradient_stops_and_keeps_the_store(tiny_model, tiny_data, tm
     s = store.open(out, verify=True)
     assert 1 <= s.n_steps < 20 and s.manifest["status"] == "stopped"
     assert np.isfinite(s.rows("clipped")).all()
+    # resuming a stopped run meets the same step again: the same error, the stored steps untouched
+    again = run_cli("spectral.collect", out, "--resume", "--no-progress")
+    _assert_one_clear_error(again, "non-finite")
+    assert store.open(out, verify=True).n_steps == s.n_steps
+
+
+def test_ctrl_c_keeps_the_last_commit_and_resume_completes(tiny_model, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        *map(str, collect_args(tiny_model, tiny_data, out, "--steps", "60", "--checkpoint-every", "4")),
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while _manifest_steps(out) < 8 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert "interrupted; " in err and "keeps every step up to its last commit; continue with --resume" in err
+    stopped = store.open(out, verify=True)
+    assert stopped.manifest["status"] == "interrupted" and stopped.n_steps % 4 == 0 and 8 <= stopped.n_steps < 60
+    result = run_cli("spectral.collect", out, "--resume", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert list(store.open(out, verify=True).steps.step) == list(range(60))
 
 
 def _manifest_steps(out):
