@@ -271,3 +271,37 @@ def test_public_examples_stay_out_of_private_training_and_its_accounting(analyse
     assert private[0].texts == train.texts[60:]  # ... which private training never sees
     assert private[1].n_train == len(train) - 60  # ... nor counts: q = B / n over the private part only
     assert private[1].sample_rate == pytest.approx(16 / (len(train) - 60))
+
+
+def test_coordinates_clipping_at_finite_c_equals_a_loop_over_examples(tiny_model):
+    """Each example's gradient in subspace coordinates, Vᵀ g_i, is clipped to C: against a plain loop."""
+    import copy
+
+    model, tok = _model(tiny_model, "attention-qv")
+    Q = _basis(_flat_params(model).numel(), 5, seed=2)
+    chunks = _chunks(tok, 3)
+    probe = copy.deepcopy(model).train()
+    params = [p for p in probe.parameters() if p.requires_grad]
+    coords = []
+    for inputs, labels in chunks:
+        for i in range(len(labels)):
+            probe.zero_grad()
+            one = {k: v[i : i + 1] for k, v in inputs.items()}
+            torch.nn.functional.cross_entropy(probe(**one).logits, labels[i : i + 1]).backward()
+            coords.append(Q.T @ torch.cat([p.grad.reshape(-1) for p in params]).numpy())
+    norms = np.linalg.norm(coords, axis=1)
+    C = float(np.median(norms))  # about half the examples are clipped
+    expected = sum(z * min(1.0, C / (n + 1e-6)) for z, n in zip(coords, norms))
+    engine = CoordinateEngine(
+        model,
+        _subspace64(Subspace(torch.from_numpy(Q))),
+        optimizer="sgd",
+        lr=0.0,
+        noise_multiplier=0.0,
+        max_grad_norm=C,
+        expected_batch_size=5.0,
+        seed=0,
+    )
+    out = engine.step(chunks, lr=0.0)
+    np.testing.assert_allclose(out.clipped.numpy() * 5.0, expected, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(out.per_example_norms.numpy(), norms, rtol=1e-7)
