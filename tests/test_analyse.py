@@ -82,6 +82,13 @@ def test_centered_matches_covariance_eigenpairs():
         np.testing.assert_allclose(spec.eigenvalues, sv[:5] ** 2, rtol=1e-4)
         assert largest_angle(spec.components, Vt[:5].T) < 0.05
         assert spec.total_energy == pytest.approx((sv**2).sum(), rel=1e-6)
+    # the certificate of a centred solve is measured against the centred matrix (one cheap iteration:
+    # visibly inexact, so the comparison is not between two zeros)
+    spec = principal_components(H, 5, method="randomized", centered=True, n_iter=1, oversample=2)
+    V = np.asarray(spec.components, dtype=np.float64)
+    dense = np.linalg.norm(Hc.T @ (Hc @ V) - V * spec.eigenvalues, axis=0) / spec.eigenvalues
+    np.testing.assert_allclose(spec.residuals, dense, rtol=1e-3, atol=1e-5)  # atol: float32 components
+    assert spec.residuals.max() > 1e-3
 
 
 def test_bounded_memory_processes_a_store_wider_than_the_budget(tmp_path):
