@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_main
 from test_analyse import power_law_trajectory, write_store
 
 from spectral import theory
@@ -179,3 +179,23 @@ def test_g_k_verdict_comes_from_the_worst_case_over_steps():
         assert stats[stat]["c"] == pytest.approx(-slope, abs=1e-9) == pytest.approx(c, abs=1e-9)
     assert stats["verdict_basis"] == "max" and stats["verdict"] == "polynomial"
     assert stats["rms"]["verdict"] == "dimension-free"
+
+
+def test_report_draws_what_is_there_and_names_what_is_missing(tmp_path):
+    import shutil
+
+    run = make_reported_run(tmp_path)
+    shutil.rmtree(run / "retrain")
+    shutil.rmtree(run / "toy")
+    (run / "analysis" / "clipped" / "rlc_held_out.csv").unlink()
+    proc = run_main("spectral.report", run, "--fit-range", "1", "10000")  # beyond the 40 ranks analysed
+    assert proc.returncode == 0, proc.stderr
+    figs = run / "figures"
+    assert (figs / "fig1_spectrum.png").is_file() and (figs / "fig3_rlc.png").is_file()
+    assert not (figs / "fig5_retrain.png").exists() and not (figs / "fig6_toy.png").exists()
+    assert "subspace retraining" in proc.stdout and "geometric-median toy" in proc.stdout
+    saved = json.loads((figs / "fits.json").read_text())
+    assert saved["spectrum"]["range"] == [1, 40]  # clipped to the ranks there are, and saying so
+    assert set(saved["rlc"]) == {"in-sample"}
+    proc = run_main("spectral.report", run, "--fit-range", "100", "200")
+    assert proc.returncode == 2 and "does not fit 40 singular values" in proc.stderr
