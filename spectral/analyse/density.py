@@ -21,7 +21,9 @@ from .matrix import TrajectoryMatrix
 def eigenvalue_kde(eigenvalues, points: int = 200, bandwidth=None) -> pd.DataFrame:
     """Gaussian KDE of log10(eigenvalue) (the spectrum spans decades), on a log-spaced grid.
 
-    Returns columns ``eigenvalue`` and ``density`` (per unit of log10 eigenvalue).
+    Returns columns ``eigenvalue``, ``density`` (per unit of log10 eigenvalue) and ``bandwidth`` (the
+    kernel's standard deviation in log10 units: Scott's rule unless ``bandwidth`` is given, as scipy's
+    ``bw_method``).
     """
     lam = np.asarray(eigenvalues, dtype=float)
     lam = lam[lam > 0]
@@ -31,7 +33,29 @@ def eigenvalue_kde(eigenvalues, points: int = 200, bandwidth=None) -> pd.DataFra
     kde = gaussian_kde(logs, bw_method=bandwidth)
     pad = 3 * kde.factor * logs.std()
     grid = np.linspace(logs.min() - pad, logs.max() + pad, points)
-    return pd.DataFrame({"eigenvalue": 10**grid, "density": kde(grid)})
+    return pd.DataFrame({"eigenvalue": 10**grid, "density": kde(grid), "bandwidth": kde.factor * logs.std(ddof=1)})
+
+
+def linear_kde(values, variance: float = 1e-6, grid_len: int = 300_000, grid_expand: float = 3e-4) -> pd.DataFrame:
+    """The authors' presentation of the spectrum (private-transformers, spectral_analysis/density.py
+    ``eigv_to_density`` as called by rebuttal_plots_neurips_2022.py on the top-500 σ_k = √λ_k):
+    equal-weight Gaussian kernels in linear space, of variance ``variance · max(1, range)``, on
+    ``grid_len`` points from min − ``grid_expand`` to max + ``grid_expand``, normalised to unit area
+    on that grid. Returns columns ``value`` and ``density``.
+    """
+    v = np.asarray(values, dtype=float)
+    if len(v) < 1:
+        raise SpectralError("a density needs at least one value")
+    lo, hi = v.min() - grid_expand, v.max() + grid_expand
+    grid = np.linspace(lo, hi, grid_len)
+    var = variance * max(1.0, hi - lo)
+    density = np.empty(grid_len)
+    for start in range(0, grid_len, 20_000):  # 20k x len(v) kernel values at a time
+        g = grid[start : start + 20_000, None]
+        density[start : start + 20_000] = np.exp(-((g - v) ** 2) / (2 * var)).sum(1) / len(v)
+    density /= np.sqrt(2 * np.pi * var)
+    density /= density.sum() * (grid[1] - grid[0])
+    return pd.DataFrame({"value": grid, "density": density})
 
 
 def lanczos_quadrature(apply, n: int, probes: int = 16, steps: int = 40, seed: int = 0):

@@ -34,11 +34,18 @@ def main(argv=None):
         metavar=("FIRST", "LAST"),
         help="ranks of the power-law fit of the spectrum [1 500, as the paper]",
     )
+    p.add_argument(
+        "--g0",
+        type=float,
+        help="G_0 of the bound in Fig. 4 (e.g. the clipping bound C) [the measured RMS norm of the stored gradients]",
+    )
     p.add_argument("--out", type=Path, help="figure directory [RUN_DIR/figures]")
     p.add_argument("--toy", type=Path, help="toy results directory [RUN_DIR/toy]")
     p.add_argument("--retrain", type=Path, help="retraining results directory [RUN_DIR/retrain]")
     args = p.parse_args(argv)
-    result = report(args.run_dir, ReportConfig(args.stream, tuple(args.fit_range)), args.out, args.toy, args.retrain)
+    result = report(
+        args.run_dir, ReportConfig(args.stream, tuple(args.fit_range), args.g0), args.out, args.toy, args.retrain
+    )
     f = result["fits"]
     if "spectrum" in f:
         s = f["spectrum"]
@@ -55,8 +62,9 @@ def main(argv=None):
         )
     for label, r in f.get("dimension_factor_at_d", {}).items():
         print(
-            f"bound factor at d={int(r['d']):,} ({label}): {r['rlc_factor']:.3g} vs classical G_0*sqrt(d) "
-            f"{r['classical_factor']:.3g} (ratio {r['ratio']:.3f})"
+            f"bound factor at d={int(r['d']):,} ({label}): {r['rlc_factor']:.3g} vs {r['no_decay_factor']:.3g} "
+            f"without decay (G_k = G_0; ratio {r['ratio']:.3f}); G_k extrapolated {r['decades_beyond']:.1f} "
+            "decades beyond the measured k"
         )
     for m in result["missing"]:
         print(f"not drawn: {m}")

@@ -5,9 +5,9 @@ and saves what it plotted beside them (``<stem>.csv`` / ``<stem>.json``), so a f
 redrawn or re-styled without recomputing anything. Returns the written paths.
 
 1. spectrum_figure   singular value vs rank (log–log) with the fitted power law
-2. density_figure    kernel density of the spectrum (log–log)
+2. density_figure    kernel densities of the spectrum: the authors' presentation and ours
 3. rlc_figure        restricted-Lipschitz curve G_k vs k with the k^{-1/2} reference
-4. dimension_figure  the RLC bound's dimension factor vs d, against G_0 √d
+4. dimension_figure  the RLC bound's dimension factor vs d, against the same bound without decay
 5. retrain_figure    accuracy vs step when retraining in top-r subspaces
 6. toy_figure        geometric-median toy: train and test loss vs d per decay mode
 """
@@ -92,8 +92,10 @@ def _fit_label(fit: dict, what: str = "slope") -> str:
 
 
 # ---------------------------------------------------------------------- 1. spectrum
-def spectrum_figure(spectrum: pd.DataFrame, fit: dict, stem, title: str = "") -> list[Path]:
-    """σ_k vs k, log–log. ``spectrum``: columns ``rank``, ``singular_value``; ``fit``: fits.spectrum_fit."""
+def spectrum_figure(spectrum: pd.DataFrame, fit: dict, stem, title: str = "", ranges=None) -> list[Path]:
+    """σ_k vs k, log–log, with the fitted power law, a slope −1 reference and the slopes over other rank
+    ranges as a table in the figure. ``spectrum``: columns ``rank``, ``singular_value``; ``fit``:
+    fits.spectrum_fit; ``ranges``: fits.range_table (optional)."""
     k, s = spectrum["rank"].to_numpy(), spectrum["singular_value"].to_numpy()
     first, last = fit["range"]
     kk = np.arange(first, last + 1)
@@ -102,28 +104,85 @@ def spectrum_figure(spectrum: pd.DataFrame, fit: dict, stem, title: str = "") ->
         fig, ax = new_figure()
         ax.loglog(k, s, "o", ms=3, color=COLORS[0], alpha=0.8, label="estimated σ_k")
         ax.loglog(kk, fitted, "-", color=COLORS[3], label=_fit_label(fit))
+        ax.loglog(k, s[0] / k, "--", color="0.45", lw=1.0, label="slope −1 (steeper ⇒ G_k falls faster than k^(-1/2))")
         ax.set_xlabel("rank k")
         ax.set_ylabel("singular value σ_k = √λ_k of the gradient trajectory")
         ax.set_title(title or "Spectrum of the stored gradients")
         ax.legend(loc="lower left")
+        if ranges is not None and len(ranges):
+            rows = [f"{'ranks':>9}  {'slope':>6}  95% interval"] + [
+                f"{int(r.first):>4}–{int(r.last):<4}  {r.slope:6.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+                for r in ranges.itertuples()
+            ]
+            ax.text(
+                0.98,
+                0.98,
+                "\n".join(rows),
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                family="monospace",
+                fontsize=7,
+                bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.8", "alpha": 0.9},
+            )
     table = pd.DataFrame({"rank": k, "singular_value": s})
     table["fitted"] = np.where(
         (k >= first) & (k <= last), np.exp(fit["intercept"]) * k.astype(float) ** fit["slope"], np.nan
     )
-    return save(fig, stem, {"": table}, {"fit": fit})
+    tables = {"": table} if ranges is None else {"": table, "_ranges": ranges}
+    return save(fig, stem, tables, {"fit": fit})
 
 
 # ---------------------------------------------------------------------- 2. density
-def density_figure(kde: pd.DataFrame, stem, title: str = "") -> list[Path]:
-    """Kernel density of the eigenvalues: columns ``eigenvalue``, ``density`` (per log10 unit)."""
-    with style():
-        fig, ax = new_figure()
-        keep = kde.density > kde.density.max() * 1e-6
-        ax.loglog(kde.eigenvalue[keep], kde.density[keep], color=COLORS[0])
-        ax.set_xlabel("eigenvalue λ of HᵀH")
-        ax.set_ylabel("density (per decade of λ)")
-        ax.set_title(title or "Kernel density of the top eigenvalues")
-    return save(fig, stem, {"": kde})
+AUTHORS_KDE = {"top": 500, "variance": 1e-6, "grid_len": 300_000, "grid_expand": 3e-4}
+
+
+def density_figure(kde: pd.DataFrame | None, stem, singular_values=None, title: str = "") -> list[Path]:
+    """Two presentations of the spectral density, side by side.
+
+    left  the authors': linear-space Gaussian KDE of the top-500 singular values (:func:`linear_kde`
+          with their settings, ``AUTHORS_KDE``), log–log axes, y from 1e-10 to 2e2
+    right ours: KDE of log10 λ over all computed eigenvalues (``kde``: the analyse stage's
+          density_kde.csv, columns ``eigenvalue``, ``density``, ``bandwidth``)
+    Either may be missing. The right panel's data is ``<stem>.csv``; the left panel's inputs (the
+    singular values and settings, from which it is redrawn exactly) are ``<stem>.json``, with every
+    30th grid point in ``<stem>_authors.csv``.
+    """
+    from ..analyse.density import linear_kde
+
+    panels = [p for p, there in (("authors", singular_values is not None), ("ours", kde is not None)) if there]
+    tables, meta = {}, {}
+    with style(**{"figure.figsize": (5.0 * len(panels), 4.0)}):
+        fig, axes = new_figure(1, len(panels), squeeze=False)
+        for ax, panel in zip(axes.flat, panels):
+            if panel == "authors":
+                top = np.sort(np.asarray(singular_values, dtype=float))[::-1][: AUTHORS_KDE["top"]]
+                settings = {k: v for k, v in AUTHORS_KDE.items() if k != "top"}
+                curve = linear_kde(top, **settings)
+                ax.loglog(
+                    curve.value,
+                    curve.density,
+                    color=COLORS[0],
+                    label=f"bandwidth σ = {np.sqrt(settings['variance']):.5f}",
+                )
+                ax.set_ylim(1e-10, 2e2)
+                ax.set_xlabel("singular value σ_k = λ(HᵀH)^(1/2)")
+                ax.set_ylabel("density of KDE")
+                ax.set_title(f"authors' presentation: top {len(top)} σ_k, linear-space KDE", fontsize=10)
+                ax.legend(loc="lower left")
+                tables["_authors"] = curve.iloc[::30]
+                meta["authors"] = {**AUTHORS_KDE, "singular_values": top}
+            else:
+                keep = kde.density > kde.density.max() * 1e-6
+                bw = f", bandwidth {kde.bandwidth.iloc[0]:.3f} in log10 λ" if "bandwidth" in kde else ""
+                ax.loglog(kde.eigenvalue[keep], kde.density[keep], color=COLORS[1], label=f"{len(kde)}-point grid{bw}")
+                ax.set_xlabel("eigenvalue λ of HᵀH")
+                ax.set_ylabel("density (per decade of λ)")
+                ax.set_title("ours: KDE of log10 λ over all computed eigenvalues", fontsize=10)
+                ax.legend(loc="lower left")
+                tables[""] = kde
+        fig.suptitle(title or "Spectral density of the gradient trajectory")
+    return save(fig, stem, tables, meta)
 
 
 # ---------------------------------------------------------------------- 3. RLC curve
@@ -162,23 +221,25 @@ def rlc_figure(curves: dict, fits: dict, stem, column: str = "rms", title: str =
 
 
 # ---------------------------------------------------------------------- 4. dimension factor
-def dimension_figure(frames: dict, stem, d_run: int | None = None, title: str = "") -> list[Path]:
-    """RLC dimension factor vs d for each named curve, and the classical G_0 √d (log–log).
+def dimension_figure(frames: dict, stem, d_run: int | None = None, g0_label: str = "", title: str = "") -> list[Path]:
+    """The bound's dimension factor vs d from each measured G_k curve, against the same formula with
+    G_k ≡ G_0 (no decay) and the classical G_0 √d (log–log). Dotted: G_k extrapolated beyond the measured
+    k (at most as far as the frames reach, see fits.dimension_curve).
 
-    frames : {label: fits.dimension_curve frame (d, rlc_factor, classical_factor, measured)}
+    frames : {label: fits.dimension_curve frame (d, rlc_factor, no_decay_factor, classical_factor, measured)}
     """
     tables = []
     with style():
         fig, ax = new_figure()
         for i, (label, f) in enumerate(frames.items()):
-            ax.loglog(f.d, f.rlc_factor, color=COLORS[i], label=f"RLC bound factor, G_k {label}")
-            extrap = f[~f.measured]
-            if len(extrap):
-                ax.loglog(extrap.d, extrap.rlc_factor, ":", color="white", lw=1.2)
+            ax.loglog(f.d[f.measured], f.rlc_factor[f.measured], color=COLORS[i], label=f"G_k {label}")
+            joined = int(np.flatnonzero(f.measured.to_numpy()).max(initial=0))  # the dotted part joins the solid
+            ax.loglog(f.d.iloc[joined:], f.rlc_factor.iloc[joined:], ":", color=COLORS[i])
             tables.append(f.assign(curve=label))
-        first = next(iter(frames.values()))
-        ax.loglog(first.d, first.classical_factor, "--", color="0.3", label="classical G_0 √d")
-        if d_run:
+        widest = max(frames.values(), key=len)
+        ax.loglog(widest.d, widest.no_decay_factor, "--", color="0.2", label="same bound, no decay (G_k = G_0)")
+        ax.loglog(widest.d, widest.classical_factor, "-.", color="0.6", lw=1.0, label="G_0 √d (constants omitted)")
+        if d_run and d_run <= widest.d.max():
             ax.axvline(d_run, color="0.5", lw=0.8)
             ax.annotate(
                 f"this run: d = {d_run:,}",
@@ -191,15 +252,26 @@ def dimension_figure(frames: dict, stem, d_run: int | None = None, title: str = 
                 ha="left",
                 va="bottom",
             )
+        elif d_run:
+            ax.text(
+                0.98,
+                0.02,
+                f"this run's d = {d_run:,}: beyond a decade past the measured k",
+                transform=ax.transAxes,
+                ha="right",
+                va="bottom",
+                fontsize=8,
+                color="0.3",
+            )
         ax.set_xlabel("dimension d")
-        ax.set_ylabel("dimension factor of the DP-GD risk bound")
-        ax.set_title(title or "Dimension dependence implied by the measured G_k")
+        ax.set_ylabel("dimension factor G_0 + Σ_s 2^(s/2) G_(2^(s−1))")
+        ax.set_title(title or "Dimension factor of the bound from the measured G_k")
         handles, _ = ax.get_legend_handles_labels()
         dotted = matplotlib.lines.Line2D(
-            [], [], color="0.4", ls=":", label="(dotted: G_k extrapolated beyond measured k)"
+            [], [], color="0.4", ls=":", label="G_k extrapolated (≤ 1 decade past measured k)"
         )
-        ax.legend(handles=handles + [dotted], loc="upper left")
-    return save(fig, stem, {"": pd.concat(tables, ignore_index=True)})
+        ax.legend(handles=handles + [dotted], loc="upper left", title=g0_label or None)
+    return save(fig, stem, {"": pd.concat(tables, ignore_index=True)}, {"g0": g0_label})
 
 
 # ---------------------------------------------------------------------- 5. retraining

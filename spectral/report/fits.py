@@ -144,16 +144,32 @@ def rlc_fit(curve: pd.DataFrame, column: str = "rms", k_range=None, **kw) -> dic
     return out
 
 
-def dimension_curve(curve: pd.DataFrame, column: str = "rms", ds=None, extrapolate: str = "power") -> pd.DataFrame:
-    """The bound's dimension factor G_0 + Σ 2^{s/2} G_{2^{s−1}} from a measured G_k curve, vs G_0 √d.
+def dimension_curve(
+    curve: pd.DataFrame, column: str = "rms", ds=None, extrapolate: str = "power", g0=None, max_decades: float = 1.0
+) -> pd.DataFrame:
+    """The bound's dimension factor G_0 + Σ 2^{s/2} G_{2^{s−1}} from a measured G_k curve, against the
+    same formula with G_k ≡ G_0 (no decay) and the classical G_0 √d.
 
-    Beyond the largest measured k, G_k continues by ``extrapolate`` (see theory.MeasuredCurve);
-    the ``measured`` column says whether all G_k a row needs were measured.
+    g0 : G_0, the k = 0 term: None for the measured one (the RMS norm of the stored gradients), or a
+        number such as the per-example clipping bound C.
+    max_decades : how far beyond the largest measured k the curve may be extrapolated (by
+        ``extrapolate``, see theory.MeasuredCurve); dimensions needing more are left out (None: no limit).
+        The ``measured`` column says whether all G_k a row needs were measured; ``decades_beyond`` how far
+        beyond they reach.
     """
-    ds = np.unique(np.round(np.logspace(1, 9, 33)).astype(np.int64)) if ds is None else np.asarray(ds)
-    G = theory.MeasuredCurve(curve.k.to_numpy(), curve[column].to_numpy(), extrapolate=extrapolate)
-    frame = theory.dimension_curve(G, ds)
+    ds = np.unique(np.round(np.logspace(1, 9, 97)).astype(np.int64)) if ds is None else np.asarray(ds)
+    k, values = curve.k.to_numpy(), curve[column].to_numpy(dtype=float).copy()
+    if g0 is not None:
+        if not np.any(k == 0):
+            raise SpectralError("setting G_0 needs the curve's k = 0 row")
+        values[k == 0] = float(g0)
+    G = theory.MeasuredCurve(k, values, extrapolate=extrapolate)
     # the bound reads G at k = 2^{⌈log₂ d⌉ − 1}
-    needed = 2.0 ** (np.ceil(np.log2(np.maximum(frame.d.to_numpy(), 2))) - 1)
-    frame["measured"] = needed <= curve.k.max()
+    needed = 2.0 ** (np.ceil(np.log2(np.maximum(ds, 2))) - 1)
+    beyond = np.maximum(np.log10(needed / k.max()), 0.0)
+    if max_decades is not None:
+        ds, beyond, needed = ds[beyond <= max_decades], beyond[beyond <= max_decades], needed[beyond <= max_decades]
+    frame = theory.dimension_curve(G, ds)
+    frame["measured"] = needed <= k.max()
+    frame["decades_beyond"] = beyond
     return frame

@@ -26,10 +26,12 @@ from . import figures, fits
 @dataclass
 class ReportConfig:
     """stream : which analysed stream to report; fit_range : ranks of the spectrum's power-law fit
-    (the paper's 1…500; cut to the ranks available, with a note in the fit)."""
+    (the paper's 1…500; cut to the ranks available, with a note in the fit); g0 : G_0 of the bound in
+    Fig. 4, None for the measured RMS norm of the stored gradients (or e.g. the clipping bound C)."""
 
     stream: str = "clipped"
     fit_range: tuple = (1, 500)
+    g0: float | None = None
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
@@ -63,19 +65,22 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
         sv = spectrum.singular_value.to_numpy()
         fit = fits.spectrum_fit(sv, fit_range)
         result["fits"]["spectrum"] = fit
-        result["fits"]["spectrum_ranges"] = fits.range_table(sv).to_dict(orient="records")
+        ranges = fits.range_table(sv)
+        result["fits"]["spectrum_ranges"] = ranges.to_dict(orient="records")
         result["figures"] += figures.spectrum_figure(
             spectrum,
             fit,
             out / "fig1_spectrum",
             f"Spectrum of the {stream} gradients ({title}, n={summary.get('n')}, d={d_run:,})" if d_run else "",
+            ranges=ranges,
         )
     else:
         result["missing"].append(f"spectrum ({analysis / 'spectrum.csv'}; run python -m spectral.analyse)")
 
     kde = _read_csv(analysis / layout.DENSITY_KDE)
-    if kde is not None:
-        result["figures"] += figures.density_figure(kde, out / "fig2_density")
+    if kde is not None or spectrum is not None:
+        sv = None if spectrum is None else spectrum.singular_value.to_numpy()
+        result["figures"] += figures.density_figure(kde, out / "fig2_density", singular_values=sv)
     else:
         result["missing"].append("spectral density (density_kde.csv)")
 
@@ -96,12 +101,18 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
         result["fits"]["rlc"] = rlc_fits
         result["fits"]["rlc_statistics"] = {label: fits.rlc_statistics(c) for label, c in curves.items()}
         result["figures"] += figures.rlc_figure(curves, rlc_fits, out / "fig3_rlc")
-        frames = {label: fits.dimension_curve(c) for label, c in curves.items()}
-        if d_run:  # the bound's factor at this run's own d, next to G_0 √d
+        frames = {label: fits.dimension_curve(c, g0=config.g0) for label, c in curves.items()}
+        if d_run:  # the bound's factor at this run's own d, however far beyond the measured k that reaches
             result["fits"]["dimension_factor_at_d"] = {
-                label: fits.dimension_curve(c, ds=[d_run]).iloc[0].to_dict() for label, c in curves.items()
+                label: fits.dimension_curve(c, ds=[d_run], g0=config.g0, max_decades=None).iloc[0].to_dict()
+                for label, c in curves.items()
             }
-        result["figures"] += figures.dimension_figure(frames, out / "fig4_dimension", d_run=d_run)
+        result["figures"] += figures.dimension_figure(
+            frames,
+            out / "fig4_dimension",
+            d_run=d_run,
+            g0_label="G_0 = measured RMS" if config.g0 is None else f"G_0 = {config.g0:g}",
+        )
     else:
         result["missing"].append("restricted-Lipschitz curves (rlc_in_sample.csv / rlc_held_out.csv)")
 
