@@ -206,6 +206,7 @@ def retrain(
         if config.public_size >= len(train):
             raise SpectralError(f"public_size={config.public_size} leaves no private training data ({len(train)})")
         public, train = train.rows(0, config.public_size), train.rows(config.public_size)
+    majority = float(np.bincount(dev.labels).max() / len(dev)) if len(dev) else None  # the accuracy of no learning
     variants = [(f"rank {r}", r) for r in config.ranks] + ([("full", None)] if config.full else [])
     bases: dict = {}
     timing = (
@@ -251,12 +252,13 @@ def retrain(
             history = pd.concat([history, rows], ignore_index=True) if len(history) else rows
             timing.setdefault(name, []).append(per_step)
             atomic_write(history_path, lambda f: f.write(history.to_csv(index=False).encode()))
-            (out / "retrain_summary.json").write_text(json.dumps(summarize(history, timing), indent=1))
+            (out / "retrain_summary.json").write_text(json.dumps(summarize(history, timing, majority), indent=1))
     return history
 
 
-def summarize(history: pd.DataFrame, timing: dict) -> dict:
-    """Final dev accuracy per variant (mean ± std over seeds) and seconds per step."""
+def summarize(history: pd.DataFrame, timing: dict, majority: float | None = None) -> dict:
+    """Final dev accuracy per variant (mean ± std over seeds), seconds per step, and the dev accuracy of
+    always predicting the majority class."""
     last = history[history.step == history.step.max()]
     final = last.groupby("variant").accuracy.agg(["mean", "std", "count"]).fillna(0.0)
     return {
@@ -264,5 +266,6 @@ def summarize(history: pd.DataFrame, timing: dict) -> dict:
             v: {"mean": r["mean"], "std": r["std"], "seeds": int(r["count"])} for v, r in final.iterrows()
         },
         "final_epsilon": float(last.epsilon.max()),
+        "majority_accuracy": majority,
         "seconds_per_step": timing,
     }
