@@ -284,9 +284,12 @@ def _setting_title(tag: str) -> str:
     return f"{privacy}; {parts[0]} mode; subspace from {'public data' if parts[1] == 'public' else 'the trajectory'}"
 
 
-def retrain_figure(history: pd.DataFrame, stem, metric: str = "accuracy", title: str = "") -> list[Path]:
+def retrain_figure(
+    history: pd.DataFrame, stem, metric: str = "accuracy", title: str = "", majority: float | None = None
+) -> list[Path]:
     """Accuracy vs step per subspace rank and the unrestricted baseline: every seed's curve and their
-    mean; one panel per setting (e.g. ``signal-trajectory``, ``signal-trajectory-nonprivate``).
+    mean; one panel per setting (e.g. ``signal-trajectory``, ``signal-trajectory-nonprivate``), with
+    the accuracy of always predicting the majority class (``majority``) when given.
 
     history : columns ``setting`` (optional), ``variant`` ("rank 10", …, "full"), ``seed``, ``step``, ``metric``
     """
@@ -319,18 +322,30 @@ def retrain_figure(history: pd.DataFrame, stem, metric: str = "accuracy", title:
                     color=color,
                     label=f"{variant} (mean of {seeds} seed{'s' * (seeds > 1)})",
                 )
+            if majority is not None:
+                ax.axhline(majority, color="0.5", ls="--", lw=0.9, label=f"majority class ({majority:.3f})")
             ax.set_xlabel("training step")
             ax.set_title(_setting_title(setting))
-            ax.legend(loc="upper left")
+            ax.legend(loc="lower right")
         for row in axes:
             row[0].set_ylabel(f"dev {metric}\n(thin: each seed; line: their mean)")
         fig.suptitle(title or "Retraining with updates restricted to the top-r gradient subspace")
-    return save(fig, stem, {"": stats})
+    return save(fig, stem, {"": stats}, {"majority_accuracy": majority})
 
 
 # ---------------------------------------------------------------------- 6. toy
+MODE_LABELS = {
+    "const": "const (a_j = g0)",
+    "quarter": "quarter (a_j = g0 j^-1/4)",
+    "sqrt": "sqrt (a_j = g0 j^-1/2)",
+    "linear": "linear (a_j = g0 j^-1)",
+    "quadratic": "quadratic (a_j = g0 j^-2)",
+}
+
+
 def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
-    """Train and test loss vs d per decay mode (mean ± std over seeds at the best (T, lr)).
+    """Per decay mode vs d, at the best (T, lr) per point: the train excess loss F(β̄) − F(β*) on log
+    axes (mean over seeds; the quantity the theory bounds) and the test loss (mean ± std over seeds).
 
     Rows whose mode is not one of the five decay modes (e.g. "const as in the seed code") get a
     third panel of their own, on a log scale beside the correct const mode, so that their very
@@ -342,22 +357,17 @@ def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
     panels = 3 if len(extra) else 2
     with style(**{"figure.figsize": (5.0 * panels, 4.0)}):
         fig, axes = new_figure(1, panels)
-        for ax, split in zip(axes, ("train", "test")):
-            for i, (mode, g) in enumerate(main.groupby("mode", sort=False)):
-                ax.errorbar(
-                    g.d,
-                    g[f"{split}_mean"],
-                    yerr=g[f"{split}_std"],
-                    marker=MARKERS[i],
-                    ms=4,
-                    capsize=2,
-                    color=COLORS[i],
-                    label=mode,
-                )
-            ax.set_xscale("log")
+        for i, (mode, g) in enumerate(main.groupby("mode", sort=False)):
+            kw = dict(marker=MARKERS[i], ms=4, color=COLORS[i], label=MODE_LABELS.get(mode, mode))
+            axes[0].loglog(g.d, g.train_excess_mean, **kw)
+            axes[1].errorbar(g.d, g.test_mean, yerr=g.test_std, capsize=2, **kw)
+        axes[0].set_ylabel("train excess loss F(β̄) − F(β*) (mean over seeds)")
+        axes[0].set_title("excess empirical loss")
+        axes[1].set_xscale("log")
+        axes[1].set_ylabel("test loss F(β̄) of the averaged iterate")
+        axes[1].set_title("test loss")
+        for ax in axes[:2]:
             ax.set_xlabel("dimension d")
-            ax.set_ylabel(f"{split} loss F(β̄) of the averaged iterate")
-            ax.set_title(f"{split} loss")
         axes[0].legend(title="coefficient decay", loc="upper left")
         if len(extra):
             ax = axes[2]
@@ -372,7 +382,7 @@ def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
                     ms=4,
                     capsize=2,
                     color=COLORS[0] if mode == "const" else COLORS[5],
-                    label=mode,
+                    label=MODE_LABELS.get(mode, "the seed code's a_j = g0·j" if "seed code" in mode else mode),
                 )
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -380,5 +390,5 @@ def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
             ax.set_ylabel("test loss F(β̄) (log scale)")
             ax.set_title("const: a_j = g0 vs the seed code's g0·j")
             ax.legend(loc="upper left")
-        fig.suptitle(title or "Private geometric median: loss vs dimension (best T, lr per point)")
+        fig.suptitle(title or "Private geometric median vs dimension (best T, lr per point)")
     return save(fig, stem, {"": best})

@@ -116,13 +116,17 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
     else:
         result["missing"].append("restricted-Lipschitz curves (rlc_in_sample.csv / rlc_held_out.csv)")
 
-    histories = []
+    histories, majority = [], None
     for path in sorted([retrain_dir / layout.RETRAIN_HISTORY, *retrain_dir.glob(f"*/{layout.RETRAIN_HISTORY}")]):
         h = _read_csv(path)
         if h is not None:
             histories.append(h if "setting" in h else h.assign(setting=path.parent.name))
+            saved = path.parent / "retrain_summary.json"
+            majority = majority or (json.loads(saved.read_text()).get("majority_accuracy") if saved.is_file() else None)
     if histories:
-        result["figures"] += figures.retrain_figure(pd.concat(histories, ignore_index=True), out / "fig5_retrain")
+        result["figures"] += figures.retrain_figure(
+            pd.concat(histories, ignore_index=True), out / "fig5_retrain", majority=majority
+        )
     else:
         result["missing"].append(f"subspace retraining ({retrain_dir}; run python -m spectral.retrain)")
 
