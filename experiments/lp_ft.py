@@ -191,13 +191,15 @@ def plot(utility: pd.DataFrame, spectra: pd.DataFrame, curves: pd.DataFrame, tab
                     capsize=3,
                     label=f"ε = {eps:g}",
                 )
-        for ax, name in zip(axes[0], ("test accuracy", "test loss")):
+        # SST-2's test split has no labels: the "test_*" columns are measured on the dev split
+        for ax, name in zip(axes[0], ("dev accuracy", "dev loss")):
             ax.set_xlabel("share of the budget spent on linear probing, f")
             ax.set_ylabel(name)
             ax.set_xticks(sorted(utility.f.unique()))
         axes[0, 0].legend(loc="lower right")
         axes[0, 1].legend(loc="upper right")
-        axes[0, 0].set_title("Utility curve of the budget split (0 = FT, 1 = LP)")
+        seeds = utility.seed.nunique()
+        axes[0, 0].set_title(f"Utility of the budget split (0 = FT, 1 = LP; {seeds} seed{'s' * (seeds > 1)})")
         for i, (label, g) in enumerate(spectra.groupby("phase", sort=False)):
             r = table.set_index("phase").loc[label]
             axes[1, 0].loglog(
@@ -228,7 +230,6 @@ def plot(utility: pd.DataFrame, spectra: pd.DataFrame, curves: pd.DataFrame, tab
         axes[1, 1].set_ylabel("held-out G_k / G_0")
         axes[1, 1].set_title("Gradient norm outside the top-k subspace")
         axes[1, 1].legend(fontsize=8)
-        fig.tight_layout()
     return save(fig, out / "lp_ft", {"_utility": utility, "_spectra": spectra, "_curves": curves, "_phases": table})
 
 

@@ -29,7 +29,7 @@ from spectral.dp.data import load_data
 from spectral.errors import cli_entry
 from spectral.layout import RunDir
 from spectral.report import fits
-from spectral.report.figures import COLORS, MARKERS, new_figure, save, style
+from spectral.report.figures import COLORS, MARKERS, decimal_log_ticks, new_figure, save, style
 from spectral.retrain.run import public_subspace
 from spectral.store import open as open_store
 
@@ -101,22 +101,29 @@ def main(argv=None):
     table = summary_table(curves)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
+    table.to_csv(out / "public_subspace.csv", index=False)
+    (out / "public_subspace.json").write_text(
+        json.dumps({"public_steps": args.public_steps, "k": args.k, "table": table.to_dict(orient="records")}, indent=1)
+    )
+    print("figure:", plot(curves, out / "public_subspace")[0])
+
+
+def plot(curves: dict, stem) -> list:
+    """G_k of the private steps outside each projector's top-k subspace; the curves are saved beside it
+    (``<stem>_curves.csv``, from which ``plot`` redraws: ``{label: frame for label, frame in
+    curves_csv.groupby("projector")}``)."""
     with style():
         fig, ax = new_figure()
         for i, (label, c) in enumerate(curves.items()):
             c = c[c.k >= 1]
             ax.loglog(c.k, c.rms, marker=MARKERS[i % len(MARKERS)], ms=3, color=COLORS[i], label=label)
+        decimal_log_ticks(ax.yaxis)
         ax.set_xlabel("subspace dimension k")
         ax.set_ylabel("rms over stored private steps of ‖(I − P_k) g‖")
         ax.set_title("Private gradients outside a public vs private top-k subspace")
         ax.legend(loc="lower left")
-    table.to_csv(out / "public_subspace.csv", index=False)
-    (out / "public_subspace.json").write_text(
-        json.dumps({"public_steps": args.public_steps, "k": args.k, "table": table.to_dict(orient="records")}, indent=1)
-    )
-    tables = {f"_{i}": c.assign(projector=label) for i, (label, c) in enumerate(curves.items())}
-    paths = save(fig, out / "public_subspace", {"_curves": pd.concat(tables.values(), ignore_index=True)})
-    print("figure:", paths[0])
+    tables = [c.assign(projector=label) for label, c in curves.items()]
+    return save(fig, stem, {"_curves": pd.concat(tables, ignore_index=True)})
 
 
 if __name__ == "__main__":

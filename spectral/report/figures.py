@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -74,6 +75,14 @@ def save(fig, stem, tables: dict | None = None, meta: dict | None = None) -> lis
         path.write_text(json.dumps(meta, indent=1, default=json_default))
         paths.append(path)
     return paths
+
+
+def decimal_log_ticks(axis) -> None:
+    """Plain decimal labels at 1, 2 and 5 × 10^j on a log axis, no labelled minor ticks: an axis spanning
+    less than a decade otherwise mixes "10^-2" and "6 × 10^-3" styles."""
+    axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def json_default(value):
