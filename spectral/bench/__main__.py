@@ -39,6 +39,8 @@ def main(argv=None):
         type=int,
         help="instead: a torchrun job of this many ranks vs one process (time per step, agreement of the rows)",
     )
+    c.add_argument("--model", help="model to measure [the embedded all-MiniLM-L6-v2]")
+    c.add_argument("--data", help="data (as collect's --data) [SST-2]")
     c.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one mode, print JSON
     a = sub.add_parser("analyse", help="principal components: ours vs library methods on a synthetic store")
     a.add_argument("--n", type=int, default=2000, help="steps (rows)")
@@ -57,6 +59,10 @@ def main(argv=None):
     r = sub.add_parser("retrain", help="cost of subspace-restricted DP steps vs unrestricted")
     r.add_argument("--ranks", type=int, nargs="+", default=[10, 100])
     r.add_argument("--steps", type=int, default=8)
+    r.add_argument("--warmup", type=int, default=2)
+    r.add_argument("--model", help="model to measure [the embedded all-MiniLM-L6-v2]")
+    r.add_argument("--data", help="data (as collect's --data) [SST-2]")
+    r.add_argument("--batch-size", type=int, help="expected logical batch [collect's default]")
     k = sub.add_parser("dask", help="analyse single-process vs a local dask cluster on a synthetic store")
     k.add_argument("--n", type=int, default=1000)
     k.add_argument("--d", type=int, default=200_000)
@@ -74,7 +80,8 @@ def main(argv=None):
     if args.what == "retrain":
         from . import retrain as bench_retrain
 
-        print(bench_retrain.run(tuple(args.ranks), steps=args.steps))
+        chosen = {k: v for k, v in (("model", args.model), ("data", args.data), ("batch_size", args.batch_size)) if v}
+        print(bench_retrain.run(tuple(args.ranks), steps=args.steps, warmup=args.warmup, **chosen))
         return
 
     if args.what == "analyse":
@@ -91,7 +98,11 @@ def main(argv=None):
     if args.nproc:
         from . import parallel
 
-        print(parallel.run(args.nproc, args.steps, args.batch_size, args.physical_batch_size, args.device))
+        print(
+            parallel.run(
+                args.nproc, args.steps, args.batch_size, args.physical_batch_size, args.device, args.model, args.data
+            )
+        )
         return
 
     from . import collect as bench
@@ -107,11 +118,22 @@ def main(argv=None):
                     args.warmup,
                     args.steps,
                     device=args.device,
+                    model_name=args.model or "all-MiniLM-L6-v2",
+                    data=args.data,
                 )
             )
         )
         return
-    results = bench.run(args.params, args.batch_size, args.physical_batch_size, args.warmup, args.steps, args.device)
+    results = bench.run(
+        args.params,
+        args.batch_size,
+        args.physical_batch_size,
+        args.warmup,
+        args.steps,
+        args.device,
+        args.model,
+        args.data,
+    )
     print(bench.table(results, args.device))
 
 

@@ -28,7 +28,16 @@ MODES = ("non-private", "dp-per-sample", "dp-ghost", "dp-ghost+store")
 
 
 def measure(
-    mode: str, params: str, batch_size: int, physical: int, warmup: int, steps: int, seed: int = 0, device="cpu"
+    mode: str,
+    params: str,
+    batch_size: int,
+    physical: int,
+    warmup: int,
+    steps: int,
+    seed: int = 0,
+    device="cpu",
+    model_name: str = "all-MiniLM-L6-v2",
+    data=None,
 ) -> dict:
     """Time ``steps`` steps of ``mode`` after ``warmup`` steps; returns seconds/step, peak MiB (host RSS,
     or the GPU's peak allocation on a GPU) and the padded tokens per step."""
@@ -45,8 +54,8 @@ def measure(
     from ..store.format import shard_rows_for
 
     torch.manual_seed(seed)
-    train, _, info = load_data(None)
-    model, tok = load_model("all-MiniLM-L6-v2", num_labels=len(info["classes"]), seed=seed)
+    train, _, info = load_data(data)
+    model, tok = load_model(model_name, num_labels=len(info["classes"]), seed=seed)
     device = resolve_device(device)
     model = select_trainable(model, params).to(device)
     layout = parameter_layout(model)
@@ -133,8 +142,9 @@ def measure(
     }
 
 
-def run(params_list, batch_size, physical, warmup, steps, device="cpu") -> list[dict]:
+def run(params_list, batch_size, physical, warmup, steps, device="cpu", model=None, data=None) -> list[dict]:
     results = []
+    chosen = (["--model", str(model)] if model else []) + (["--data", str(data)] if data else [])
     for params in params_list:
         for mode in MODES:
             cmd = [
@@ -156,6 +166,7 @@ def run(params_list, batch_size, physical, warmup, steps, device="cpu") -> list[
                 str(steps),
                 "--device",
                 str(device),
+                *chosen,
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:

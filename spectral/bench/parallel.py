@@ -1,6 +1,6 @@
 """Data-parallel collection (``torchrun --nproc-per-node N``) against one process, side by side.
 
-Both runs collect the same steps of the embedded default (same seed, so the same batches and
+Both runs collect the same steps of the embedded default or ``model`` (same seed, so the same batches and
 noise) into temporary stores. Printed: seconds per step (median after the first step) of each, their
 ratio, and how far the N-rank clipped rows are from the one-process rows. The machine's cores are
 split evenly: one process gets them all, each of N ranks gets 1/N of them, so the ratio is what
@@ -21,7 +21,7 @@ import numpy as np
 from .. import store
 
 
-def collect_args(run_dir: Path, steps: int, batch_size: int, physical: int, device: str) -> list[str]:
+def collect_args(run_dir: Path, steps: int, batch_size: int, physical: int, device: str, chosen=()) -> list[str]:
     return [
         "-m",
         "spectral.collect",
@@ -34,30 +34,42 @@ def collect_args(run_dir: Path, steps: int, batch_size: int, physical: int, devi
         f"--checkpoint-every={steps}",
         f"--device={device}",
         "--no-progress",
+        *chosen,
     ]
 
 
-def launch(run_dir: Path, nproc: int, steps: int, batch_size: int, physical: int, device: str) -> store.Store:
+def launch(run_dir: Path, nproc: int, args: list[str]) -> store.Store:
     threads = max(1, (os.cpu_count() or 1) // nproc)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
-    cmd = [sys.executable, *launcher, *collect_args(run_dir, steps, batch_size, physical, device)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, *launcher, *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{nproc}-process collect failed:\n{proc.stderr[-3000:]}")
     return store.open(run_dir)
 
 
-def run(nproc: int = 2, steps: int = 8, batch_size: int = 128, physical: int = 64, device: str = "cpu") -> str:
+def run(
+    nproc: int = 2,
+    steps: int = 8,
+    batch_size: int = 128,
+    physical: int = 64,
+    device: str = "cpu",
+    model=None,
+    data=None,
+) -> str:
+    chosen = (["--model", str(model)] if model else []) + (["--data", str(data)] if data else [])
     with tempfile.TemporaryDirectory(prefix="spectral-bench-parallel-") as tmp:
-        one = launch(Path(tmp) / "one", 1, steps, batch_size, physical, device)
-        many = launch(Path(tmp) / "many", nproc, steps, batch_size, physical, device)
+        one, many = (
+            launch(Path(tmp) / name, procs, collect_args(Path(tmp) / name, steps, batch_size, physical, device, chosen))
+            for name, procs in (("one", 1), ("many", nproc))
+        )
         a, b = one.rows("clipped"), many.rows("clipped")
         error = float((np.abs(a - b).max(axis=1) / np.linalg.norm(a, axis=1)).max())
         t1, tn = (float(s.steps.seconds.iloc[1:].median()) for s in (one, many))
+        name = one.manifest["config"]["model"]
     return "\n".join(
         [
-            f"collect, embedded default, batch {batch_size} (chunks of {physical}), {steps} steps, device {device}, "
+            f"collect, {name}, batch {batch_size} (chunks of {physical}), {steps} steps, device {device}, "
             f"{os.cpu_count()} cores",
             "",
             "| processes | s/step | x one process |",

@@ -18,8 +18,11 @@ from ..retrain import Subspace
 from ..retrain.run import restricted_engine
 
 
-def run(ranks=(10, 100), modes=("signal", "signal+noise", "coordinates"), steps: int = 8, warmup: int = 2) -> str:
-    cfg = CollectConfig(steps=steps + warmup, eval_every=0).validate()
+def run(
+    ranks=(10, 100), modes=("signal", "signal+noise", "coordinates"), steps: int = 8, warmup: int = 2, **settings
+) -> str:
+    """``settings``: CollectConfig fields (model, data, batch_size, ...); the embedded default otherwise."""
+    cfg = CollectConfig(steps=steps + warmup, eval_every=0, **settings).validate()
     base = prepare(cfg)
     variants, project_ms = {"unrestricted": base}, {}
     d = base.d

@@ -1,0 +1,57 @@
+"""Every ``python -m spectral.bench`` command runs at a tiny size and prints what it measured."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import run_cli
+
+ENV_THREADS = {"OMP_NUM_THREADS": "1"}
+
+
+def bench(*args, tmp_path=None):
+    import os
+
+    proc = run_cli("spectral.bench", *args, env={**os.environ, **ENV_THREADS}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_bench_collect(tiny_model, tiny_data):
+    out = bench(
+        "collect", "--params", "attention-qv", "--batch-size", 8, "--physical-batch-size", 4, "--warmup", 1,
+        "--steps", 1, "--model", tiny_model, "--data", tiny_data,
+    )  # fmt: skip
+    for mode in ("non-private", "dp-per-sample", "dp-ghost", "dp-ghost+store"):
+        assert f"| attention-qv | 1,088 | {mode} |" in out
+    assert "logging overhead (dp-ghost+store vs dp-ghost)" in out
+
+
+def test_bench_collect_nproc(tiny_model, tiny_data):
+    out = bench(
+        "collect", "--nproc", 2, "--steps", 3, "--batch-size", 16, "--physical-batch-size", 8,
+        "--model", tiny_model, "--data", tiny_data,
+    )  # fmt: skip
+    error = float(re.search(r"max \|difference\| / row norm = (\S+)", out).group(1))
+    assert error < 1e-5 and "| 2 |" in out
+
+
+def test_bench_retrain(tiny_model, tiny_data):
+    out = bench(
+        "retrain", "--ranks", 2, "--steps", 1, "--warmup", 1, "--model", tiny_model, "--data", tiny_data,
+        "--batch-size", 8,
+    )  # fmt: skip
+    for variant in ("unrestricted", "rank 2, signal", "rank 2, signal+noise", "rank 2, coordinates"):
+        assert f"| {variant} |" in out
+
+
+@pytest.mark.parametrize("what", ["analyse", "dask"])
+def test_bench_analyse_and_dask(tmp_path, what):
+    if what == "analyse":
+        args = ["--n", 40, "--d", 3000, "--k", 5, "--methods", "ours", "sklearn", "--timeout", 120]
+    else:
+        args = ["--n", 40, "--d", 3000, "--k", 5, "--workers", 2]
+    out = bench(what, *args, "--dir", tmp_path / "bench")
+    assert "ours" in out or "single" in out
+    assert "|" in out  # a table of what was measured
