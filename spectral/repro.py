@@ -5,6 +5,8 @@ intermediate result on disk in one run directory (see :mod:`spectral.layout`), s
 where it stopped (collect resumes, analyse reuses its Gram checkpoint, the toy grid and retraining
 skip finished parts).
 
+  tiny    every stage in seconds on a small grid: for tests and a first look (with --model, e.g. a
+          small local model)
   quick   the embedded default (all-MiniLM-L6-v2, SST-2 from $SPECTRAL_DATA), 300 DP steps,
           k = 100, a reduced toy grid; well under 30 minutes on 2 CPU cores
   cpu     the CPU-faithful run (experiments/collect_cpu.toml: the paper's recipe, 1000 steps of
@@ -48,6 +50,14 @@ def _toml(name: str) -> dict:
 
 
 SCALES = {
+    "tiny": {  # every stage in seconds, on a model you name (--model): for tests and a first look
+        "collect": {"steps": 12, "batch_size": 16, "physical_batch_size": 8, "eval_every": 6, "max_length": 32},
+        "k": 6,
+        "fit_range": (1, 6),
+        "toy": dict(dims=(20, 200), steps=(10, 40), lrs=(0.1, 1.0), seeds=(0, 1), n_train=500, n_test=500),
+        "retrain": dict(steps=2, eval_every=2, seeds=1, ranks=(2,)),
+        "non_private_retrain": False,
+    },
     "quick": {
         "collect": {},
         "k": 100,
@@ -85,12 +95,19 @@ def _stage(name: str):
 
 
 def reproduce(
-    scale: str, out, figures_dir: Path | None = None, data: str | None = None, progress: bool = True
+    scale: str,
+    out,
+    figures_dir: Path | None = None,
+    data: str | None = None,
+    progress: bool = True,
+    model: str | None = None,
 ) -> RunDir:
-    """Every stage of ``scale`` (see the module docstring) into the run directory ``out``."""
+    """Every stage of ``scale`` (see the module docstring) into the run directory ``out``; ``data`` and
+    ``model`` replace the scale's."""
     plan, run = SCALES[scale], RunDir(out)
-    settings = _toml(plan["collect"]) if plan["collect"] else {}
-    cfg = CollectConfig.from_dict({**settings, **({"data": data} if data else {})}).validate()
+    settings = _toml(plan["collect"]) if isinstance(plan["collect"], str) else dict(plan["collect"])
+    chosen = {k: v for k, v in (("data", data), ("model", model)) if v}
+    cfg = CollectConfig.from_dict({**settings, **chosen}).validate()
     with _stage("collect"):  # a finished run returns at once; an interrupted one continues
         collect(cfg, run.store, resume=run.has_store(), progress=progress)
     with _stage("analyse"):
@@ -123,12 +140,13 @@ def main(argv=None):
     p.add_argument("--scale", choices=sorted(SCALES), default="quick")
     p.add_argument("run_dir", nargs="?", type=Path, metavar="RUN_DIR", help="run directory [runs/repro-SCALE]")
     p.add_argument("--data", help="data for the collect stage (default: $SPECTRAL_DATA/sst2, else GLUE download)")
+    p.add_argument("--model", help="model for the collect stage (default: the scale's)")
     p.add_argument("--figures", type=Path, help="also copy the figures and their data here (e.g. figures/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     out = args.run_dir or Path("runs") / f"repro-{args.scale}"
     t0 = time.perf_counter()
-    reproduce(args.scale, out, args.figures, args.data, progress=not args.no_progress)
+    reproduce(args.scale, out, args.figures, args.data, progress=not args.no_progress, model=args.model)
     print(
         f"\nreproduction ({args.scale}) finished in {(time.perf_counter() - t0) / 60:.1f} min: {out}", file=sys.stderr
     )

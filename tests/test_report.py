@@ -199,3 +199,17 @@ def test_report_draws_what_is_there_and_names_what_is_missing(tmp_path):
     assert set(saved["rlc"]) == {"in-sample"}
     proc = run_main("spectral.report", run, "--fit-range", "100", "200")
     assert proc.returncode == 2 and "does not fit 40 singular values" in proc.stderr
+
+
+def test_repro_runs_every_stage_at_a_tiny_scale_and_a_rerun_continues(tmp_path, tiny_model, tiny_data):
+    args = ["--scale", "tiny", tmp_path / "run", "--model", tiny_model, "--data", tiny_data, "--no-progress"]
+    proc = run_cli("spectral.repro", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figs = tmp_path / "run" / "figures"
+    for name in ("fig1_spectrum", "fig2_density", "fig3_rlc", "fig4_dimension", "fig5_retrain", "fig6_toy"):
+        assert (figs / f"{name}.png").is_file(), name
+    stamp = (tmp_path / "run" / "manifest.json").stat().st_mtime_ns
+    again = run_cli("spectral.repro", *args)  # everything is there: each stage returns what it has
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already complete" in again.stdout
+    assert (tmp_path / "run" / "manifest.json").stat().st_mtime_ns == stamp
