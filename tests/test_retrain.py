@@ -305,3 +305,15 @@ def test_coordinates_clipping_at_finite_c_equals_a_loop_over_examples(tiny_model
     out = engine.step(chunks, lr=0.0)
     np.testing.assert_allclose(out.clipped.numpy() * 5.0, expected, rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(out.per_example_norms.numpy(), norms, rtol=1e-7)
+
+
+def test_public_subspace_study_command(analysed_run, tmp_path):
+    out = tmp_path / "study"
+    args = [analysed_run, "--public-size", 40, 80, "--public-steps", 4, "--k", 3, "--out", out]
+    proc = run_cli("experiments.public_subspace", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curves = pd.read_csv(out / "public_subspace_curves.csv")
+    assert {"public projector, 40 examples", "public projector, 80 examples"} <= set(curves.projector)
+    for _, c in curves.groupby("projector"):  # the norm outside a growing subspace never grows
+        assert (np.diff(c.sort_values("k").rms) <= 1e-12).all()
+    assert (out / "public_subspace.png").stat().st_size > 10_000
