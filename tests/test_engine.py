@@ -42,23 +42,26 @@ def _chunks(tok, size, model=None):
     return Batcher(model, tok, TextData(TEXTS, LABELS), 32).chunks(np.arange(len(TEXTS)), size)
 
 
-def brute_force_clipped_sum(model, chunks, C):
-    """Loop over single examples (each sliced out of its padded chunk): clip, then sum."""
+def per_example_gradients(model, chunks) -> list:
+    """The flat gradient of each example alone (sliced out of its padded chunk), by a plain loop."""
     model = copy.deepcopy(model).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    total, norms = [torch.zeros_like(p, dtype=torch.float64) for p in params], []
+    grads = []
     for inputs, labels in chunks:
         for i in range(len(labels)):
             model.zero_grad()
             one = {k: v[i : i + 1] for k, v in inputs.items()}
             torch.nn.functional.cross_entropy(model(**one).logits, labels[i : i + 1]).backward()
-            g = [p.grad.double() for p in params]
-            norm = torch.sqrt(sum((x**2).sum() for x in g))
-            norms.append(norm.item())
-            factor = min(1.0, C / (norm.item() + 1e-6))
-            for t, x in zip(total, g):
-                t += factor * x
-    return torch.cat([t.reshape(-1) for t in total]), np.array(norms)
+            grads.append(torch.cat([p.grad.double().reshape(-1) for p in params]))
+    return grads
+
+
+def brute_force_clipped_sum(model, chunks, C):
+    """Loop over single examples: clip each gradient to norm C, then sum."""
+    grads = per_example_gradients(model, chunks)
+    norms = np.array([g.norm().item() for g in grads])
+    total = sum(g * min(1.0, C / (n + 1e-6)) for g, n in zip(grads, norms))
+    return total, norms
 
 
 @pytest.mark.parametrize("clipping", ["ghost", "per-sample"])
