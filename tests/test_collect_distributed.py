@@ -30,7 +30,7 @@ def settings(model, data, steps, **extra) -> list[str]:
         "epsilon": 8,
         **extra,
     }
-    return [f"--{k}={v}" for k, v in given.items()] + ["--no-progress"]
+    return [f"--{k}={v}" for k, v in given.items()] + ["--no-progress", "--device=cpu"]  # gloo, also on a GPU machine
 
 
 def torchrun(run_dir, args, nproc=2) -> list[str]:
