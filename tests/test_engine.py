@@ -241,3 +241,25 @@ def test_mean_pooled_classifier_clips_exactly(tiny_model):
         out = engine.step(chunks, lr=0.0)
         assert (out.clipped - expected).norm() / expected.norm() < 1e-5
         np.testing.assert_allclose(out.per_example_norms.numpy(), norms, rtol=1e-4)
+
+
+def test_a_noise_state_from_another_device_type_reseeds_deterministically(tiny_model):
+    """A CUDA generator's state (16 bytes of Philox) cannot load into a CPU generator (and back): a
+    run collected on a GPU and resumed on a CPU continues with noise seeded by the saved state."""
+
+    def engine():
+        model, _ = _model(tiny_model, params="classifier")
+        return DPEngine(
+            model, clipping="ghost", optimizer="sgd", lr=0.0, noise_multiplier=1.0, max_grad_norm=1.0,
+            expected_batch_size=1, seed=0,
+        )  # fmt: skip
+
+    state = engine().state()
+    cuda_like = {**state, "rng.noise": np.arange(16, dtype=np.uint8)}
+    a, b, c = engine(), engine(), engine()
+    a.load_state(cuda_like)
+    b.load_state(cuda_like)
+    c.load_state({**state, "rng.noise": np.arange(1, 17, dtype=np.uint8)})
+    na, nb, nc = (e.step([], lr=0.0).private for e in (a, b, c))
+    torch.testing.assert_close(na, nb)  # the same checkpoint, the same noise
+    assert not torch.allclose(na, nc)  # another checkpoint, other noise

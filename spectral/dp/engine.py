@@ -13,6 +13,7 @@ so ``private - clipped`` is exactly the noise divided by the expected batch size
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 from dataclasses import dataclass
@@ -285,7 +286,13 @@ class DPEngine:
                 state.setdefault(int(i), {})[name] = torch.from_numpy(np.array(value))
         inner.load_state_dict({"state": state, "param_groups": inner.state_dict()["param_groups"]})
         torch.set_rng_state(torch.from_numpy(np.array(tensors["rng.torch"])))
-        self.noise_generator.set_state(torch.from_numpy(np.array(tensors["rng.noise"])))
+        noise_state = torch.from_numpy(np.array(tensors["rng.noise"]))
+        if len(noise_state) == len(self.noise_generator.get_state()):
+            self.noise_generator.set_state(noise_state)
+        else:  # saved on another device type (CPU Mersenne Twister vs CUDA Philox): states do not transfer,
+            # so the noise continues from a fresh stream seeded by the saved state (deterministic, still secret)
+            digest = hashlib.sha256(noise_state.numpy().tobytes()).digest()
+            self.noise_generator.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
         if self.device.type == "cuda" and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(torch.from_numpy(np.array(tensors["rng.cuda"])), self.device)
 
