@@ -95,12 +95,12 @@ def rank_pid(parent: int, rank: int) -> int | None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the rank's process in /proc")
 def test_a_killed_rank_stops_the_job_and_resume_stores_each_step_once(tmp_path, tiny_model, tiny_data):
-    steps = 60
+    steps = 100  # far more than the 5 it waits for: a fast machine must not finish before the kill
     args = settings(tiny_model, tiny_data, steps, **{"params": "attention-qv", "checkpoint-every": 5, "eval-every": 0})
     run_dir = tmp_path / "killed"
     job = subprocess.Popen(torchrun(run_dir, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 300
-    while manifest(run_dir).get("n_steps", 0) < 10:
+    while manifest(run_dir).get("n_steps", 0) < 5:
         assert job.poll() is None and time.monotonic() < deadline, "the job ended before it could be killed"
         time.sleep(0.05)
     os.kill(rank_pid(job.pid, 1), signal.SIGKILL)
@@ -108,10 +108,10 @@ def test_a_killed_rank_stops_the_job_and_resume_stores_each_step_once(tmp_path, 
     assert job.returncode != 0
     assert "keeps every step up to its last commit; continue with --resume" in err
     stopped = manifest(run_dir)
-    assert stopped["status"] == "interrupted" and 10 <= stopped["n_steps"] < steps
+    assert stopped["status"] == "interrupted" and 5 <= stopped["n_steps"] < steps
 
     # resumed by one process: every step once, and the trajectory of an uninterrupted run
-    resumed = run_cli("spectral.collect", run_dir, "--resume", "--no-progress", env=ENV)
+    resumed = run_cli("spectral.collect", run_dir, "--resume", "--no-progress", "--device=cpu", env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     reference = run_cli("spectral.collect", tmp_path / "reference", *args, env=ENV)
     assert reference.returncode == 0, reference.stderr[-3000:]
