@@ -96,7 +96,8 @@ def rank_pid(parent: int, rank: int) -> int | None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the rank's process in /proc")
 def test_a_killed_rank_stops_the_job_and_resume_stores_each_step_once(tmp_path, tiny_model, tiny_data):
     steps = 100  # far more than the 5 it waits for: a fast machine must not finish before the kill
-    args = settings(tiny_model, tiny_data, steps, **{"params": "attention-qv", "checkpoint-every": 5, "eval-every": 0})
+    extra = {"params": "attention-qv", "checkpoint-every": 5, "eval-every": 0, "physical-batch-size": 32}
+    args = settings(tiny_model, tiny_data, steps, **extra)  # one chunk a step: fast
     run_dir = tmp_path / "killed"
     job = subprocess.Popen(torchrun(run_dir, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 300
