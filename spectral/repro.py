@@ -10,8 +10,9 @@ skip finished parts).
   quick   the embedded default (all-MiniLM-L6-v2, SST-2 from $SPECTRAL_DATA), 300 DP steps,
           k = 100, a reduced toy grid; well under 30 minutes on 2 CPU cores
   cpu     the CPU-faithful run (experiments/collect_cpu.toml: the paper's recipe, 1000 steps of
-          batch 128, DP learns), k = min(1000, n), fit range 1…500, DP retraining at ranks 10/20/100
-          and full with 3 seeds (100 steps each); about 2 hours on 2 CPU cores
+          batch 128, DP learns), k = min(1000, n), fit range 1…500, the paper's toy grid widened below
+          T = 10, DP retraining at ranks 10/20/100 and full with 3 seeds (100 steps each); about 2 hours
+          on 2 CPU cores
   paper   the paper's settings (experiments/collect_paper.toml: roberta-base, prompt objective,
           batch 1000, ~4000 steps, k = 1000, the full toy grid): for a GPU machine with a network
 
@@ -40,9 +41,12 @@ from .layout import RunDir
 from .report import ReportConfig, report
 from .retrain import RetrainConfig, retrain
 from .toy import ToyConfig, toy
+from .toy.grid import PAPER_STEPS
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 QUICK_TOY = dict(steps=(10, 20, 40, 80, 160, 320, 640), seeds=(0, 1, 2))
+# the paper's toy grid with T = 1, 2, 5 added: on the paper's grid several modes choose T = 10, its edge
+WIDENED_TOY = dict(steps=(1, 2, 5) + PAPER_STEPS)
 
 
 def _toml(name: str) -> dict:
@@ -70,7 +74,7 @@ SCALES = {
         "collect": "collect_cpu.toml",
         "k": None,
         "fit_range": (1, 500),
-        "toy": QUICK_TOY,
+        "toy": WIDENED_TOY,  # about 25 min on 2 cores (28 s on an H100)
         # 100 steps of batch 128 per (variant, seed): 12 runs, about 40 min on 2 cores
         "retrain": dict(steps=100, eval_every=25, seeds=3, ranks=(10, 20, 100)),
         "non_private_retrain": False,
