@@ -11,7 +11,7 @@ skip finished parts).
           k = 100, a reduced toy grid; well under 30 minutes on 2 CPU cores
   cpu     the CPU-faithful run (experiments/collect_cpu.toml: the paper's recipe, 1000 steps of
           batch 128, DP learns), k = min(1000, n), fit range 1…500, the paper's toy grid widened below
-          T = 10, DP retraining at ranks 10/20/100 and full with 3 seeds (100 steps each); about 2 hours
+          T = 10, DP retraining at ranks 10/20/100 and full with 3 seeds (100 steps each); about 2.5 hours
           on 2 CPU cores
   paper   the paper's settings (experiments/collect_paper.toml: roberta-base, prompt objective,
           batch 1000, ~4000 steps, k = 1000, the full toy grid): for a GPU machine with a network
