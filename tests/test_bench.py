@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 from conftest import run_cli
 
-ENV_THREADS = {"OMP_NUM_THREADS": "1"}
 
-
-def bench(*args, tmp_path=None):
-    import os
-
-    proc = run_cli("spectral.bench", *args, env={**os.environ, **ENV_THREADS}, timeout=600)
+def bench(*args):
+    proc = run_cli("spectral.bench", *args, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 

@@ -53,8 +53,7 @@ def linear_kde(values, variance: float = 1e-6, grid_len: int = 300_000, grid_exp
     for start in range(0, grid_len, 20_000):  # 20k x len(v) kernel values at a time
         g = grid[start : start + 20_000, None]
         density[start : start + 20_000] = np.exp(-((g - v) ** 2) / (2 * var)).sum(1) / len(v)
-    density /= np.sqrt(2 * np.pi * var)
-    density /= density.sum() * (grid[1] - grid[0])
+    density /= density.sum() * (grid[1] - grid[0])  # unit area on the grid (the kernels' constant cancels)
     return pd.DataFrame({"value": grid, "density": density})
 
 
