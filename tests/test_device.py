@@ -9,8 +9,8 @@ import torch
 
 import spectral.store
 from spectral.analyse import principal_components
+from spectral.analyse.backends import TorchOps
 from spectral.analyse.matrix import TrajectoryMatrix
-from spectral.analyse.torch_matrix import TorchTrajectoryMatrix
 from spectral.device import resolve_device
 from spectral.errors import SpectralError
 from spectral.store import StoreWriter, write_matrix
@@ -58,7 +58,7 @@ def test_torch_products_equal_the_numpy_ones(tmp_path):
     rows = np.arange(0, 60, 2)
     for subset in (None, rows):
         ref = TrajectoryMatrix(store, rows=subset, max_memory=60 * 8 * 3 * 100)  # several column blocks
-        dev = TorchTrajectoryMatrix(store, rows=subset, max_memory=60 * 8 * 3 * 100, device="cpu")
+        dev = TrajectoryMatrix(store, rows=subset, max_memory=60 * 8 * 3 * 100, ops=TorchOps("cpu"))
         assert dev.block_cols < store.d
         Q = np.random.default_rng(1).standard_normal((ref.n, 5))
         V = np.random.default_rng(2).standard_normal((store.d, 4))
@@ -74,7 +74,7 @@ def test_torch_products_equal_the_numpy_ones(tmp_path):
 def test_torch_path_eigenpairs_match_dense_numpy(tmp_path, method):
     store, H = _store(tmp_path)
     k = 6
-    spec = principal_components(TorchTrajectoryMatrix(store, device="cpu"), k, method=method, n_iter=8)
+    spec = principal_components(TrajectoryMatrix(store, ops=TorchOps("cpu")), k, method=method, n_iter=8)
     exact = np.linalg.eigvalsh(H.T @ H)[::-1][:k]
     np.testing.assert_allclose(spec.eigenvalues, exact, rtol=1e-8 if method != "randomized" else 1e-6)
     assert spec.residuals.max() < 1e-5

@@ -1,9 +1,18 @@
 """A gradient trajectory as a matrix H of shape (n_steps, d), read in column blocks.
 
-Every product the analyse stage needs is one sequential pass over column blocks of H:
-``gram`` (H Hᵀ), ``rmatmat`` (Hᵀ U, written block by block), ``matmat`` (H V) and
-``hht`` (H Hᵀ Q). Column blocks of a row-sharded store are read as contiguous runs of each
-row; accumulation is in float64. ``passes`` counts full reads of the data.
+Every product the analyse stage needs is one pass over column blocks of H, written once here:
+``gram`` (H Hᵀ), ``rmatmat`` (Hᵀ U, written block by block), ``matmat`` (H V), ``hht`` (H Hᵀ Q)
+and ``norms``. Where the arithmetic runs is an :mod:`~spectral.analyse.backends` adaptor: numpy on
+the host, torch on a device, or dask on a cluster; accumulation is in float64 on all three.
+``passes`` counts full reads of the data.
+
+Reads. A column block of width w is read as one run per shard when the store is tiled and w is a
+multiple of its tile width (:mod:`spectral.store.format`): so the read width is a multiple of the
+tile, up to ``READ_BYTES`` per buffer, and the float64 arithmetic walks it in narrower sub-blocks.
+A background thread reads the next block into the other of two buffers while this one is used.
+
+Memory of a pass, independent of d: two read buffers (2 · n · w · itemsize) plus one float64
+sub-block and its product (2 · n · c · 8), with w and c set from ``max_memory``.
 """
 
 from __future__ import annotations
@@ -20,8 +29,11 @@ from tqdm.auto import tqdm
 
 from ..errors import SpectralError
 from ..store import atomic_write
+from ..store.format import STORAGE_DTYPES
+from .backends import HostOps, make_ops
 
-BLOCK_BYTES = 128 * 2**20
+READ_BYTES = 256 * 2**20  # per read buffer: wide enough for MiB runs at n = 4,000, small beside RAM
+COMPUTE_BYTES = 128 * 2**20  # per float64 sub-block: larger buys no GEMM speed, only page faults
 
 
 def default_memory() -> int:
@@ -32,28 +44,28 @@ def default_memory() -> int:
 
 
 def trajectory_matrix(source, stream="clipped", rows=None, max_memory=None, progress=False, client=None, device=None):
-    """The matrix a solver works on: ``source`` itself if it is one already; the dask version with a
-    ``dask.distributed`` client; the torch version when ``device`` resolves to a GPU; else numpy.
-
-    The ``auto`` rule: CUDA when torch sees it, else the CPU (numpy, today's results bit for bit).
-    """
+    """The matrix a solver works on: ``source`` itself if it is one already, else a
+    :class:`TrajectoryMatrix` whose passes run on the dask ``client``, on ``device`` (a
+    ``torch.device``; CUDA runs torch there), or with numpy on the host."""
     if isinstance(source, TrajectoryMatrix):
         return source
-    if client is not None:
-        from .distributed import DaskTrajectoryMatrix
+    return TrajectoryMatrix(
+        source, stream, rows=rows, max_memory=max_memory, progress=progress, ops=make_ops(device, client)
+    )
 
-        return DaskTrajectoryMatrix(source, stream, rows=rows, client=client, progress=progress)
-    if device is not None:
-        from ..device import resolve_device
 
-        device = resolve_device(device)
-        if device.type != "cpu":
-            from .torch_matrix import TorchTrajectoryMatrix
+def block_widths(n_all: int, n: int, d: int, itemsize: int, tile: int, budget: int) -> tuple[int, int]:
+    """(read width w, compute width c) in columns for a budget of ``budget`` bytes.
 
-            return TorchTrajectoryMatrix(
-                source, stream, rows=rows, max_memory=max_memory, progress=progress, device=device
-            )
-    return TrajectoryMatrix(source, stream, rows=rows, max_memory=max_memory, progress=progress)
+    Two read buffers of n_all · w · itemsize take at most half the budget (and ``READ_BYTES``
+    each); w is rounded down to a multiple of the tile width when one tile fits. The float64
+    sub-block and its product, 2 · n · c · 8 bytes, take at most the other half.
+    """
+    w = max(1, min(budget // 4, READ_BYTES) // (n_all * itemsize))
+    if tile < d and w >= tile:
+        w -= w % tile
+    c = max(1, min(budget // 4, COMPUTE_BYTES) // (max(n, 1) * 8))
+    return int(min(w, d)), int(min(c, w, d))
 
 
 class TrajectoryMatrix:
@@ -64,33 +76,59 @@ class TrajectoryMatrix:
     source : Store or ndarray of shape (n, d)
     stream : stream name (for a Store)
     rows : optional index array selecting a subset of steps (e.g. a held-out split)
-    max_memory : bytes for block buffers; sets the column block width (default: a quarter
-        of the available RAM)
+    max_memory : bytes for block buffers; sets the block widths (default: a quarter of the
+        available RAM)
     progress : show a progress bar per pass
+    ops : where the arithmetic runs (:func:`spectral.analyse.backends.make_ops`; default numpy)
+    before_pass : called at the start of every pass (benchmarks drop the page cache there)
+
+    Attributes
+    ----------
+    passes : full reads of the data so far
+    io : ``{"bytes", "read_seconds", "wait_seconds"}``: bytes read from the store, time the reader
+        thread spent reading them, and time the arithmetic waited for a block
     """
 
-    def __init__(self, source, stream: str = "clipped", rows=None, max_memory: int | None = None, progress=False):
-        self.source, self.stream, self.progress = source, stream, progress
+    def __init__(
+        self,
+        source,
+        stream: str = "clipped",
+        rows=None,
+        max_memory: int | None = None,
+        progress=False,
+        ops=None,
+        before_pass=None,
+    ):
+        self.source, self.stream, self.progress, self.before_pass = source, stream, progress, before_pass
+        self.ops = ops or HostOps()
         if isinstance(source, np.ndarray):
             if source.ndim != 2:
                 raise SpectralError(f"a trajectory matrix must be 2-D, got shape {source.shape}")
             n_all, self.d = source.shape
+            self.storage, tile = source.dtype, self.d
         else:
             source.check_stream(stream)
             n_all, self.d = source.n_steps, source.d
+            self.storage = np.dtype(STORAGE_DTYPES[source.dtype])
+            tile = min((t for _, _, t in source.shard_tiles(stream)), default=self.d)
+        self.n_all = n_all
         self.rows = np.arange(n_all) if rows is None else np.asarray(rows)
         self.n = len(self.rows)
         if self.n == 0 or self.d == 0:
             raise SpectralError(f"the trajectory is empty (n={self.n}, d={self.d})")
         budget = default_memory() if max_memory is None else int(max_memory)
-        # two float64 read buffers (one being filled ahead) and a product of the same size;
-        # blocks above ~128 MiB buy no GEMM speed, only page faults
-        self.block_cols = int(np.clip(min(budget // 24, BLOCK_BYTES // 8) // n_all, 1, self.d))
+        self.block_cols, self.compute_cols = block_widths(n_all, self.n, self.d, self.storage.itemsize, tile, budget)
+        self.compute_cols = self.ops.compute_width(self.block_cols, self.compute_cols)
         self.passes = 0
+        self.io = {"bytes": 0, "read_seconds": 0.0, "wait_seconds": 0.0}
 
     @property
     def shape(self) -> tuple:
         return (self.n, self.d)
+
+    def buffer_bytes(self) -> int:
+        """Peak bytes of one pass's block buffers (the formula in the module docstring)."""
+        return 2 * self.n_all * self.block_cols * self.storage.itemsize + 2 * self.n * self.compute_cols * 8
 
     @cached_property
     def identity(self) -> str:
@@ -103,38 +141,60 @@ class TrajectoryMatrix:
         rows = hashlib.sha256(self.rows.astype(np.int64).tobytes()).hexdigest()
         return f"{src}|{self.stream}|{rows}|{self.d}"
 
-    def blocks(self, desc: str = "pass", start_col: int = 0, dtype=np.float64):
-        """Yield ``(start, stop, H[:, start:stop] as dtype)``; one call = one pass.
+    # ------------------------------------------------------------------ reading
+    def _spans(self, start_col: int) -> list:
+        return [(a, min(a + self.block_cols, self.d)) for a in range(start_col, self.d, self.block_cols)]
 
-        A store's blocks are read by a background thread one block ahead, into two buffers
-        used in turn: a yielded block is valid until the next one is requested.
-        """
-        self.passes += 1
-        spans = [(a, min(a + self.block_cols, self.d)) for a in range(start_col, self.d, self.block_cols)]
-        bar = tqdm(total=len(spans), desc=desc, unit="block", disable=not self.progress, leave=False)
+    def _raw_blocks(self, spans):
+        """Yield the stored values of each span, shape (n_all, width), read one block ahead."""
         if isinstance(self.source, np.ndarray):
             for start, stop in spans:
-                yield start, stop, np.asarray(self.source[self.rows, start:stop], dtype=dtype)
-                bar.update()
-            bar.close()
+                yield self.source[:, start:stop]
             return
-        n_all = self.source.n_steps
-        buffers = [np.empty(n_all * self.block_cols, dtype=dtype) for _ in range(min(2, len(spans)))]
+        buffers = [self.ops.host_buffer(self.n_all * self.block_cols, self.storage) for _ in range(min(2, len(spans)))]
 
         def read(i):
             start, stop = spans[i]
-            out = buffers[i % 2][: n_all * (stop - start)].reshape(n_all, stop - start)
-            self.source.block(self.stream, 0, n_all, start, stop, dtype=dtype, out=out)
-            return out if self.n == n_all else out[self.rows]
+            out = buffers[i % 2][: self.n_all * (stop - start)].reshape(self.n_all, stop - start)
+            t0 = time.perf_counter()
+            self.source.block(self.stream, 0, self.n_all, start, stop, dtype=self.storage, out=out)
+            self.io["read_seconds"] += time.perf_counter() - t0
+            self.io["bytes"] += out.nbytes
+            return out
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             ahead = pool.submit(read, 0) if spans else None
-            for i, (start, stop) in enumerate(spans):
-                block = ahead.result()
-                ahead = pool.submit(read, i + 1) if i + 1 < len(spans) else None
-                yield start, stop, block
-                bar.update()
-        bar.close()
+            for i in range(len(spans)):
+                t0 = time.perf_counter()
+                raw = ahead.result()
+                self.io["wait_seconds"] += time.perf_counter() - t0
+                if self.ops.copies_host_blocks:  # the block is on the device now: its buffer is free
+                    block = self.ops.to_device(raw)
+                    ahead = pool.submit(read, i + 1) if i + 1 < len(spans) else None
+                    yield block
+                else:  # the buffer is in use until the consumer asks for the next block
+                    ahead = pool.submit(read, i + 1) if i + 1 < len(spans) else None
+                    yield raw
+
+    def blocks(self, desc: str = "pass", start_col: int = 0, dtype=np.float64):
+        """Yield ``(start, stop, H[rows, start:stop])`` as ``dtype`` arrays of the backend; one call
+        = one pass. A yielded block is valid until the next one is requested."""
+        self.passes += 1
+        if self.before_pass is not None:
+            self.before_pass()
+        if self.ops.lazy:  # dask: the blocks are views of the store's dask array
+            yield from self.ops.blocks(self, start_col, dtype)
+            return
+        spans = self._spans(start_col)
+        storage = None if isinstance(self.source, np.ndarray) else self.source.dtype
+        with tqdm(
+            total=self.d - start_col, desc=desc, unit="col", unit_scale=True, disable=not self.progress, leave=False
+        ) as bar:
+            for (start, stop), raw in zip(spans, self._raw_blocks(spans)):
+                for a in range(0, stop - start, self.compute_cols):
+                    b = min(a + self.compute_cols, stop - start)
+                    yield start + a, start + b, self.ops.widen(raw, a, b, self.rows, self.n_all, storage, dtype)
+                bar.update(stop - start)
 
     # ------------------------------------------------------------------ products
     def gram(self, checkpoint: Path | None = None, every_s: float = 60.0) -> np.ndarray:
@@ -143,19 +203,21 @@ class TrajectoryMatrix:
         With ``checkpoint`` (a path stem), the partial sum is saved every ``every_s`` seconds
         and at the end; a later call on the same data continues from it (or reuses it whole).
         """
-        G, start = np.zeros((self.n, self.n)), 0
+        ops = self.ops
+        checkpoint = checkpoint if ops.checkpoints else None
+        G, start = ops.zeros((self.n, self.n)), 0
         saved = load_checkpoint(checkpoint, self.identity) if checkpoint else None
         if saved is not None:
-            G, start = saved["array"], saved["next_col"]
+            G, start = ops.asarray(saved["array"]), saved["next_col"]
         if start >= self.d:
-            return G
+            return ops.to_host(G)
         last = time.monotonic()
         for _, stop, B in self.blocks("gram", start_col=start):
             G += B @ B.T
             if checkpoint and (time.monotonic() - last >= every_s or stop == self.d):
-                save_checkpoint(checkpoint, self.identity, G, next_col=stop)
+                save_checkpoint(checkpoint, self.identity, ops.to_host(G), next_col=stop)
                 last = time.monotonic()
-        return G
+        return ops.to_host(G)
 
     def rmatmat(self, U: np.ndarray, out=None, scale=None, dtype=np.float64) -> np.ndarray:
         """Hᵀ U diag(scale) (d, k), written block by block into ``out`` (e.g. a memmap).
@@ -163,33 +225,35 @@ class TrajectoryMatrix:
         ``dtype=np.float32`` halves the work of this tall-skinny product where the result is
         stored in float32 anyway (the eigenvector pass).
         """
-        U = np.asarray(U if scale is None else U * scale, dtype=dtype)
+        U = self.ops.asarray(np.asarray(U if scale is None else U * scale), dtype=dtype)
         out = np.empty((self.d, U.shape[1]), dtype=dtype) if out is None else out
         for start, stop, B in self.blocks("H^T U", dtype=dtype):
-            out[start:stop] = B.T @ U
+            self.ops.write(out, start, stop, B.T @ U)
+        self.ops.finish_writes(out)
         return out
 
     def matmat(self, V) -> np.ndarray:
         """H V (n, k) for V of shape (d, k) (may be a memmap; read block by block)."""
-        out = np.zeros((self.n, V.shape[1]))
+        out = self.ops.zeros((self.n, V.shape[1]))
         for start, stop, B in self.blocks("H V"):
-            out += B @ np.asarray(V[start:stop], dtype=np.float64)
-        return out
+            out += B @ self.ops.asarray(np.asarray(V[start:stop]))
+        return self.ops.to_host(out)
 
     def hht(self, Q: np.ndarray) -> np.ndarray:
         """H Hᵀ Q (n, l) in one pass, without forming H Hᵀ."""
-        out = np.zeros_like(Q, dtype=np.float64)
+        Q = self.ops.asarray(Q)
+        out = self.ops.zeros(tuple(Q.shape))
         for _, _, B in self.blocks("H H^T Q"):
             out += B @ (B.T @ Q)
-        return out
+        return self.ops.to_host(out)
 
     def norms(self) -> tuple[np.ndarray, float]:
         """(‖g_t‖² for every step (n,), ‖mean step‖²) in one pass."""
-        sq, mean_sq = np.zeros(self.n), 0.0
+        sq, mean_sq = self.ops.zeros((self.n,)), self.ops.zeros(())
         for _, _, B in self.blocks("norms"):
-            sq += np.einsum("ij,ij->i", B, B)
-            mean_sq += float(np.sum(B.mean(axis=0) ** 2))
-        return sq, mean_sq
+            sq += (B * B).sum(1)
+            mean_sq += (B.mean(0) ** 2).sum()
+        return self.ops.to_host(sq), float(self.ops.to_host(mean_sq))
 
 
 def save_checkpoint(stem: Path, identity: str, array: np.ndarray, **state) -> None:

@@ -49,6 +49,8 @@ class Spectrum:
     row_sq_norms: (n,) ‖g_t‖² of every stored gradient (uncentred)
     residuals   : (k,) ‖HᵀH v − λ v‖ / λ
     total_energy: ‖H‖_F² (centred: ‖H_c‖_F²), the sum of all eigenvalues
+    gram        : (n, n) H Hᵀ when the exact Gram method computed it (in memory only, not saved):
+                  every held-out G_k curve follows from it without reading H again
     """
 
     eigenvalues: np.ndarray
@@ -63,6 +65,7 @@ class Spectrum:
     passes: int
     seconds: float
     info: dict = field(default_factory=dict)
+    gram: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def k(self) -> int:
@@ -96,7 +99,7 @@ class Spectrum:
             "centered": self.centered,
             "k": self.k,
             "n": int(self.scores.shape[0]),
-            "d": int(self.components.shape[0]),
+            "d": None if self.components is None else int(self.components.shape[0]),
             "passes": self.passes,
             "seconds": round(self.seconds, 3),
             "max_residual": float(np.max(self.residuals)),
@@ -106,20 +109,23 @@ class Spectrum:
         }
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory) -> Path:
+    def save(self, directory, extra: dict | None = None) -> Path:
         """Write eigenvalues/scores/norms (.npy), components (.npy, memory-mappable),
-        spectrum.csv and summary.json into ``directory``."""
+        spectrum.csv and summary.json (with ``extra`` added) into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         comp_path = directory / "components.npy"
         if isinstance(self.components, np.memmap):
             self.components.flush()
-        if not (isinstance(self.components, np.memmap) and Path(self.components.filename) == comp_path.resolve()):
+        elsewhere = not (
+            isinstance(self.components, np.memmap) and Path(self.components.filename) == comp_path.resolve()
+        )
+        if self.components is not None and elsewhere:
             np.save(comp_path, np.asarray(self.components, dtype=np.float32))
         for name in ("eigenvalues", "scores", "row_sq_norms", "residuals"):
             np.save(directory / f"{name}.npy", getattr(self, name))
         self.to_frame().to_csv(directory / "spectrum.csv", index=False)
-        (directory / "summary.json").write_text(json.dumps(self.summary(), indent=1))
+        (directory / "summary.json").write_text(json.dumps({**self.summary(), **(extra or {})}, indent=1))
         return directory
 
     @classmethod
@@ -168,6 +174,16 @@ def _top_eigh(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return w[::-1], U[:, ::-1]
 
 
+def gram_eigenpairs(G: np.ndarray, k: int, centered: bool = False):
+    """Top-k eigenpairs of a Gram matrix G = H Hᵀ (n, n), or of the centred P G P.
+
+    Returns (λ (k,), U (n, k), apply(Q) = (P G P) Q, trace of the analysed matrix).
+    """
+    S = _center(_center(G).T) if centered else G
+    lam, U = _top_eigh(S, k)
+    return lam, U, (lambda Q: S @ Q), float(np.trace(S))
+
+
 def choose_method(n: int, d: int, k: int, max_memory: int) -> tuple[str, str]:
     """(method, reason) for ``--method auto``."""
     gram_bytes = 3 * 8 * n * n  # G, its eigenvectors, workspace
@@ -186,15 +202,13 @@ def check_k(k: int, n: int, d: int, centered: bool) -> None:
 
 # ---------------------------------------------------------------------- methods in step space
 def _solve_in_step_space(M: TrajectoryMatrix, k, method, centered, oversample, n_iter, seed, checkpoints=None):
-    """Return (λ (k,), U (n, k), apply(Q) = G Q, ‖g_t‖² (n,), trace of the analysed G)."""
+    """Return (λ (k,), U (n, k), apply(Q) = G Q, ‖g_t‖² (n,), trace of the analysed G, and the
+    uncentred Gram matrix H Hᵀ when the method formed it, else None)."""
     P = _center if centered else (lambda X: X)
     if method == "gram":
         G = M.gram(checkpoint=checkpoints / "gram" if checkpoints else None)
-        sq = np.diag(G).copy()
-        if centered:
-            G = _center(_center(G).T)
-        lam, U = _top_eigh(G, k)
-        return lam, U, (lambda Q: G @ Q), sq, float(np.trace(G))
+        lam, U, apply, trace = gram_eigenpairs(G, k, centered)
+        return lam, U, apply, np.diag(G).copy(), trace, G
 
     apply = lambda Q: P(M.hht(P(Q)))  # noqa: E731
     if method == "randomized":
@@ -223,7 +237,7 @@ def _solve_in_step_space(M: TrajectoryMatrix, k, method, centered, oversample, n
     else:
         raise SpectralError(f"unknown method {method!r}")
     sq, mean_sq = M.norms()
-    return lam, U, apply, sq, _trace(sq, mean_sq, M.n, centered)
+    return lam, U, apply, sq, _trace(sq, mean_sq, M.n, centered), None
 
 
 def _trace(sq, mean_sq, n, centered) -> float:
@@ -292,6 +306,7 @@ def _seedcode(M: TrajectoryMatrix, k, iters, seed, components_out, t0, reason, c
         M.passes,
         time.perf_counter() - t0,
         {"iterations": iters},
+        gram=G,
     )
 
 
@@ -346,7 +361,7 @@ def principal_components(
     client : a ``dask.distributed.Client``: every pass runs blockwise on its workers
         (see :mod:`spectral.analyse.distributed`); checkpoints are not used then.
     device : ``auto``, ``cpu`` or ``cuda[:i]``: on a GPU the passes run as float64 torch matmuls
-        there (see :mod:`spectral.analyse.torch_matrix`); None or ``cpu``: numpy
+        there (see :mod:`spectral.analyse.backends`); None or ``cpu``: numpy
 
     Returns
     -------
@@ -395,7 +410,7 @@ def principal_components(
     if checkpoint_dir is not None and client is None:
         checkpoints = Path(checkpoint_dir)
         checkpoints.mkdir(parents=True, exist_ok=True)
-    lam, U, apply, sq, trace = _solve_in_step_space(M, k, method, centered, oversample, n_iter, seed, checkpoints)
+    lam, U, apply, sq, trace, G = _solve_in_step_space(M, k, method, centered, oversample, n_iter, seed, checkpoints)
     info = {"oversample": oversample, "n_iter": n_iter} if method == "randomized" else {}
     lam, U, info = _drop_null_directions(lam, U, trace, M.n, info)
     k = len(lam)
@@ -411,7 +426,13 @@ def principal_components(
     # V = Hᵀ U Σ⁻¹ (centred: U ⟂ 1, so Hᵀ P U = Hᵀ U), computed in float32 as it is stored;
     # the eigenvalues and certificate come from the float64 step-space solution
     V = M.rmatmat(U, out=out, scale=inv, dtype=np.float32)
-    scores = U * sigma if not centered else M.matmat(V)
+    if not centered:
+        scores = U * sigma  # H V = G U Σ⁻¹ = U Σ
+    elif G is not None:
+        scores = G @ (U * inv)  # H V with the uncentred rows, from the Gram matrix: no pass
+    else:
+        scores = M.matmat(V)
+    info = {**info, "io": _io(M)} if hasattr(M, "io") else info
     return Spectrum(
         lam,
         V,
@@ -425,7 +446,16 @@ def principal_components(
         M.passes,
         time.perf_counter() - t0,
         info,
+        gram=G,
     )
+
+
+def _io(M) -> dict:
+    """What the passes read: bytes, reader time, time waited, and the rate while reading."""
+    io = dict(M.io)
+    io["read_rate_bytes_per_s"] = io["bytes"] / io["read_seconds"] if io["read_seconds"] else None
+    io["block_cols"], io["buffer_bytes"] = M.block_cols, M.buffer_bytes()
+    return io
 
 
 def _drop_null_directions(lam, U, trace: float, n: int, info: dict):

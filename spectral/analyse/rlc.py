@@ -4,6 +4,11 @@ P_k projects on the top-k principal components. With scores c_t = Vᵀ g_t,
 G_k(t)² = ‖g_t‖² − Σ_{j≤k} c_{tj}², so one set of scores gives every k at once, and
 mean_t G_k(t)² = (1/n) Σ_{j>k} λ_j for the in-sample (uncentred) components.
 The held-out version fits P_k on one part of the trajectory and measures the others.
+
+Everything held-out follows from the n×n Gram matrix G = H Hᵀ of the whole trajectory: the fit
+rows' components are V = H_fitᵀ U Σ⁻¹ with (Λ, U) the eigenpairs of G[fit, fit] (centred:
+P G[fit, fit] P, whose U ⟂ 1), so the held-out scores are H_test V = G[test, fit] U Σ⁻¹ and the
+held-out norms diag(G)[test]. No second solve and no read of H beyond the Gram pass.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SpectralError
-from .matrix import trajectory_matrix
-from .pca import Spectrum, principal_components
+from .matrix import default_memory, trajectory_matrix
+from .pca import Spectrum, _drop_null_directions, choose_method, gram_eigenpairs, principal_components
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -61,22 +66,63 @@ def split_rows(n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
     raise SpectralError(f"unknown split {split!r}; choose half or alternate")
 
 
+def held_out_from_gram(
+    G: np.ndarray, k: int, *, split: str = "half", centered: bool = False, ks=None
+) -> tuple[pd.DataFrame, Spectrum]:
+    """G_k of held-out steps under components fitted on the other steps, from the Gram matrix
+    G = H Hᵀ (n, n) alone (see the module docstring).
+
+    Returns (G (held-out step × k), the fit rows' spectrum without components: eigenvalues,
+    scores and norms of the fit rows, enough for their in-sample curve).
+    """
+    fit, test = split_rows(len(G), split)
+    G_fit = G[np.ix_(fit, fit)]
+    lam, U, _, trace = gram_eigenpairs(G_fit, min(k, len(fit) - (1 if centered else 0)), centered)
+    lam, U, info = _drop_null_directions(lam, U, trace, len(fit), {})
+    sigma = np.sqrt(np.clip(lam, 0, None))
+    W = U / sigma
+    scores = G[np.ix_(test, fit)] @ W
+    ks = k_grid(len(lam)) if ks is None else np.asarray(ks)[np.asarray(ks) <= len(lam)]  # rank may be < k
+    out = residual_norms(scores, np.diag(G)[test], ks)
+    out.index = pd.Index(test, name="step")
+    fitted = Spectrum(
+        eigenvalues=lam,
+        components=None,
+        scores=G_fit @ W,
+        row_sq_norms=np.diag(G_fit).copy(),
+        residuals=np.zeros(len(lam)),  # exact eigenpairs of G[fit, fit] (float64 eigh)
+        total_energy=trace,
+        method="gram",
+        reason="held-out fit from the Gram matrix",
+        centered=centered,
+        passes=0,
+        seconds=0.0,
+        info=info,
+    )
+    return out, fitted
+
+
 def held_out(source, k: int, *, stream="clipped", split="half", ks=None, **pca_kwargs) -> tuple[pd.DataFrame, Spectrum]:
     """G_k of held-out steps under components fitted on the other steps.
 
-    Returns (G (held-out step × k), the fitted spectrum).
+    With the exact Gram method (``auto`` picks it when n² fits) this is one pass for the Gram
+    matrix and :func:`held_out_from_gram`; otherwise a solve on the fit rows and two passes over
+    the held-out rows. Returns (G (held-out step × k), the fitted spectrum).
     """
     n = source.shape[0] if isinstance(source, np.ndarray) else source.n_steps
+    method = pca_kwargs.get("method", "auto")
+    if method == "auto":
+        d = source.shape[1] if isinstance(source, np.ndarray) else source.d
+        method, _ = choose_method(n, d, k, pca_kwargs.get("max_memory") or default_memory())
+    matrix = dict(
+        max_memory=pca_kwargs.get("max_memory"), client=pca_kwargs.get("client"), device=pca_kwargs.get("device")
+    )
+    if method == "gram":
+        G = trajectory_matrix(source, stream, **matrix).gram()
+        return held_out_from_gram(G, k, split=split, centered=pca_kwargs.get("centered", False), ks=ks)
     fit, test = split_rows(n, split)
     spectrum = principal_components(source, k, stream=stream, rows=fit, **pca_kwargs)
-    M = trajectory_matrix(
-        source,
-        stream,
-        rows=test,
-        max_memory=pca_kwargs.get("max_memory"),
-        client=pca_kwargs.get("client"),
-        device=pca_kwargs.get("device"),
-    )
+    M = trajectory_matrix(source, stream, rows=test, **matrix)
     scores = M.matmat(spectrum.components)
     sq, _ = M.norms()
     ks = k_grid(spectrum.k) if ks is None else np.asarray(ks)[np.asarray(ks) <= spectrum.k]  # rank may be < k

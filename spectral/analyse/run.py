@@ -3,7 +3,6 @@ written into the run directory's ``analysis/<stream>/`` (see :mod:`spectral.layo
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from dataclasses import asdict, dataclass
@@ -96,7 +95,8 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
         )
         if "warning" in spec.info:
             print(f"warning: {spec.info['warning']}", file=sys.stderr)
-        spec.save(out)
+        # which store (and which of its steps) this analysis describes: retrain and report check it
+        spec.save(out, extra=dict(store=str(run.store.resolve()), store_n_steps=store.n_steps, config=asdict(config)))
         G = rlc.in_sample(spec)
         G.to_csv(out / layout.RLC_STEPS)
         rlc.summarize(G).to_csv(out / layout.RLC_IN_SAMPLE, index=False)
@@ -104,7 +104,12 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
             k_fit = min(k, store.n_steps // 2 - (1 if config.centered else 0))
             if k_fit < 1:
                 raise SpectralError(f"too few steps ({store.n_steps}) for a held-out curve; use holdout none")
-            G_out, _ = rlc.held_out(store, k_fit, split=config.holdout, ks=rlc.k_grid(k_fit), **kw)
+            if spec.gram is not None:  # the exact methods formed H Hᵀ: no second solve, no more reads
+                G_out, _ = rlc.held_out_from_gram(
+                    spec.gram, k_fit, split=config.holdout, centered=config.centered, ks=rlc.k_grid(k_fit)
+                )
+            else:
+                G_out, _ = rlc.held_out(store, k_fit, split=config.holdout, ks=rlc.k_grid(k_fit), **kw)
             rlc.summarize(G_out).to_csv(out / layout.RLC_HELD_OUT, index=False)
         if spec.k >= 2:
             density.eigenvalue_kde(spec.eigenvalues).to_csv(out / layout.DENSITY_KDE, index=False)
@@ -115,8 +120,4 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
     finally:
         if client is not None:
             client.close()
-    # which store (and which of its steps) this analysis describes: retrain and report check it
-    summary = json.loads((out / layout.SUMMARY).read_text())
-    summary.update(store=str(run.store.resolve()), store_n_steps=store.n_steps, config=asdict(config))
-    (out / layout.SUMMARY).write_text(json.dumps(summary, indent=1))
     return spec

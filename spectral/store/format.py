@@ -5,11 +5,21 @@ A store is one directory::
     manifest.json                     single source of truth: what is committed
     steps.csv                         one row per committed step (loss, lr, epsilon, norms, ...)
     <table>.csv                       other per-step tables (e.g. eval.csv)
-    streams/<stream>/<start>-<stop>.npy   rows [start, stop) of one stream, shape (stop-start, d)
+    streams/<stream>/<start>-<stop>.npy   rows [start, stop) of one stream, in column tiles (below)
     checkpoint/state-<step>.safetensors + .json   training state after <step> committed steps
 
 Only what the manifest lists is part of the store; anything else (a shard written just
 before a crash) is an orphan and is removed on resume.
+
+Shard layout. The analyses read H (n_steps, d) in column blocks. In a row-major shard a column
+block of width w is one run of w values per row: at the paper's shape (n = 4,000) a block that
+fits in memory is read as 16 KB runs, an order of magnitude below the disk's sequential rate.
+Format version 2 therefore stores each shard in *column tiles*: columns [t·T, (t+1)·T) of all the
+shard's rows are contiguous (a (rows, T) row-major block), tile after tile, with T = ``tile_cols``
+from the manifest (the last tile may be narrower). A column block that starts and ends on tile
+boundaries is then one contiguous run of rows·w values per shard. A tiled shard is a 1-D ``.npy``
+of rows·d values; a 2-D ``(rows, d)`` shard is row-major, the one-tile case (version 1 stores, and
+shards not yet rewritten by ``python -m spectral.store retile``). So every shard says its layout.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ from pathlib import Path
 import numpy as np
 
 FORMAT_NAME = "spectral-trajectory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: row-major shards, no tile_cols
+TILE_COLS = 4096  # 16 KiB of float32 per row and tile: row-sized writes, MiB-sized reads
 MANIFEST = "manifest.json"
 STEPS_TABLE = "steps"
 ATTACHMENTS = "attachments"  # fixed per-run tensors, one safetensors file each
@@ -84,6 +96,61 @@ def shard_rows_for(d: int, dtype: str, shard_mb: int, max_rows: int) -> int:
     """Rows per shard: about ``shard_mb`` MiB, at least 1, at most ``max_rows`` (the commit interval)."""
     row_bytes = d * np.dtype(STORAGE_DTYPES[dtype]).itemsize
     return int(np.clip(shard_mb * 2**20 // row_bytes, 1, max_rows))
+
+
+def tile_runs(rows: int, d: int, tile_cols: int, r0: int, r1: int, c0: int, c1: int):
+    """The contiguous runs that hold rows [r0, r1) x columns [c0, c1) of a shard of ``rows`` rows
+    stored in tiles of ``tile_cols`` columns (``tile_cols >= d``: row-major).
+
+    Yields ``(element offset in the shard, row, column offset in the block, length)``, in file
+    order; runs that touch in the file are merged by :func:`read_runs`.
+    """
+    for ta in range(c0 - c0 % tile_cols, c1, tile_cols):
+        tw = min(tile_cols, d - ta)
+        lo, hi = max(c0, ta), min(c1, ta + tw)
+        base = rows * ta  # every earlier tile is full width
+        for r in range(r0, r1):
+            yield base + r * tw + (lo - ta), r - r0, lo - c0, hi - lo
+
+
+def read_runs(fd: int, offset: int, runs, out: np.ndarray) -> None:
+    """Fill ``out`` (rows, width), C-contiguous, from ``runs`` of :func:`tile_runs` (elements of
+    ``out.dtype``) in a file whose data starts at byte ``offset``: runs adjacent in the file are
+    read with one ``preadv`` into the matching slices of ``out`` (scatter, no copy)."""
+    item, width = out.dtype.itemsize, out.shape[1]
+    flat = memoryview(out.reshape(-1)).cast("B")
+    batch, start, end = [], None, None
+
+    def flush():
+        if batch:
+            _preadv_all(fd, batch, offset + start * item)
+
+    for pos, r, c, length in runs:
+        view = flat[(r * width + c) * item : (r * width + c + length) * item]
+        if end == pos and len(batch) < IOV_MAX:
+            batch.append(view)
+            end += length
+        else:
+            flush()
+            batch, start, end = [view], pos, pos + length
+    flush()
+
+
+IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+
+
+def _preadv_all(fd: int, views: list, pos: int) -> None:
+    """preadv until every view is full (a short read continues where it stopped)."""
+    while views:
+        got = os.preadv(fd, views, pos)
+        if got == 0:
+            raise OSError("file ended early (truncated shard)")
+        pos += got
+        while views and got >= len(views[0]):
+            got -= len(views[0])
+            views = views[1:]
+        if views and got:
+            views = [views[0][got:], *views[1:]]
 
 
 def fsync_file(path: Path) -> None:

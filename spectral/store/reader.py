@@ -28,10 +28,13 @@ from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST,
+    READABLE_VERSIONS,
     STEPS_TABLE,
     STORAGE_DTYPES,
     from_storage,
+    read_runs,
     shard_path,
+    tile_runs,
 )
 
 
@@ -49,9 +52,10 @@ def read_manifest(root) -> dict:
         raise SpectralError(f"{path} is corrupt: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise SpectralError(f"{path} is not a spectral trajectory manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise SpectralError(
-            f"{path} has format version {manifest.get('format_version')}; this spectral reads version {FORMAT_VERSION}"
+            f"{path} has format version {manifest.get('format_version')}; this spectral reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (it writes {FORMAT_VERSION}): upgrade spectral to read it"
         )
     return manifest
 
@@ -88,43 +92,20 @@ class Param:
     numel: int
 
 
-def _pread(
-    path, offset: int, width: int, row_start: int, row_stop: int, col_start: int, col_stop: int, buf: np.ndarray
-) -> None:
-    """Fill ``buf`` with rows ``[row_start, row_stop)`` × columns ``[col_start, col_stop)`` of a row-major
-    array of ``width`` columns stored at byte ``offset`` of ``path`` (a .npy body), read with pread.
-
-    Copying out of a fresh memory map costs a page fault per 4 KiB (several times the read
-    itself on our machines); reading each row's contiguous run with pread does not.
-    """
-    rows, cols = row_stop - row_start, col_stop - col_start
-    item = buf.dtype.itemsize
-    base = offset + (row_start * width + col_start) * item
-    flat = memoryview(buf.reshape(-1)).cast("B")
-    if cols == width:  # whole rows: one contiguous run
-        runs = [(flat, base)]
-    else:
-        step = cols * item
-        runs = ((flat[i * step : (i + 1) * step], base + i * width * item) for i in range(rows))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for view, pos in runs:
-            while len(view):
-                got = os.preadv(fd, [view], pos)
-                if got == 0:
-                    raise SpectralError(f"{path} ended early (truncated shard)")
-                view, pos = view[got:], pos + got
-    finally:
-        os.close(fd)
+def shard_geometry(arr: np.ndarray, d: int, tile_cols: int) -> tuple[int, int]:
+    """(rows, tile width) of a shard: a 2-D shard is row-major (one tile), a 1-D one tiled."""
+    if arr.ndim == 2:
+        return arr.shape[0], d
+    return arr.shape[0] // d, tile_cols
 
 
 class ShardReader:
     """One shard as a lazily read, picklable array-like (shape, dtype, ``__getitem__``): what
     ``dask.array.from_array`` needs to read chunks on the workers, without copying the store."""
 
-    def __init__(self, path, offset: int, shape: tuple, storage: str, dtype=np.float32):
+    def __init__(self, path, offset: int, shape: tuple, tile_cols: int, storage: str, dtype=np.float32):
         self.path, self.offset, self.shape, self.storage = str(path), int(offset), tuple(shape), storage
-        self.dtype, self.ndim = np.dtype(dtype), 2
+        self.tile_cols, self.dtype, self.ndim = int(tile_cols), np.dtype(dtype), 2
 
     def __getitem__(self, key) -> np.ndarray:
         rows, cols = key if isinstance(key, tuple) else (key, slice(None))
@@ -134,7 +115,12 @@ class ShardReader:
             raise IndexError("a ShardReader reads contiguous blocks only")
         raw = np.empty((max(r1 - r0, 0), max(c1 - c0, 0)), dtype=STORAGE_DTYPES[self.storage])
         if raw.size:
-            _pread(self.path, self.offset, self.shape[1], r0, r1, c0, c1, raw)
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                runs = tile_runs(self.shape[0], self.shape[1], self.tile_cols, r0, r1, c0, c1)
+                read_runs(fd, self.offset, runs, raw)
+            finally:
+                os.close(fd)
         return from_storage(raw, self.storage, self.dtype)
 
 
@@ -160,10 +146,12 @@ class Store:
         self.streams: list = list(m["streams"])
         self.dtype: str = m["dtype"]
         self.layout = [Param(p["name"], tuple(p["shape"]), p["offset"], p["numel"]) for p in m["layout"]]
+        self.tile_cols: int = int(m.get("tile_cols") or self.d)  # version 1: row-major
         self._shards = m["shards"]
         self._starts = np.array([s["start"] for s in self._shards], dtype=np.int64)
         self._maps = {s: [self._open_shard(s, sh) for sh in self._shards] for s in self.streams}
         self._scratch_buf = np.empty(0, dtype=np.uint8)
+        self._fds: dict = {}  # shard path -> open descriptor (pread is safe from several threads)
         if verify:
             self.verify()
 
@@ -177,11 +165,46 @@ class Store:
         except (ValueError, OSError, EOFError) as exc:
             raise SpectralError(f"{self.root}: shard {rel} is truncated or corrupt ({exc})") from None
         expected = (shard["stop"] - shard["start"], self.d)
-        if arr.shape != expected or arr.dtype != np.dtype(STORAGE_DTYPES[self.dtype]):
+        shape = arr.shape if arr.ndim == 2 else (arr.size // self.d, self.d) if arr.size % self.d == 0 else arr.shape
+        if shape != expected or arr.dtype != np.dtype(STORAGE_DTYPES[self.dtype]):
             raise SpectralError(
-                f"{self.root}: shard {rel} holds {arr.dtype}{list(arr.shape)}, manifest says {self.dtype}{list(expected)}"
+                f"{self.root}: shard {rel} holds {arr.dtype}{list(shape)}, manifest says {self.dtype}{list(expected)}"
             )
         return arr
+
+    def _fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        return fd
+
+    def close(self) -> None:
+        """Close the shard files kept open for reading (reopened on the next read)."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def shard_tiles(self, stream: str) -> list[tuple[int, int, int]]:
+        """``(start, stop, tile width)`` per shard of ``stream``: a column block aligned to the tile
+        width is read as one contiguous run per shard (see :mod:`spectral.store.format`)."""
+        return [(a, b, shard_geometry(arr, self.d, self.tile_cols)[1]) for a, b, arr in self.shards(stream)]
+
+    def drop_cache(self, stream: str | None = None) -> None:
+        """Ask the kernel to drop the page cache of the shard files (``posix_fadvise(DONTNEED)``),
+        so the next read comes from the disk: how benchmarks measure a cold read."""
+        for s in [stream] if stream else self.streams:
+            for _, _, arr in self.shards(s):
+                fd = os.open(arr.filename, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
 
     def __repr__(self) -> str:
         return (
@@ -204,7 +227,8 @@ class Store:
             raise SpectralError(f"unknown stream {stream!r}; this store has {self.streams}")
 
     def shards(self, stream: str) -> list[tuple[int, int, np.memmap]]:
-        """``(start, stop, raw memmap of shape (stop-start, d))`` per shard, in storage dtype."""
+        """``(start, stop, raw memmap)`` per shard, in storage dtype: shape (stop-start, d) for a
+        row-major shard, (rows·d,) in column tiles for a tiled one (read it with :meth:`block`)."""
         self.check_stream(stream)
         return [(sh["start"], sh["stop"], arr) for sh, arr in zip(self._shards, self._maps[stream])]
 
@@ -248,13 +272,15 @@ class Store:
             lo, hi = max(start, row_start), min(stop, row_stop)
             if lo < hi:
                 dest = out[lo - row_start : hi - row_start]
-                where = (arr.filename, arr.offset, arr.shape[1], lo - start, hi - start, col_start, col_stop)
-                if stored == out.dtype:
-                    _pread(*where, dest)
-                    continue
-                raw = self._scratch(stored, (hi - lo, shape[1]))
-                _pread(*where, raw)
-                dest[:] = from_storage(raw, self.dtype, dtype) if self.dtype == "bfloat16" else raw
+                rows, tile = shard_geometry(arr, self.d, self.tile_cols)
+                runs = tile_runs(rows, self.d, tile, lo - start, hi - start, col_start, col_stop)
+                raw = dest if stored == out.dtype else self._scratch(stored, (hi - lo, shape[1]))
+                try:
+                    read_runs(self._fd(arr.filename), arr.offset, runs, raw)
+                except OSError as exc:
+                    raise SpectralError(f"{arr.filename}: {exc}") from None
+                if raw is not dest:
+                    dest[:] = from_storage(raw, self.dtype, dtype) if self.dtype == "bfloat16" else raw
         return out
 
     def _scratch(self, dtype, shape) -> np.ndarray:
@@ -277,7 +303,8 @@ class Store:
         for start, stop, arr in self.shards(stream):
             rows = stop - start
             cols = block_cols or max(1, min(self.d, (64 * 2**20) // (max(rows, 1) * np.dtype(dtype).itemsize)))
-            reader = ShardReader(arr.filename, arr.offset, arr.shape, self.dtype, dtype)
+            _, tile = shard_geometry(arr, self.d, self.tile_cols)
+            reader = ShardReader(arr.filename, arr.offset, (rows, self.d), tile, self.dtype, dtype)
             parts.append(
                 da.from_array(
                     reader,

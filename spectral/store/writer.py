@@ -31,6 +31,7 @@ from .format import (
     MANIFEST,
     STEPS_TABLE,
     STORAGE_DTYPES,
+    TILE_COLS,
     atomic_write,
     fsync_dir,
     fsync_file,
@@ -43,15 +44,51 @@ from .format import (
 from .reader import Checkpoint, read_checkpoint, read_manifest
 
 
+def npy_header(dtype, shape: tuple) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    )
+    return buf.getvalue()
+
+
+def write_tiled(path: Path, rows: int, d: int, dtype, tile_cols: int, read, chunk_bytes: int = 64 * 2**20) -> str:
+    """Write a shard in column tiles (see :mod:`spectral.store.format`) atomically at ``path``;
+    returns its SHA-256. ``read(c0, c1)`` gives columns [c0, c1) of the shard's rows,
+    shape (rows, c1 - c0) in storage dtype; it is asked for about ``chunk_bytes`` at a time."""
+    dtype = np.dtype(dtype)
+    chunk = max(tile_cols, chunk_bytes // max(rows * dtype.itemsize * tile_cols, 1) * tile_cols)
+    digest = hashlib.sha256()
+    f, tmp = open_temp(path)
+    try:
+        with f:
+            header = npy_header(dtype, (rows * d,))
+            f.write(header)
+            for c0 in range(0, d, chunk):
+                block = read(c0, min(c0 + chunk, d))
+                for ta in range(0, block.shape[1], tile_cols):
+                    data = memoryview(np.ascontiguousarray(block[:, ta : ta + tile_cols])).cast("B")
+                    f.write(data)
+                    digest.update(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return digest.hexdigest()
+
+
 class _ShardFile:
     """A shard filled row by row: rows go straight to a temporary .npy file (no buffer copy)
-    with a running SHA-256; :meth:`finish` fixes the header's row count and renames it.
+    with a running SHA-256; :meth:`finish` fixes the header's row count and renames it, or,
+    with ``tile_cols`` below d, rewrites it in column tiles (from the page cache, on the writer
+    thread) so that analyses read it in long runs.
 
     Not fsynced here: the commit fsyncs every new shard before the manifest names it, so the
     kernel writes shards back while training runs instead of stalling the writer thread.
     """
 
-    def __init__(self, path: Path, shape: tuple, dtype):
+    def __init__(self, path: Path, shape: tuple, dtype, tile_cols: int | None = None):
+        self.tile_cols = tile_cols if tile_cols and tile_cols < shape[1] else None
         self.dtype, self.d = np.dtype(dtype), shape[1]
         self.file, self.tmp = open_temp(path)
         self.header = self._header(shape[0])
@@ -59,11 +96,7 @@ class _ShardFile:
         self.hash = hashlib.sha256()
 
     def _header(self, rows: int) -> bytes:
-        buf = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            buf, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (rows, self.d)}
-        )
-        return buf.getvalue()
+        return npy_header(self.dtype, (rows, self.d))
 
     def append(self, row: np.ndarray) -> None:
         data = memoryview(np.ascontiguousarray(row)).cast("B")
@@ -78,8 +111,14 @@ class _ShardFile:
         self.file.seek(0)
         self.file.write(header)
         self.file.close()
-        os.replace(self.tmp, path)
-        return self.hash.hexdigest()
+        if self.tile_cols is None:
+            os.replace(self.tmp, path)
+            return self.hash.hexdigest()
+        try:
+            rowwise = np.load(self.tmp, mmap_mode="r", allow_pickle=False)
+            return write_tiled(path, rows, self.d, self.dtype, self.tile_cols, lambda a, b: rowwise[:, a:b])
+        finally:
+            os.unlink(self.tmp)
 
 
 class StoreWriter:
@@ -101,6 +140,7 @@ class StoreWriter:
         self._dtype = manifest["dtype"]
         self._streams = list(manifest["streams"])
         self._shard_rows = manifest["shard_rows"]
+        self._tile_cols = manifest.get("tile_cols")  # None: a version-1 store keeps row-major shards
         self._shards = list(manifest["shards"])  # written, committed or not
         self._unsynced: list[Path] = []  # shards written since the last commit
         self._open: dict = {}  # stream -> _ShardFile being filled
@@ -123,6 +163,7 @@ class StoreWriter:
         shard_rows: int,
         meta: dict,
         attachments: dict | None = None,
+        tile_cols: int = TILE_COLS,
     ) -> StoreWriter:
         """Start a new store in ``root`` (which must be absent or empty).
 
@@ -150,6 +191,7 @@ class StoreWriter:
             "streams": list(streams),
             "layout": layout,
             "shard_rows": int(shard_rows),
+            "tile_cols": int(tile_cols),
             "n_steps": 0,
             "shards": [],
             "tables": [STEPS_TABLE],
@@ -264,7 +306,8 @@ class StoreWriter:
                 raise ValueError(f"stream {s!r}: row has {row.size} values, store has d={self._d}")
             if s not in self._open:
                 path = self.root / shard_path(s, self._buffer_start, self._buffer_start + self._shard_rows)
-                self._open[s] = _ShardFile(path, (self._shard_rows, self._d), STORAGE_DTYPES[self._dtype])
+                shape = (self._shard_rows, self._d)
+                self._open[s] = _ShardFile(path, shape, STORAGE_DTYPES[self._dtype], self._tile_cols)
             self._open[s].append(to_storage(row, self._dtype))
         self._tables[STEPS_TABLE].append(record)
         self._buffer_count += 1
@@ -324,32 +367,68 @@ def remove_store(root) -> None:
 
 
 def write_matrix(
-    root, n: int, d: int, column_blocks, *, dtype: str = "float32", stream: str = "clipped", meta: dict | None = None
+    root,
+    n: int,
+    d: int,
+    column_blocks,
+    *,
+    dtype: str = "float32",
+    stream: str = "clipped",
+    meta: dict | None = None,
+    shard_rows: int | None = None,
+    tile_cols: int = TILE_COLS,
 ) -> Path:
     """Write an (n, d) matrix given as ``(start, stop, block (n, stop-start))`` column blocks
-    into a new one-shard store (for synthetic trajectories and imported gradients)."""
+    into a new store (for synthetic trajectories and imported gradients), in shards of
+    ``shard_rows`` rows (default: one shard) stored in column tiles as collect writes them.
+
+    Values beyond what ``dtype`` holds (e.g. above 65,504 in float16) are refused, as collect's
+    writer refuses them, instead of being stored as inf.
+    """
     root = Path(root)
+    shard_rows = int(shard_rows or n)
     writer = StoreWriter.create(
         root,
         layout=[{"name": stream, "shape": [d], "offset": 0, "numel": d}],
         streams=[stream],
         dtype=dtype,
-        shard_rows=n,
+        shard_rows=shard_rows,
         meta=meta or {},
+        tile_cols=tile_cols,
     )
     writer.close()
-    rel = shard_path(stream, 0, n)
-    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-    out = np.lib.format.open_memmap(root / rel, mode="w+", dtype=STORAGE_DTYPES[dtype], shape=(n, d))
+    tile = min(int(tile_cols), d)
+    starts = list(range(0, n, shard_rows))
+    maps = []
+    for a in starts:
+        rows = min(a + shard_rows, n) - a
+        path = root / shard_path(stream, a, a + rows)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        maps.append(np.lib.format.open_memmap(path, mode="w+", dtype=STORAGE_DTYPES[dtype], shape=(rows * d,)))
     for start, stop, block in column_blocks:
-        out[:, start:stop] = to_storage(block, dtype)
-    out.flush()
-    digest = hashlib.sha256(memoryview(out).cast("B")).hexdigest()
-    del out
-    fsync_file(root / rel)
+        block = np.asarray(block)
+        peak = storage_overflow(block, dtype)
+        if peak is not None or not np.all(np.isfinite(block)):
+            remove_store(root)
+            what = f"a value {peak:.4g} exceeds what {dtype} holds" if peak is not None else "non-finite values"
+            raise SpectralError(f"write_matrix: columns [{start}, {stop}) hold {what}; nothing was written")
+        stored = to_storage(block, dtype)
+        for a, mm in zip(starts, maps):
+            rows = mm.size // d
+            for ta in range(start - start % tile, stop, tile):  # the tiles this block touches
+                tw = min(tile, d - ta)
+                lo, hi = max(start, ta), min(stop, ta + tw)
+                region = mm[rows * ta : rows * (ta + tw)].reshape(rows, tw)
+                region[:, lo - ta : hi - ta] = stored[a : a + rows, lo - start : hi - start]
+    shards = []
+    for a, mm in zip(starts, maps):
+        mm.flush()
+        digest = hashlib.sha256(memoryview(mm).cast("B")).hexdigest()
+        rows = mm.size // d
+        fsync_file(root / shard_path(stream, a, a + rows))
+        shards.append({"start": a, "stop": a + rows, "files": {stream: {"sha256": digest}}})
+    del maps, mm
     manifest = read_manifest(root)
-    manifest.update(
-        n_steps=n, shards=[{"start": 0, "stop": n, "files": {stream: {"sha256": digest}}}], status="complete"
-    )
+    manifest.update(n_steps=n, shards=shards, status="complete")
     write_json(root / MANIFEST, manifest)
     return root
