@@ -10,6 +10,7 @@ Writes into RUN_DIR/analysis/<stream>/:
 Examples
 --------
   python -m spectral.analyse runs/demo                  # k = min(1000, n), as the paper
+  python -m spectral.analyse runs/demo --plan           # passes, bytes, peak memory, predicted time
   python -m spectral.analyse runs/demo --k 500 --method randomized --max-memory 4G
   python -m spectral.analyse runs/demo --k 50 --stream private --centered
   python -m spectral.analyse runs/demo --dask local:2   # or --dask tcp://scheduler:8786
@@ -23,7 +24,7 @@ import json
 from .. import cli
 from ..errors import cli_entry
 from .pca import METHODS
-from .run import HOLDOUTS, AnalyseConfig, analyse
+from .run import HOLDOUTS, AnalyseConfig, analyse, plan
 
 UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
             action.type = parse_bytes
     p.add_argument("--scheduler", dest="dask", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
     p.add_argument("--out", help="output directory [RUN_DIR/analysis/STREAM]")
+    p.add_argument(
+        "--plan", action="store_true", help="print the passes, bytes, peak memory and predicted time, then stop"
+    )
     return p
 
 
@@ -65,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     config = AnalyseConfig(**cli.config_values(args, AnalyseConfig))
+    if args.plan:
+        print("\n".join(plan(args.run_dir, config).lines()))
+        return
     spec = analyse(args.run_dir, config, out=args.out, progress=not args.no_progress, device=args.device)
     print(f"{spec.method}: {spec.reason}")
     summary = spec.summary()

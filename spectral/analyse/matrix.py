@@ -85,8 +85,9 @@ class TrajectoryMatrix:
     Attributes
     ----------
     passes : full reads of the data so far
-    io : ``{"bytes", "read_seconds", "wait_seconds"}``: bytes read from the store, time the reader
-        thread spent reading them, and time the arithmetic waited for a block
+    io : ``{"bytes", "read_seconds", "wait_seconds", "pass_seconds"}``: bytes read from the store,
+        time the reader thread spent reading them, time the arithmetic waited for a block, and the
+        wall time of the passes (reads and arithmetic, overlapped)
     """
 
     def __init__(
@@ -120,7 +121,7 @@ class TrajectoryMatrix:
         self.block_cols, self.compute_cols = block_widths(n_all, self.n, self.d, self.storage.itemsize, tile, budget)
         self.compute_cols = self.ops.compute_width(self.block_cols, self.compute_cols)
         self.passes = 0
-        self.io = {"bytes": 0, "read_seconds": 0.0, "wait_seconds": 0.0}
+        self.io = {"bytes": 0, "read_seconds": 0.0, "wait_seconds": 0.0, "pass_seconds": 0.0}
 
     @property
     def shape(self) -> tuple:
@@ -187,6 +188,7 @@ class TrajectoryMatrix:
             return
         spans = self._spans(start_col)
         storage = None if isinstance(self.source, np.ndarray) else self.source.dtype
+        t0 = time.perf_counter()
         with tqdm(
             total=self.d - start_col, desc=desc, unit="col", unit_scale=True, disable=not self.progress, leave=False
         ) as bar:
@@ -195,6 +197,7 @@ class TrajectoryMatrix:
                     b = min(a + self.compute_cols, stop - start)
                     yield start + a, start + b, self.ops.widen(raw, a, b, self.rows, self.n_all, storage, dtype)
                 bar.update(stop - start)
+        self.io["pass_seconds"] += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ products
     def gram(self, checkpoint: Path | None = None, every_s: float = 60.0) -> np.ndarray:

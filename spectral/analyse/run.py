@@ -52,6 +52,20 @@ class AnalyseConfig:
         return self
 
 
+def plan(run, config: AnalyseConfig | None = None):
+    """The predicted cost of :func:`analyse` with ``config`` (see :mod:`spectral.analyse.plan`)."""
+    from .matrix import default_memory
+    from .pca import choose_method
+    from .plan import plan as make_plan
+
+    config = (config or AnalyseConfig()).validate()
+    store = open_store(RunDir(run).store)
+    k = config.k or min(PAPER_K, store.n_steps - (1 if config.centered else 0))
+    budget = config.max_memory or default_memory()
+    method = config.method if config.method != "auto" else choose_method(store.n_steps, store.d, k, budget)[0]
+    return make_plan(store, config.stream, method, k, budget)
+
+
 def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool = True, device="auto") -> Spectrum:
     """Analyse ``config.stream`` of the run at ``run``; writes its outputs and returns the spectrum.
 
@@ -66,6 +80,8 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
     store = open_store(run.store)
     out = Path(out) if out else run.analysis(config.stream)
     out.mkdir(parents=True, exist_ok=True)
+    if progress and config.dask is None:  # the cost, said before it is spent
+        print("\n".join(plan(run, config).lines()), file=sys.stderr)
     k = config.k or min(PAPER_K, store.n_steps - (1 if config.centered else 0))
     if k < min(500, store.n_steps):
         warnings.warn(

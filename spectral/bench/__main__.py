@@ -44,7 +44,13 @@ def main(argv=None):
     c.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one mode, print JSON
     a = sub.add_parser("analyse", help="principal components: ours vs library methods on a synthetic store")
     a.add_argument("--n", type=int, default=2000, help="steps (rows)")
-    a.add_argument("--d", type=int, default=2_000_000, help="parameters (columns); n*d*4 bytes on disk")
+    a.add_argument(
+        "--d",
+        type=int,
+        nargs="+",
+        default=[2_000_000],
+        help="parameters (columns); n*d*4 bytes on disk (--cold: several)",
+    )
     a.add_argument("--k", type=int, nargs="+", default=[100, 500])
     a.add_argument("--slope", type=float, default=1.0, help="singular values fall as j^-slope")
     a.add_argument("--methods", nargs="+", default=["ours", "orthiter", "sklearn", "torch", "eigsh"])
@@ -55,6 +61,14 @@ def main(argv=None):
         default="cpu",
         help="also run ours on this device (cuda[:N]) and print its bound (GEMM, host-to-device, disk)",
     )
+    a.add_argument(
+        "--cold",
+        action="store_true",
+        help="the analyse stage at a paper-like shape (e.g. --n 4000 --d 250000 500000 --k 1000), page cache "
+        "dropped before every pass, against the disk's sequential rate; peak RSS per d",
+    )
+    a.add_argument("--legacy", metavar="GITREF", help="--cold: also time the code at GITREF (on a row-major copy)")
+    a.add_argument("--keep", action="store_true", help="--cold: keep the stores (deleted by default)")
     a.add_argument("--worker", help=argparse.SUPPRESS)
     r = sub.add_parser("retrain", help="cost of subspace-restricted DP steps vs unrestricted")
     r.add_argument("--ranks", type=int, nargs="+", default=[10, 100])
@@ -87,12 +101,22 @@ def main(argv=None):
     if args.what == "analyse":
         from . import analyse as bench_analyse
 
+        if args.cold:
+            from . import paper_shape
+
+            if args.worker:
+                paper_shape.worker(args.worker, args.k[0])
+            else:
+                print(paper_shape.run(args.n, args.d, args.k[0], args.dir, args.legacy, args.keep))
+            return
         if args.worker:
             bench_analyse.worker(
                 args.worker, str(args.dir / "store"), args.k[0], str(args.dir / f"k{args.k[0]}"), args.device
             )
             return
-        print(bench_analyse.run(args.n, args.d, args.k, args.slope, args.dir, args.methods, args.timeout, args.device))
+        print(
+            bench_analyse.run(args.n, args.d[0], args.k, args.slope, args.dir, args.methods, args.timeout, args.device)
+        )
         return
 
     if args.nproc:

@@ -47,10 +47,22 @@ def build(root: Path, n: int, d: int, slope: float, seed: int = 0, block: int = 
 
 
 def _shard(root: Path) -> np.ndarray:
+    """H as a row-major (n, d) memmap for the library methods (the store's shards are tiled):
+    written once beside the store from its column blocks."""
     from ..store import open as open_store
 
-    _, _, arr = open_store(root).shards("clipped")[0]
-    return arr
+    path = root.parent / "rowmajor.npy"
+    if not path.exists():
+        store = open_store(root)
+        out = np.lib.format.open_memmap(
+            path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float32, shape=(store.n_steps, store.d)
+        )
+        for start, block in store.iter_column_blocks("clipped", 65536):
+            out[:, start : start + block.shape[1]] = block
+        out.flush()
+        del out
+        path.with_suffix(".tmp.npy").rename(path)
+    return np.load(path, mmap_mode="r")
 
 
 def run_method(method: str, root: Path, k: int, out: Path, device="cpu") -> dict:

@@ -142,17 +142,14 @@ def open_writer(t: Training, out: Path, resumed: bool) -> tuple[StoreWriter, Pri
     return writer, PrivacyLedger(t.plan, checkpoint.meta["accountant"]), checkpoint.step
 
 
-def step_record(res, lr: float, epsilon: float, max_grad_norm: float, seconds: float) -> dict:
-    """The steps-table row of one DP step."""
-    norms = res.per_example_norms
+def step_record(res, lr: float, epsilon: float, seconds: float) -> dict:
+    """The steps-table row of one DP step (its numbers came to the host in the engine's one copy)."""
+    keys = ("clipped_norm", "private_norm", "frac_clipped", "mean_example_norm")
     return {
         "loss": res.loss,
         "lr": lr,
         "epsilon": epsilon,
-        "clipped_norm": res.clipped.norm().item(),
-        "private_norm": res.private.norm().item(),
-        "frac_clipped": (norms > max_grad_norm).float().mean().item() if len(norms) else 0.0,
-        "mean_example_norm": norms.mean().item() if len(norms) else 0.0,
+        **{k: res.stats[k] for k in keys},
         "batch_size": res.batch_size,
         "seconds": seconds,
     }
@@ -243,7 +240,7 @@ def _collect(cfg, out, resume, overwrite, progress, device, group) -> Path:
                 res = engine.step(t.chunks(step), lr)
             except NonFiniteGradient as exc:  # the same on every rank: the gradients are all-reduced
                 raise stop("stopped", f"step {step}: {exc}; the {step} completed steps are stored in {out}") from None
-            peak = max(getattr(res, s).abs().max().item() for s in cfg.streams)
+            peak = res.stats["peak"]
             if storage_overflow([peak], cfg.dtype) is not None:  # checked here: the host copy is asynchronous
                 raise stop(
                     "stopped",
@@ -253,13 +250,15 @@ def _collect(cfg, out, resume, overwrite, progress, device, group) -> Path:
             if writer is None:
                 continue
             ledger.record_step(step)
-            record = step_record(res, lr, ledger.epsilon(), cfg.max_grad_norm, time.perf_counter() - t0)
+            last = step + 1 == cfg.steps
+            committing = (step + 1) % cfg.checkpoint_every == 0 or last
+            # RDP every step (cached); PRV (up to a second) at commits and the last step only
+            record = step_record(res, lr, ledger.epsilon(exact=committing), time.perf_counter() - t0)
             rows, ready = host_rows({s: getattr(res, s) for s in cfg.streams})
             writer.append(step, rows, record, ready)
-            last = step + 1 == cfg.steps
             if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
                 writer.log("eval", {"step": step, **engine.evaluate(t.dev_chunks)})
-            if (step + 1) % cfg.checkpoint_every == 0 or last:
+            if committing:
                 commit(status="complete" if last else "running")
             bar.update(1)
             bar.set_postfix(loss=f"{res.loss:.3f}", eps=f"{record['epsilon']:.2f}")

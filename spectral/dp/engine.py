@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ class StepOutput:
     private: torch.Tensor  # (d,)
     per_example_norms: torch.Tensor  # (batch,) norms before clipping
     batch_size: int
+    # host numbers of the step, from one device-to-host copy: clipped_norm, private_norm,
+    # frac_clipped, mean_example_norm, peak (the largest |value| of either row)
+    stats: dict = field(default_factory=dict)
 
 
 def needs_explicit_positions(model) -> bool:
@@ -222,7 +225,7 @@ class DPEngine:
             logits = self.module(**inputs).logits
             loss = self.criterion(logits, labels)
             loss.backward()
-            losses.append(loss.item() * len(labels))
+            losses.append(loss.detach() * len(labels))  # summed on the device: no sync per chunk
             norms.append(self._per_example_norms())
             n += len(labels)
             if i < len(chunks) - 1:
@@ -241,20 +244,51 @@ class DPEngine:
             project_in_place(self._project, [p.grad for p in self.params])
         clipped = flatten(p.summed_grad for p in self.params) / self.expected_batch_size
         private = flatten(p.grad for p in self.params)
-        if not (torch.isfinite(clipped).all() and torch.isfinite(private).all()):
+        norms = torch.cat(norms) if norms else torch.zeros(0, device=self.device)
+        stats = self._step_stats(clipped, private, norms, losses)  # the step's one host copy
+        if not stats.pop("finite"):
             opt.zero_grad()
             raise NonFiniteGradient("the gradient became non-finite (NaN or inf); stopped before applying it")
         opt.original_optimizer.step()
         opt.zero_grad()
-        norms = torch.cat(norms) if norms else torch.zeros(0, device=self.device)
-        loss = sum(losses)
+        loss = stats.pop("loss_sum")
         if self.data_parallel:  # report the logical batch, not this rank's share
             norms = gather_over_ranks(norms)
             loss, n = sum_over_ranks([loss, n])
             n = int(n)
+            stats.update(self._norm_stats(norms))
         return StepOutput(
-            loss=loss / n if n else math.nan, clipped=clipped, private=private, per_example_norms=norms, batch_size=n
+            loss=loss / n if n else math.nan,
+            clipped=clipped,
+            private=private,
+            per_example_norms=norms,
+            batch_size=n,
+            stats=stats,
         )
+
+    def _norm_stats(self, norms: torch.Tensor) -> dict:
+        if not len(norms):
+            return {"frac_clipped": 0.0, "mean_example_norm": 0.0}
+        C = self.optimizer.max_grad_norm
+        values = torch.stack([(norms > C).double().mean(), norms.double().mean()]).tolist()
+        return dict(zip(("frac_clipped", "mean_example_norm"), values))
+
+    def _step_stats(self, clipped, private, norms, losses) -> dict:
+        """Everything the host needs to know about a step, in one small device-to-host copy."""
+        zero = torch.zeros((), dtype=torch.float64, device=clipped.device)
+        C = self.optimizer.max_grad_norm
+        parts = {
+            "finite": (torch.isfinite(clipped).all() & torch.isfinite(private).all()).double(),
+            "loss_sum": torch.stack(losses).sum().double() if losses else zero,
+            "clipped_norm": clipped.double().norm(),
+            "private_norm": private.double().norm(),
+            "frac_clipped": (norms > C).double().mean() if len(norms) else zero,
+            "mean_example_norm": norms.double().mean() if len(norms) else zero,
+            "peak": torch.maximum(clipped.abs().max(), private.abs().max()).double() if clipped.numel() else zero,
+        }
+        out = dict(zip(parts, torch.stack(list(parts.values())).tolist()))
+        out["finite"] = bool(out["finite"])
+        return out
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, chunks) -> dict:

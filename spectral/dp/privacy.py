@@ -194,6 +194,7 @@ class PrivacyLedger:
         if history:
             self._accountant.history = [tuple(h) for h in history]
         self._mechanisms = sum(h[2] for h in self._accountant.history)
+        self._rdp_cache: dict = {}
 
     def record_step(self, step: int) -> None:
         """Account for step ``step`` (0-based), once it has been released."""
@@ -207,10 +208,34 @@ class PrivacyLedger:
         own = [tuple(h) for h in self._accountant.history]
         return [tuple(h) for h in self.plan.prior] + own if include_prior else own
 
-    def epsilon(self) -> float:
+    def epsilon(self, exact: bool = True) -> float:
         """Epsilon spent so far at the plan's delta, composed with the plan's prior
-        (inf without noise, 0 before any step)."""
-        return compose_epsilon(self.history(), self.plan.delta, self.plan.accountant)
+        (inf without noise, 0 before any step).
+
+        RDP is cheap every step: the RDP of a (sigma, q) step is computed once and composition is
+        a sum (what Opacus' RDP accountant computes, without recomputing it over the whole history).
+        PRV costs up to a second, so with ``exact=False`` it returns NaN; collect asks for it at
+        commits and at the last step only.
+        """
+        history = self.history()
+        if self.plan.accountant != "rdp" or any(h[0] == 0 for h in history):
+            return compose_epsilon(history, self.plan.delta, self.plan.accountant) if exact else math.nan
+        if not history:
+            return 0.0
+        from opacus.accountants.analysis.rdp import get_privacy_spent
+
+        rdp = sum(count * self._step_rdp(sigma, q) for sigma, q, count in history if count > 0)
+        orders = self._accountant.DEFAULT_ALPHAS
+        return float(_quiet(get_privacy_spent, orders=orders, rdp=rdp, delta=self.plan.delta)[0])
+
+    def _step_rdp(self, sigma: float, q: float) -> np.ndarray:
+        """RDP of one subsampled Gaussian step at Opacus' default orders (cached per sigma and q)."""
+        from opacus.accountants.analysis.rdp import compute_rdp
+
+        if (sigma, q) not in self._rdp_cache:
+            orders = self._accountant.DEFAULT_ALPHAS
+            self._rdp_cache[sigma, q] = np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=orders))
+        return self._rdp_cache[sigma, q]
 
     def state(self) -> list:
         return [list(h) for h in self.history(include_prior=False)]

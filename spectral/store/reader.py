@@ -206,6 +206,11 @@ class Store:
                 finally:
                     os.close(fd)
 
+    @property
+    def dtype_numpy(self) -> np.dtype:
+        """The dtype of the stored values as numpy holds them (bfloat16: its raw 16 bits, uint16)."""
+        return np.dtype(STORAGE_DTYPES[self.dtype])
+
     def __repr__(self) -> str:
         return (
             f"Store({str(self.root)!r}, n_steps={self.n_steps}, d={self.d}, streams={self.streams}, dtype={self.dtype})"
