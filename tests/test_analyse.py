@@ -21,9 +21,13 @@ def power_law_trajectory(n=N, d=D, slope=1.0, seed=0) -> np.ndarray:
     return ((U * s) @ V.T).astype(np.float32)
 
 
-def write_store(root, H, dtype="float32"):
+def write_store(root, H, dtype="float32", tile_cols=512):
+    """H row by row through the writer collect uses: shards of 7 rows in column tiles (the last
+    tile narrower), so every analyse test reads tiled shards."""
     layout = [{"name": "w", "shape": [H.shape[1]], "offset": 0, "numel": H.shape[1]}]
-    w = store.StoreWriter.create(root, layout=layout, streams=["clipped"], dtype=dtype, shard_rows=7, meta={})
+    w = store.StoreWriter.create(
+        root, layout=layout, streams=["clipped"], dtype=dtype, shard_rows=7, meta={}, tile_cols=tile_cols
+    )
     for i, row in enumerate(H):
         w.append(i, {"clipped": row}, {"loss": 0.0})
     w.commit(status="complete")

@@ -1,0 +1,205 @@
+"""The paper's size on one machine: two passes, held-out curves from the Gram matrix, tiled reads,
+memory independent of d, old stores, and a collect step without per-step host work."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_analyse import power_law_trajectory, write_store
+
+import spectral.store as store_mod
+from spectral.analyse import AnalyseConfig, analyse, principal_components, rlc
+from spectral.analyse.matrix import TrajectoryMatrix
+from spectral.errors import SpectralError
+from spectral.store.format import MANIFEST, shard_path, write_json
+from spectral.store.migrate import retile
+
+
+def reference_held_out(H, k, split, centered, ks):
+    """G_k of the held-out rows under the top-k right singular vectors of the fit rows, dense float64."""
+    H = H.astype(np.float64)
+    fit, test = rlc.split_rows(len(H), split)
+    F = H[fit] - H[fit].mean(0) if centered else H[fit]
+    V = np.linalg.svd(F, full_matrices=False)[2][:k].T
+    out = {}
+    for kk in ks:
+        P = V[:, :kk]
+        out[kk] = np.linalg.norm(H[test] - (H[test] @ P) @ P.T, axis=1)
+    return pd.DataFrame(out, index=pd.Index(test, name="step"))
+
+
+@pytest.mark.parametrize("split", ["half", "alternate"])
+@pytest.mark.parametrize("centered", [False, True])
+@pytest.mark.parametrize("n", [40, 41])  # even and odd: the split's boundary
+def test_held_out_from_the_gram_matrix_equals_a_dense_refit(split, centered, n):
+    H = power_law_trajectory(n=n, d=500, slope=0.5)
+    G = H.astype(np.float64) @ H.T.astype(np.float64)
+    ks = [0, 1, 2, 5, 10]
+    got, fitted = rlc.held_out_from_gram(G, 10, split=split, centered=centered, ks=ks)
+    ref = reference_held_out(H, 10, split, centered, ks)
+    assert list(got.index) == list(ref.index)
+    np.testing.assert_allclose(got[ks].to_numpy(), ref[ks].to_numpy(), rtol=1e-10)
+    # the fit rows' own in-sample curve comes with it
+    fit, _ = rlc.split_rows(n, split)
+    assert fitted.scores.shape == (len(fit), 10)
+
+
+def test_held_out_of_the_stage_equals_the_second_solve_it_replaces(tmp_path):
+    """The old path (components of the fit rows by a second solve, then two passes over the held-out rows)
+    against the Gram-matrix path, on one store: relative 1e-10 where the old path is exact (float64)."""
+    H = power_law_trajectory(slope=0.6)
+    s = write_store(tmp_path / "run", H)
+    ks = [0, 1, 3, 8, 20]
+    new, _ = rlc.held_out(s, 20, split="half", ks=ks, method="gram")
+    fit, test = rlc.split_rows(len(H), "half")
+    old_spec = principal_components(s.rows("clipped")[fit].astype(np.float64), 20, method="gram")
+    Ht = s.rows("clipped")[test].astype(np.float64)
+    # the fit rows' components in float64: V = H_fitᵀ U Σ⁻¹ = H_fitᵀ (scores / λ)
+    V = s.rows("clipped")[fit].astype(np.float64).T @ (old_spec.scores / old_spec.eigenvalues)
+    old = rlc.residual_norms(Ht @ V, (Ht**2).sum(1), ks)
+    np.testing.assert_allclose(new[ks].to_numpy(), old.to_numpy(), rtol=1e-10)
+
+
+def test_the_default_analyse_reads_the_store_twice_in_all(tmp_path, monkeypatch):
+    s = write_store(tmp_path / "run", power_law_trajectory())
+    passes = []
+    real = TrajectoryMatrix.blocks
+
+    def counted(self, desc="pass", *args, **kwargs):
+        passes.append(desc)
+        yield from real(self, desc, *args, **kwargs)
+
+    monkeypatch.setattr(TrajectoryMatrix, "blocks", counted)
+    analyse(tmp_path / "run", AnalyseConfig(k=20), progress=False, device="cpu")
+    assert passes == ["gram", "H^T U"]  # held-out, in-sample and per-step curves: no further read
+    summary = json.loads((tmp_path / "run" / "analysis" / "clipped" / "summary.json").read_text())
+    assert summary["passes"] == 2 and summary["io"]["bytes"] == 2 * s.n_steps * s.d * 4
+    assert (tmp_path / "run" / "analysis" / "clipped" / "rlc_held_out.csv").is_file()
+
+
+def test_components_are_never_held_whole(tmp_path):
+    n, d, k = 40, 120_000, 30
+    H = power_law_trajectory(n=n, d=d, slope=0.5)
+    s = store_mod.write_matrix(tmp_path / "run", n, d, [(0, d, H)], shard_rows=16, tile_cols=4096)
+    s = store_mod.open(s)
+    components = d * k * 4  # 14.4 MB
+    budget = components // 8
+    tracemalloc.start()
+    spec = principal_components(s, k, method="gram", max_memory=budget, components_out=tmp_path / "V.npy")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < components / 2, peak  # numpy's allocations are traced: no d x k array was ever made
+    V = np.load(tmp_path / "V.npy", mmap_mode="r")
+    exact = np.linalg.svd(H.astype(np.float64), full_matrices=False)[2][:k].T
+    np.testing.assert_allclose(np.abs(np.sum(V * exact, axis=0)), 1, atol=1e-4)
+    assert spec.passes == 2
+
+
+def test_a_tile_aligned_column_block_is_one_read_per_shard(tmp_path, monkeypatch):
+    n, d, tile = 30, 5000, 256
+    H = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+    s = store_mod.open(store_mod.write_matrix(tmp_path / "run", n, d, [(0, d, H)], shard_rows=8, tile_cols=tile))
+    calls = []
+    real = os.preadv
+
+    def spy(fd, buffers, offset):
+        calls.append(sum(len(b) for b in buffers))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", spy)
+    block = s.block("clipped", 0, n, 2 * tile, 6 * tile)
+    assert np.array_equal(block, H[:, 2 * tile : 6 * tile])
+    assert len(calls) == 4  # shards of 8, 8, 8 and 6 rows: one contiguous run each
+    assert calls[0] == 8 * 4 * tile * 4
+    calls.clear()
+    assert np.array_equal(s.block("clipped", 3, 20, 100, 4900), H[3:20, 100:4900])  # unaligned: still exact
+    M = TrajectoryMatrix(s, max_memory=2 * n * 1000 * 4 * 4)
+    assert M.block_cols % tile == 0  # reads are widened to whole tiles
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_version_1_store_opens_and_retile_migrates_it(tmp_path, dtype):
+    H = power_law_trajectory(n=20, d=700)
+    v2 = store_mod.open(store_mod.write_matrix(tmp_path / "v2", 20, 700, [(0, 700, H)], dtype=dtype, shard_rows=6))
+    root = tmp_path / "v1"  # what version 1 wrote: row-major (rows, d) shards, no tile_cols
+    manifest = json.loads(json.dumps(v2.manifest))
+    manifest["format_version"] = 1
+    del manifest["tile_cols"]
+    for sh in manifest["shards"]:
+        rows = v2.block("clipped", sh["start"], sh["stop"], dtype=v2.dtype_numpy)
+        (root / "streams" / "clipped").mkdir(parents=True, exist_ok=True)
+        np.save(root / shard_path("clipped", sh["start"], sh["stop"]), rows)
+    write_json(root / MANIFEST, manifest)
+    old = store_mod.open(root, verify=True)
+    assert np.array_equal(old.rows("clipped"), v2.rows("clipped"))
+    before = principal_components(old, 5, method="gram").eigenvalues
+    assert retile(root, tile_cols=128, progress=False) == 4
+    new = store_mod.open(root, verify=True)  # checksums rewritten with the shards
+    assert new.manifest["format_version"] == 2 and new.tile_cols == 128
+    assert all(a.ndim == 1 for _, _, a in new.shards("clipped"))
+    assert np.array_equal(new.rows("clipped"), v2.rows("clipped"))
+    np.testing.assert_allclose(principal_components(new, 5, method="gram").eigenvalues, before, rtol=1e-12)
+    assert retile(root, progress=False) == 0  # nothing left to do
+
+
+def test_a_store_of_an_unknown_version_is_one_clear_error(tmp_path):
+    root = store_mod.write_matrix(tmp_path / "s", 4, 10, [(0, 10, np.ones((4, 10), np.float32))])
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["format_version"] = 99
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SpectralError, match="format version 99.*upgrade spectral"):
+        store_mod.open(root)
+
+
+def test_retile_cli_refuses_a_running_store(tmp_path, capsys):
+    from spectral.store.__main__ import main
+
+    root = store_mod.write_matrix(tmp_path / "s", 4, 10, [(0, 10, np.ones((4, 10), np.float32))])
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["status"] = "running"
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["retile", str(root)])
+    assert exit_info.value.code == 2 and "marked running" in capsys.readouterr().err
+
+
+def test_write_matrix_refuses_values_its_dtype_cannot_hold(tmp_path):
+    big = np.full((3, 5), 1e5, np.float32)
+    with pytest.raises(SpectralError, match="exceeds what float16 holds"):
+        store_mod.write_matrix(tmp_path / "s", 3, 5, [(0, 5, big)], dtype="float16")
+    assert not (tmp_path / "s").exists()  # nothing half-written left behind
+    store_mod.write_matrix(tmp_path / "s", 3, 5, [(0, 5, big)], dtype="bfloat16")  # bfloat16 holds it
+
+
+def test_plan_predicts_the_passes_and_bytes(tmp_path, capsys):
+    from spectral.analyse.__main__ import main
+
+    write_store(tmp_path / "run", power_law_trajectory())
+    main([str(tmp_path / "run"), "--plan", "--k", "10"])
+    out = capsys.readouterr().out
+    assert "passes over H: 2 (gram, components)" in out
+    assert "independent of d" in out and "predicted:" in out
+    assert not (tmp_path / "run" / "analysis").exists()  # a plan spends nothing
+
+
+def test_cached_rdp_epsilon_equals_opacus_and_prv_waits_for_commits():
+    from spectral.dp.privacy import PrivacyLedger, PrivacyPlan, compose_epsilon
+
+    kw = dict(sampling="poisson", n_train=10_000, batch_size=100, steps=300, noise_multiplier=0.8, max_grad_norm=1.0)
+    plan = PrivacyPlan(accountant="rdp", delta=1e-5, target_epsilon=None, **kw)
+    ledger = PrivacyLedger(plan)
+    for step in range(300):
+        ledger.record_step(step)
+        if step in (0, 17, 299):
+            exact = compose_epsilon(ledger.history(), plan.delta, "rdp")
+            assert ledger.epsilon(exact=False) == pytest.approx(exact, rel=1e-12)
+    prv = PrivacyLedger(PrivacyPlan(accountant="prv", delta=1e-5, target_epsilon=None, **kw))
+    prv.record_step(0)
+    assert math.isnan(prv.epsilon(exact=False))
+    assert prv.epsilon() == pytest.approx(compose_epsilon(prv.history(), 1e-5, "prv"))
