@@ -263,3 +263,63 @@ def test_a_noise_state_from_another_device_type_reseeds_deterministically(tiny_m
     na, nb, nc = (e.step([], lr=0.0).private for e in (a, b, c))
     torch.testing.assert_close(na, nb)  # the same checkpoint, the same noise
     assert not torch.allclose(na, nc)  # another checkpoint, other noise
+
+
+@pytest.mark.parametrize("clipping", ["ghost", "per-sample"])
+@pytest.mark.parametrize("in_a", [[0, 2, 3, 6], [], list(range(8))])
+def test_sampling_row_is_the_halves_difference_of_clipped_sums(tiny_model, clipping, in_a):
+    """(S_A − S_B)/B̄ against per-example clipped gradients summed by a loop, for any split."""
+    model, tok = _model(tiny_model)
+    C, B = 0.05, 8.0
+    batcher = Batcher(model, tok, TextData(TEXTS, LABELS), 32)
+    a = np.array(in_a, dtype=int)
+    b = np.setdiff1d(np.arange(len(TEXTS)), a)
+    chunks_a, chunks_b = batcher.chunks(a, 3), batcher.chunks(b, 3)
+    ref_a = brute_force_clipped_sum(model, chunks_a, C)[0] if len(a) else 0.0
+    ref_b = brute_force_clipped_sum(model, chunks_b, C)[0] if len(b) else 0.0
+    engine = DPEngine(
+        model,
+        clipping=clipping,
+        optimizer="sgd",
+        lr=0.0,
+        noise_multiplier=0.0,
+        max_grad_norm=C,
+        expected_batch_size=B,
+        seed=0,
+    )
+    out = engine.step(chunks_a + chunks_b, lr=0.0, split_at=len(chunks_a))
+    np.testing.assert_allclose(out.sampling.double().numpy(), ((ref_a - ref_b) / B).numpy(), atol=1e-9, rtol=1e-5)
+    np.testing.assert_allclose(out.clipped.double().numpy(), ((ref_a + ref_b) / B).numpy(), atol=1e-9, rtol=1e-5)
+
+
+def test_sampling_stream_has_the_second_moment_of_the_rows_sampling_noise(tiny_model):
+    """At a fixed parameter point, Poisson batches redrawn many times: the clipped rows' spread
+    (trace of their covariance) equals (1 − q) times the mean ‖Δ‖² of the sampling rows."""
+    model, tok = _model(tiny_model, dtype=torch.float32)
+    batcher = Batcher(model, tok, TextData(TEXTS, LABELS), 32)
+    q, C = 0.5, 0.05
+    engine = DPEngine(
+        model,
+        clipping="ghost",
+        optimizer="sgd",
+        lr=0.0,
+        noise_multiplier=0.0,
+        max_grad_norm=C,
+        expected_batch_size=q * len(TEXTS),
+        seed=0,
+    )
+    rng = np.random.default_rng(0)
+    rows, deltas = [], []
+    for _ in range(400):
+        batch = np.flatnonzero(rng.random(len(TEXTS)) < q)
+        half = rng.random(len(batch)) < 0.5
+        ca, cb = batcher.chunks(batch[half], 8), batcher.chunks(batch[~half], 8)
+        out = engine.step(ca + cb, lr=0.0, split_at=len(ca))
+        rows.append(out.clipped.double().numpy())
+        deltas.append(out.sampling.double().numpy())
+    rows, deltas = np.array(rows), np.array(deltas)
+    spread = ((rows - rows.mean(0)) ** 2).sum(1).mean()
+    second = (deltas**2).sum(1).mean()
+    assert spread == pytest.approx((1 - q) * second, rel=0.15)
+    # Δ has mean zero: its sample mean is as small as 400 draws of zero-mean noise make it (E = second / 400)
+    assert (deltas.mean(0) ** 2).sum() < 3 * second / len(deltas)

@@ -6,7 +6,10 @@ same SST-2 batches:
   non-private       plain Adam step on the same trainable parameters
   dp-per-sample     Opacus per-sample gradients, clipped, noised
   dp-ghost          Opacus ghost clipping (per-example norms without per-example gradients)
-  dp-ghost+store    dp-ghost plus flattening and writing the step's row to a store
+  dp-ghost+store    dp-ghost plus what collect does on the host each step: the privacy ledger's
+                    epsilon, the steps-table record, writing the row, a commit every 50 steps
+
+Beside the table, the accountant's per-step cost before and after caching (RDP), and PRV's.
 
 Peak memory is the largest resident set size above the process's size just before the first
 step (sampled every 2 ms), i.e. what the steps themselves allocate.
@@ -43,12 +46,13 @@ def measure(
     or the GPU's peak allocation on a GPU) and the padded tokens per step."""
     import torch
 
-    from ..collect.run import HostRows
+    from ..collect.run import HostRows, step_record
     from ..device import resolve_device
     from ..dp.config import CollectConfig
     from ..dp.data import load_data
     from ..dp.engine import DPEngine, to_device
     from ..dp.models import load_model, parameter_layout, select_trainable
+    from ..dp.privacy import PrivacyLedger
     from ..dp.training import Batcher
     from ..store import StoreWriter
     from ..store.format import shard_rows_for
@@ -104,12 +108,20 @@ def measure(
             )
         count = iter(range(10**9))
         host_rows = HostRows(device, ["clipped"], d, slots=8)
+        ledger = PrivacyLedger(bench_plan(batch_size, warmup + steps))
 
         def step(chunks):
+            t0 = time.perf_counter()
             out = engine.step(chunks, lr=1e-4)
-            if writer is not None:
+            if writer is not None:  # the collect loop's host work, as collect/run.py does it
+                i = next(count)
+                ledger.record_step(i)
+                committing = (i + 1) % cfg.checkpoint_every == 0
+                record = step_record(out, 1e-4, ledger.epsilon(exact=committing), time.perf_counter() - t0)
                 rows, ready = host_rows({"clipped": out.clipped})
-                writer.append(next(count), rows, {"loss": out.loss}, ready)
+                writer.append(i, rows, record, ready)
+                if committing:
+                    writer.commit(engine.state(), {"accountant": ledger.state()})
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with PeakRSS() as mem:
@@ -140,6 +152,45 @@ def measure(
         "tokens": tokens,
         "n_body": n_body,
     }
+
+
+def bench_plan(batch_size: int, steps: int, accountant: str = "rdp"):
+    from ..dp.privacy import PrivacyPlan
+
+    return PrivacyPlan(
+        sampling="poisson",
+        accountant=accountant,
+        n_train=67_349,
+        batch_size=batch_size,
+        steps=steps,
+        noise_multiplier=0.9,
+        max_grad_norm=0.1,
+        delta=67_349**-1.1,
+        target_epsilon=None,
+    )
+
+
+def accountant_costs(history_steps: int = 1000, repeats: int = 20) -> dict:
+    """Milliseconds per step of epsilon after ``history_steps`` steps: the whole-history recompute
+    the loop made before (Opacus' accountant on the history), the cached RDP sum it makes now, and PRV."""
+    from ..dp.privacy import PrivacyLedger, compose_epsilon
+
+    out = {}
+    for accountant in ("rdp", "prv"):
+        ledger = PrivacyLedger(bench_plan(1000, history_steps, accountant))
+        for i in range(history_steps):
+            ledger.record_step(i)
+        t0 = time.perf_counter()
+        for _ in range(repeats if accountant == "rdp" else 3):
+            compose_epsilon(ledger.history(), ledger.plan.delta, accountant)
+        out[f"{accountant}_recompute_ms"] = 1e3 * (time.perf_counter() - t0) / (repeats if accountant == "rdp" else 3)
+        if accountant == "rdp":
+            ledger.epsilon(exact=False)
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                ledger.epsilon(exact=False)
+            out["rdp_cached_ms"] = 1e3 * (time.perf_counter() - t0) / repeats
+    return out
 
 
 def run(params_list, batch_size, physical, warmup, steps, device="cpu", model=None, data=None) -> list[dict]:
@@ -223,4 +274,9 @@ def table(results: list[dict], device="cpu") -> str:
             f"(target <= 5%); ghost vs non-private time {by['dp-ghost']['sec_per_step'] / by['non-private']['sec_per_step']:.2f}x "
             f"(target <= 2x), memory {by['dp-ghost']['peak_mib'] / max(by['non-private']['peak_mib'], 1e-9):.2f}x (target <= 1.3x)"
         )
+    acc = accountant_costs()
+    lines.append(
+        f"\naccountant per step after 1000 steps: RDP recomputed over the history (before) {acc['rdp_recompute_ms']:.1f} ms, "
+        f"cached (now) {acc['rdp_cached_ms']:.2f} ms; PRV {acc['prv_recompute_ms']:.0f} ms (now at commits only)"
+    )
     return "\n".join(lines)

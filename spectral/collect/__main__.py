@@ -57,7 +57,7 @@ HELP = {
     "clipping": "ghost (memory-lean, default) or per-sample",
     "sampling": "poisson (default; subsampled-Gaussian accounting) or shuffle (fixed batches; per-epoch accounting)",
     "accountant": "Opacus accountant: rdp or prv",
-    "streams": "rows stored per step: clipped (before noise), private (the noised gradient); several allowed",
+    "streams": "rows stored per step: clipped (before noise), private (the noised gradient), sampling (the batch halves' difference: its sampling noise); several allowed",
     "dtype": "storage dtype of rows: float32, float16 or bfloat16",
     "seed": "seed of sampling, noise and head initialisation",
     "eval_every": "evaluate on the dev split every N steps (0: never)",

@@ -236,8 +236,9 @@ def _collect(cfg, out, resume, overwrite, progress, device, group) -> Path:
             t0, lr = time.perf_counter(), cfg.learning_rate(step)
             if group.world_size > 1:
                 seed_dropout(cfg.seed, step, group)
+            chunks, split_at = t.step_chunks(step)
             try:
-                res = engine.step(t.chunks(step), lr)
+                res = engine.step(chunks, lr, split_at=split_at)
             except NonFiniteGradient as exc:  # the same on every rank: the gradients are all-reduced
                 raise stop("stopped", f"step {step}: {exc}; the {step} completed steps are stored in {out}") from None
             peak = res.stats["peak"]

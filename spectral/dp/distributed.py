@@ -114,6 +114,13 @@ def sum_over_ranks(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def sum_over_ranks_tensor(x: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``x`` over ranks (a new tensor)."""
+    out = x.clone()
+    dist.all_reduce(out)
+    return out
+
+
 def gather_over_ranks(x: torch.Tensor) -> torch.Tensor:
     """The concatenation over ranks of 1-d tensors of different lengths (the batch's per-example norms)."""
     n = torch.tensor([len(x)], device=x.device)

@@ -25,7 +25,8 @@ from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
 from ..errors import SpectralError
-from .distributed import data_parallel_class, gather_over_ranks, sum_over_ranks
+from .distributed import data_parallel_class, gather_over_ranks, sum_over_ranks, sum_over_ranks_tensor
+from .sampling import sampling_row
 
 
 class NonFiniteGradient(SpectralError):
@@ -39,6 +40,8 @@ class StepOutput:
     private: torch.Tensor  # (d,)
     per_example_norms: torch.Tensor  # (batch,) norms before clipping
     batch_size: int
+    # (d,) the halves' difference (S_A − S_B)/B̄ when the step was asked for it (spectral.dp.sampling)
+    sampling: torch.Tensor | None = None
     # host numbers of the step, from one device-to-host copy: clipped_norm, private_norm,
     # frac_clipped, mean_example_norm, peak (the largest |value| of either row)
     stats: dict = field(default_factory=dict)
@@ -209,15 +212,20 @@ class DPEngine:
         per_param = [g.reshape(len(g), -1).norm(dim=1) for g in self.optimizer.grad_samples]
         return torch.stack(per_param, dim=1).norm(dim=1)
 
-    def step(self, chunks, lr: float) -> StepOutput:
+    def step(self, chunks, lr: float, split_at: int | None = None) -> StepOutput:
         """One DP update from ``chunks``: a list of ``(inputs: dict of tensors, labels)``.
 
+        ``split_at``: the first ``split_at`` chunks are half A of the batch, the rest half B; the
+        output then carries the ``sampling`` row (S_A − S_B)/B̄ (:mod:`spectral.dp.sampling`).
         Raises :class:`NonFiniteGradient` (before applying anything) if the result is not finite.
         """
         opt = self.optimizer
         for group in opt.param_groups:
             group["lr"] = lr
         losses, norms, n = [], [], 0
+        half_a = None
+        if split_at == 0:
+            half_a = torch.zeros(sum(p.numel() for p in self.params), device=self.device)
         for i, (inputs, labels) in enumerate(chunks):
             inputs, labels = to_device(inputs, labels, self.device)
             if self._explicit_positions:
@@ -232,6 +240,8 @@ class DPEngine:
                 opt.signal_skip_step(True)  # clip and accumulate only
                 opt.step()
                 opt.zero_grad()
+                if split_at is not None and i == split_at - 1:  # half A is in the clipped sum now
+                    half_a = flatten(p.summed_grad for p in self.params).clone()
         if chunks:
             opt.pre_step()  # clip, accumulate, add noise, divide by the expected batch size
         else:  # an empty Poisson batch still releases pure noise
@@ -242,7 +252,15 @@ class DPEngine:
                 p.grad /= self.expected_batch_size
         if self._restriction == "signal+noise":
             project_in_place(self._project, [p.grad for p in self.params])
-        clipped = flatten(p.summed_grad for p in self.params) / self.expected_batch_size
+        summed = flatten(p.summed_grad for p in self.params)
+        clipped = summed / self.expected_batch_size
+        sampling = None
+        if split_at is not None:
+            if half_a is None:  # half B was empty: half A is the whole batch
+                half_a = summed
+            if self.data_parallel:
+                half_a = sum_over_ranks_tensor(half_a)
+            sampling = sampling_row(half_a, summed, self.expected_batch_size)
         private = flatten(p.grad for p in self.params)
         norms = torch.cat(norms) if norms else torch.zeros(0, device=self.device)
         stats = self._step_stats(clipped, private, norms, losses)  # the step's one host copy
@@ -263,6 +281,7 @@ class DPEngine:
             private=private,
             per_example_norms=norms,
             batch_size=n,
+            sampling=sampling,
             stats=stats,
         )
 

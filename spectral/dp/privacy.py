@@ -257,6 +257,14 @@ def batch_indices(plan: PrivacyPlan, seed: int, step: int) -> np.ndarray:
     return np.sort(order[k * plan.batch_size : (k + 1) * plan.batch_size])
 
 
+def half_split(plan: PrivacyPlan, seed: int, step: int, batch: np.ndarray) -> np.ndarray:
+    """Which examples of step ``step``'s batch form half A of the ``sampling`` stream (a boolean mask):
+    each example independently with probability 1/2, a pure function of (seed, step), like the batch.
+    See :mod:`spectral.dp.sampling` for what the halves' difference estimates."""
+    rng = np.random.default_rng([seed, 3, plan.prior_mechanisms + step])
+    return rng.random(len(batch)) < 0.5
+
+
 def privacy_history(store) -> list:
     """Every mechanism a collect run spent on the training data up to its last commit, including the
     runs it continued: ``[(noise_multiplier, sample_rate, count), ...]`` (sigma 0: no privacy)."""

@@ -19,7 +19,7 @@ from .data import TextData, load_data
 from .distributed import SINGLE, Group, share_of
 from .engine import DPEngine, trained_weights
 from .models import head_state, load_head, load_model, parameter_layout, resolve_model, select_trainable, tokenize
-from .privacy import PrivacyPlan, batch_indices, compose_epsilon, plan_privacy, privacy_history
+from .privacy import PrivacyPlan, batch_indices, compose_epsilon, half_split, plan_privacy, privacy_history
 
 
 class Batcher:
@@ -122,6 +122,23 @@ class Training:
         batch = batch_indices(self.plan, self.cfg.seed, step)
         share = share_of(batch, self.train_batches.lengths, self.group)
         return self.train_batches.chunks(share, self.cfg.physical_batch_size)
+
+    def split_chunks(self, step: int) -> tuple[list, int]:
+        """The step's chunks formed within the two random halves of its batch (``sampling`` stream):
+        ``(chunks of half A + chunks of half B, number of half A's chunks)``."""
+        batch = batch_indices(self.plan, self.cfg.seed, step)
+        in_a = half_split(self.plan, self.cfg.seed, step, batch)
+        lengths, size = self.train_batches.lengths, self.cfg.physical_batch_size
+        a = self.train_batches.chunks(share_of(batch[in_a], lengths, self.group), size)
+        b = self.train_batches.chunks(share_of(batch[~in_a], lengths, self.group), size)
+        return a + b, len(a)
+
+    def step_chunks(self, step: int) -> tuple[list, int | None]:
+        """``(chunks, split_at)`` for :meth:`DPEngine.step`: split in halves when the ``sampling``
+        stream is stored, else the whole batch (``split_at`` None)."""
+        if "sampling" in self.cfg.streams:
+            return self.split_chunks(step)
+        return self.chunks(step), None
 
     def describe(self) -> str:
         c, p = self.cfg, self.plan
