@@ -5,6 +5,7 @@ One run directory holds everything about one collect run, each stage in its own 
     RUN/                          the trajectory store (python -m spectral.collect RUN)
       manifest.json, steps.csv, eval.csv, streams/, checkpoint/, attachments/
       analysis/<stream>/          python -m spectral.analyse RUN  (spectrum.csv, components.npy, ...)
+      analysis/<stream>@B<b>/     python -m spectral.analyse RUN --batch-size b  (the same, predicted)
       retrain/<setting>/          python -m spectral.retrain RUN  (retrain_history.csv, ...)
       toy/, toy-seedcode/         python -m spectral.toy RUN      (toy_best.csv, ...)
       figures/                    python -m spectral.report RUN   (fig*.png/pdf + data, fits.json)
@@ -52,8 +53,10 @@ class RunDir:
     def has_store(self) -> bool:
         return (self.root / MANIFEST).is_file()
 
-    def analysis(self, stream: str = "clipped") -> Path:
-        return self.root / "analysis" / stream
+    def analysis(self, stream: str = "clipped", batch: str | None = None) -> Path:
+        """``RUN/analysis/<stream>``, or with ``batch`` (``B1000``, ``Binf``) the prediction at that
+        batch size, ``RUN/analysis/<stream>@B1000``."""
+        return self.root / "analysis" / (f"{stream}@{batch}" if batch else stream)
 
     def retrain(self, setting: str | None = None) -> Path:
         """``RUN/retrain`` or one setting's directory in it (e.g. ``signal-trajectory``)."""

@@ -14,6 +14,7 @@ Examples
   python -m spectral.analyse runs/demo --k 500 --method randomized --max-memory 4G
   python -m spectral.analyse runs/demo --k 50 --stream private --centered
   python -m spectral.analyse runs/demo --dask local:2   # or --dask tcp://scheduler:8786
+  python -m spectral.analyse runs/demo --batch-size 1000  # as if each step averaged 1000 examples
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import json
 
 from .. import cli
 from ..errors import cli_entry
+from .batch import ESTIMATORS
 from .pca import METHODS
-from .run import HOLDOUTS, AnalyseConfig, analyse, plan
+from .run import HOLDOUTS, AnalyseConfig, analyse, analysis_dir, plan
 
 UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -38,6 +40,10 @@ HELP = {
     "slq": "also estimate the full spectral density (SLQ)",
     "iterations": "iterations of orthiter / seedcode (the authors: 10 in the final code, 50 in May 2022)",
     "dask": "run the passes on a dask cluster: local:N (N worker processes here) or tcp://HOST:PORT",
+    "batch_size": "predict the spectrum and G_k at this batch size (a number or inf) from the run's sampling "
+    "stream; writes analysis/STREAM@B<size>",
+    "batch_estimator": "steps: the steps' Gram matrix at that batch (noise of high rank, the gradient case); "
+    "matrix: the d x d second moment H^T H - f D^T D",
 }
 
 
@@ -53,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m spectral.analyse", __doc__)
     cli.add_run_dir(p, "a store written by python -m spectral.collect")
     cli.add_common(p)
-    cli.add_config(p, AnalyseConfig, HELP, choices={"method": METHODS, "holdout": HOLDOUTS})
+    cli.add_config(
+        p, AnalyseConfig, HELP, choices={"method": METHODS, "holdout": HOLDOUTS, "batch_estimator": ESTIMATORS}
+    )
     for action in p._actions:  # sizes read as 512M / 4G
         if action.dest == "max_memory":
             action.type = parse_bytes
@@ -80,7 +88,7 @@ def main(argv=None):
             {k: summary[k] for k in ("method", "k", "n", "d", "passes", "seconds", "max_residual", "captured_energy")}
         )
     )
-    print(f"results in {args.out or args.run_dir / 'analysis' / config.stream}")
+    print(f"results in {args.out or analysis_dir(args.run_dir, config)}")
 
 
 if __name__ == "__main__":

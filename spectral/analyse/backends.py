@@ -152,7 +152,9 @@ class DaskOps:
         """``(start, stop, lazy block)`` per column chunk of the store's dask array."""
         if isinstance(matrix.source, np.ndarray):
             raise SpectralError("the dask backend reads a store; pass the store, not an in-memory array")
-        H = matrix.source.to_dask(matrix.stream)
+        import dask.array as da
+
+        H = da.concatenate([matrix.source.to_dask(s) for s in matrix.streams], axis=0)
         if matrix.n != matrix.n_all:
             H = H[matrix.rows]
         edges = np.cumsum((0, *H.chunks[1]))

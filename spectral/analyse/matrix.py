@@ -74,7 +74,8 @@ class TrajectoryMatrix:
     Parameters
     ----------
     source : Store or ndarray of shape (n, d)
-    stream : stream name (for a Store)
+    stream : stream name (for a Store), or several: their rows stacked, stream after stream
+        (``("clipped", "sampling")`` is [H; Δ], shape (2 n_steps, d))
     rows : optional index array selecting a subset of steps (e.g. a held-out split)
     max_memory : bytes for block buffers; sets the block widths (default: a quarter of the
         available RAM)
@@ -101,6 +102,7 @@ class TrajectoryMatrix:
         before_pass=None,
     ):
         self.source, self.stream, self.progress, self.before_pass = source, stream, progress, before_pass
+        self.streams = (stream,) if isinstance(stream, str) else tuple(stream)
         self.ops = ops or HostOps()
         if isinstance(source, np.ndarray):
             if source.ndim != 2:
@@ -108,10 +110,11 @@ class TrajectoryMatrix:
             n_all, self.d = source.shape
             self.storage, tile = source.dtype, self.d
         else:
-            source.check_stream(stream)
-            n_all, self.d = source.n_steps, source.d
+            for s in self.streams:
+                source.check_stream(s)
+            n_all, self.d = source.n_steps * len(self.streams), source.d
             self.storage = np.dtype(STORAGE_DTYPES[source.dtype])
-            tile = min((t for _, _, t in source.shard_tiles(stream)), default=self.d)
+            tile = min((t for s in self.streams for _, _, t in source.shard_tiles(s)), default=self.d)
         self.n_all = n_all
         self.rows = np.arange(n_all) if rows is None else np.asarray(rows)
         self.n = len(self.rows)
@@ -154,11 +157,14 @@ class TrajectoryMatrix:
             return
         buffers = [self.ops.host_buffer(self.n_all * self.block_cols, self.storage) for _ in range(min(2, len(spans)))]
 
+        steps = self.source.n_steps
+
         def read(i):
             start, stop = spans[i]
             out = buffers[i % 2][: self.n_all * (stop - start)].reshape(self.n_all, stop - start)
             t0 = time.perf_counter()
-            self.source.block(self.stream, 0, self.n_all, start, stop, dtype=self.storage, out=out)
+            for j, s in enumerate(self.streams):  # stacked: stream j fills rows [j n, (j + 1) n)
+                self.source.block(s, 0, steps, start, stop, dtype=self.storage, out=out[j * steps : (j + 1) * steps])
             self.io["read_seconds"] += time.perf_counter() - t0
             self.io["bytes"] += out.nbytes
             return out

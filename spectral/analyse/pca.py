@@ -73,7 +73,9 @@ class Spectrum:
 
     @property
     def singular_values(self) -> np.ndarray:
-        return np.sqrt(np.clip(self.eigenvalues, 0, None))
+        """√λ; NaN where an estimated eigenvalue is negative (a batch-size prediction's can be)."""
+        lam = np.asarray(self.eigenvalues, dtype=float)
+        return np.sqrt(np.where(lam >= 0, lam, np.nan))
 
     @property
     def captured_energy(self) -> np.ndarray:

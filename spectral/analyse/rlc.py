@@ -28,15 +28,18 @@ def k_grid(k_max: int, points: int = 30) -> np.ndarray:
     return np.unique(np.r_[0, np.round(np.logspace(0, np.log10(k_max), points)).astype(int)])
 
 
-def residual_norms(scores: np.ndarray, row_sq_norms: np.ndarray, ks) -> pd.DataFrame:
+def residual_norms(scores: np.ndarray, row_sq_norms: np.ndarray, ks, energies=None) -> pd.DataFrame:
     """G_k for each step (rows) and k (columns); k = 0 is ‖g‖ itself.
 
     scores: (n, k_max) projections on orthonormal components; row_sq_norms: (n,) ‖g_t‖².
+    energies: (n, k_max) each component's share of ‖g_t‖² if not scores² (a predicted trajectory's
+        estimates, see :mod:`spectral.analyse.batch`).
     """
     ks = np.asarray(ks, dtype=int)
     if ks.min() < 0 or ks.max() > scores.shape[1]:
         raise SpectralError(f"k values must lie in [0, {scores.shape[1]}]")
-    captured = np.concatenate([np.zeros((len(scores), 1)), np.cumsum(scores**2, axis=1)], axis=1)
+    energies = scores**2 if energies is None else energies
+    captured = np.concatenate([np.zeros((len(scores), 1)), np.cumsum(energies, axis=1)], axis=1)
     # clip: rounding can make a tiny residual negative
     G = np.sqrt(np.clip(row_sq_norms[:, None] - captured[:, ks], 0, None))
     return pd.DataFrame(G, columns=pd.Index(ks, name="k")).rename_axis("step")

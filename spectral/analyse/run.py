@@ -3,6 +3,7 @@ written into the run directory's ``analysis/<stream>/`` (see :mod:`spectral.layo
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from dataclasses import asdict, dataclass
@@ -30,6 +31,10 @@ class AnalyseConfig:
         (``alternate``) and measured on the rest; ``none`` skips it
     max_memory : bytes for block buffers (None: a quarter of the available RAM)
     dask : run the passes on a dask cluster, ``local:N`` or ``tcp://HOST:PORT``
+    batch_size : predict what these steps would show at this batch size (or ``inf``) from the run's
+        ``sampling`` stream (:mod:`spectral.analyse.batch`); outputs in ``analysis/<stream>@B<b>``
+    batch_estimator : ``steps`` (the steps' Gram matrix at that batch; the default) or ``matrix``
+        (the d × d second moment HᵀH − f ΔᵀΔ); see :mod:`spectral.analyse.batch`
     """
 
     stream: str = "clipped"
@@ -41,6 +46,8 @@ class AnalyseConfig:
     slq: bool = False
     dask: str | None = None
     iterations: int = 10  # orthiter / seedcode: the authors used 10 (final code) and 50 (May 2022)
+    batch_size: float | None = None
+    batch_estimator: str = "steps"
 
     def validate(self) -> AnalyseConfig:
         if self.method not in METHODS:
@@ -49,6 +56,10 @@ class AnalyseConfig:
             raise SpectralError(f"unknown holdout {self.holdout!r}; choose from {', '.join(HOLDOUTS)}")
         if self.k is not None and self.k < 1:
             raise SpectralError(f"k must be at least 1, got {self.k}")
+        if self.batch_size is not None and not self.batch_size > 0:
+            raise SpectralError(f"batch size must be positive or inf, got {self.batch_size}")
+        if self.batch_size is not None and (self.centered or self.method not in ("auto", "gram") or self.dask):
+            raise SpectralError("--batch-size predicts with the exact Gram method, uncentred, in one process")
         return self
 
 
@@ -78,6 +89,8 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
     config, device = (config or AnalyseConfig()).validate(), resolve_device(device)
     run = RunDir(run)
     store = open_store(run.store)
+    if config.batch_size is not None:
+        return _predict(run, store, config, out, progress, device)
     out = Path(out) if out else run.analysis(config.stream)
     out.mkdir(parents=True, exist_ok=True)
     if progress and config.dask is None:  # the cost, said before it is spent
@@ -112,7 +125,9 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
         if "warning" in spec.info:
             print(f"warning: {spec.info['warning']}", file=sys.stderr)
         # which store (and which of its steps) this analysis describes: retrain and report check it
-        spec.save(out, extra=dict(store=str(run.store.resolve()), store_n_steps=store.n_steps, config=asdict(config)))
+        spec.save(
+            out, extra=dict(store=str(run.store.resolve()), store_n_steps=store.n_steps, config=_json_config(config))
+        )
         G = rlc.in_sample(spec)
         G.to_csv(out / layout.RLC_STEPS)
         rlc.summarize(G).to_csv(out / layout.RLC_IN_SAMPLE, index=False)
@@ -136,4 +151,57 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
     finally:
         if client is not None:
             client.close()
+    return spec
+
+
+def analysis_dir(run, config: AnalyseConfig) -> Path:
+    """Where :func:`analyse` writes by default: ``analysis/<stream>`` or ``analysis/<stream>@B<b>``."""
+    from .batch import label
+
+    return RunDir(run).analysis(config.stream, label(config.batch_size) if config.batch_size is not None else None)
+
+
+def _json_config(config: AnalyseConfig) -> dict:
+    """The config as strict JSON (an infinite batch size is written "inf": JSON has no Infinity)."""
+    values = asdict(config)
+    if values["batch_size"] is not None and math.isinf(values["batch_size"]):
+        values["batch_size"] = "inf"
+    return values
+
+
+def _predict(run, store, config: AnalyseConfig, out, progress: bool, device) -> Spectrum:
+    """``analyse --batch-size B``: the spectrum and G_k curves predicted at batch B (same outputs)."""
+    from . import batch
+    from .backends import make_ops
+
+    out = Path(out) if out else analysis_dir(run, config)
+    out.mkdir(parents=True, exist_ok=True)
+    k = config.k or min(PAPER_K, store.n_steps)
+    spec, G_in, G_out, info = batch.predict(
+        store,
+        k,
+        config.batch_size,
+        stream=config.stream,
+        split=config.holdout,
+        estimator=config.batch_estimator,
+        max_memory=config.max_memory,
+        progress=progress,
+        components_out=out / layout.COMPONENTS,
+        checkpoint=out / "checkpoints" / "gram",
+        ops=make_ops(device),
+    )
+    if info["negative_eigenvalues"]:
+        print(
+            f"note: the estimate at batch {config.batch_size:g} has {info['negative_eigenvalues']} negative eigenvalues "
+            f"(smallest {info['min_eigenvalue']:.3g}); kept in spectrum.csv, their singular values NaN",
+            file=sys.stderr,
+        )
+    spec.save(out, extra=dict(store=str(run.store.resolve()), store_n_steps=store.n_steps, config=_json_config(config)))
+    G_in.to_csv(out / layout.RLC_STEPS)
+    rlc.summarize(G_in).to_csv(out / layout.RLC_IN_SAMPLE, index=False)
+    if G_out is not None:
+        rlc.summarize(G_out).to_csv(out / layout.RLC_HELD_OUT, index=False)
+    positive = spec.eigenvalues[spec.eigenvalues > 0]
+    if len(positive) >= 2:
+        density.eigenvalue_kde(positive).to_csv(out / layout.DENSITY_KDE, index=False)
     return spec

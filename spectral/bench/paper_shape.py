@@ -116,7 +116,7 @@ def worker(root: str, k: int) -> None:
 
     def cold_init(self, *args, **kwargs):  # every pass starts with the page cache dropped
         init(self, *args, **kwargs)
-        self.before_pass = lambda: store.drop_cache(self.stream)
+        self.before_pass = lambda: store.drop_cache()
 
     matrix.TrajectoryMatrix.__init__ = cold_init
     t0 = time.perf_counter()
@@ -159,6 +159,7 @@ def run(n: int, ds, k: int, workdir: Path, legacy: str | None = None, keep: bool
     from ..store import open as open_store
 
     workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir.resolve()  # the legacy code runs from its own checkout
     lines = [
         f"analyse at the paper's step count, cold page cache: n = {n:,}, k = {k}, float32, shards of {SHARD_ROWS} rows",
         "",

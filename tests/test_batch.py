@@ -1,0 +1,188 @@
+"""Predicting other batch sizes from the sampling stream, against the exact expectation of a
+synthetic population of per-example gradients and against a direct draw at the larger batch."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import spectral.store as store_mod
+from spectral.analyse import AnalyseConfig, analyse
+from spectral.analyse import batch as B
+from spectral.errors import SpectralError
+
+N_POP, D, STEPS, BATCH = 2000, 40, 600, 20
+
+
+def population(seed=0):
+    """Per-example gradients g_i(t) = μ_t + x_i: a drifting 3-dimensional mean and a fixed spread
+    with a decaying spectrum (so the noise has structure of its own)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((N_POP, D)) * np.linspace(1.0, 0.1, D)
+    U = np.linalg.qr(rng.standard_normal((D, 3)))[0]
+    C = rng.standard_normal((STEPS, 3)) * np.array([0.6, 0.4, 0.25]) + np.array([0.5, 0.0, 0.0])
+    return X, C @ U.T
+
+
+def draw(X, mu, batch, seed):
+    """Rows h_t = (1/B) Σ b_i g_i(t) under Poisson sampling at q = batch/N, and Δ_t from random halves."""
+    rng = np.random.default_rng(seed)
+    q = batch / N_POP
+    H, Delta = np.empty((STEPS, D)), np.empty((STEPS, D))
+    for t in range(STEPS):
+        idx = np.flatnonzero(rng.random(N_POP) < q)
+        s = np.where(rng.random(len(idx)) < 0.5, 1.0, -1.0)
+        g = X[idx] + mu[t]
+        H[t], Delta[t] = g.sum(0) / batch, (s[:, None] * g).sum(0) / batch
+    return H, Delta
+
+
+def expected(X, mu, batch) -> np.ndarray:
+    """E[HᵀH] at ``batch`` (inf: every example every step): Σ_t m_t m_tᵀ + (1 − q_B)/(B N) Σ_i g_i g_iᵀ."""
+    total = np.zeros((D, D))
+    XX, Xs = X.T @ X, X.sum(0)
+    for m_t in mu:
+        m = Xs / N_POP + m_t
+        total += np.outer(m, m)
+        if not math.isinf(batch):
+            GG = XX + np.outer(Xs, m_t) + np.outer(m_t, Xs) + N_POP * np.outer(m_t, m_t)
+            total += (1 - batch / N_POP) / (batch * N_POP) * GG
+    return total
+
+
+def write_run(root, H, Delta, batch, n_pop=N_POP):
+    d = H.shape[1]
+    layout = [{"name": "w", "shape": [d], "offset": 0, "numel": d}]
+    dp = {"sampling": "poisson", "batch_size": batch, "sample_rate": batch / n_pop}
+    w = store_mod.StoreWriter.create(
+        root,
+        layout=layout,
+        streams=["clipped", "sampling"],
+        dtype="float32",
+        shard_rows=64,
+        meta={"dp": dp},
+        tile_cols=16,
+    )
+    for t in range(len(H)):
+        w.append(t, {"clipped": H[t].astype(np.float32), "sampling": Delta[t].astype(np.float32)}, {"loss": 0.0})
+    w.commit(status="complete")
+    w.close()
+    return store_mod.open(root)
+
+
+def high_rank_population(seed=0, n_pop=1500, d=4000, steps=120, scale=0.4):
+    """Per-example gradients whose spread has a high effective rank (d ≫ steps), as gradients' do, and a
+    drifting mean of norm ``scale`` against per-example norms of 6.3 (clipped gradients: mean ≪ spread).
+    Poisson batch sizes also scale the mean (|b|/B̄ μ_t): a coherent noise the resolution includes."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_pop, d), dtype=np.float32) * np.float32(0.1)
+    X -= X.mean(0)
+    U = np.linalg.qr(rng.standard_normal((d, 3)))[0]
+    mu = scale * (rng.standard_normal((steps, 3)) * np.array([1.0, 0.7, 0.5]) + np.array([0.8, 0, 0])) @ U.T
+    return X, mu
+
+
+def draw_rows(X, mu, batch, seed):
+    rng = np.random.default_rng(seed)
+    q = batch / len(X)
+    H, Delta = np.empty((len(mu), X.shape[1])), np.empty((len(mu), X.shape[1]))
+    for t in range(len(mu)):
+        idx = np.flatnonzero(rng.random(len(X)) < q)
+        s = np.where(rng.random(len(idx)) < 0.5, 1.0, -1.0)
+        g = X[idx] + mu[t]
+        H[t], Delta[t] = g.sum(0) / batch, (s[:, None] * g).sum(0) / batch
+    return H, Delta
+
+
+def test_steps_estimator_at_8x_the_batch_matches_a_direct_draw_to_its_resolution(tmp_path):
+    """High-rank noise (d = 4000 ≫ 120 steps): the predicted spectrum at 8·B̄ against the same steps drawn
+    at 8·B̄. The signal's eigenvalues agree rank by rank; the tail agrees to the stated resolution (the
+    run's own off-diagonal noise, which one trajectory cannot remove), far below the run's floor."""
+    X, mu = high_rank_population()
+    H, Delta = draw_rows(X, mu, BATCH, seed=1)
+    store = write_run(tmp_path / "run", H, Delta, BATCH, n_pop=len(X))
+    spec, G_in, G_out, info = B.predict(store, 30, 8 * BATCH, split="half")
+    direct = np.linalg.eigvalsh((lambda h: h @ h.T)(draw_rows(X, mu, 8 * BATCH, 2)[0]))[::-1][:30]
+    measured = np.linalg.eigvalsh(H @ H.T)[::-1][:30]
+    assert measured[10] > 4 * direct[10]  # the run's flat tail sits far above batch 160's
+    np.testing.assert_allclose(spec.eigenvalues[:3], direct[:3], rtol=0.15)
+    tail = np.abs(spec.eigenvalues[5:] - direct[5:])
+    assert tail.max() <= info["resolution"] + 0.1 * direct[5]
+    assert info["resolution"] < 0.8 * measured[10]  # what is resolved lies below the run's floor
+    # in-sample mean-square G_k: the trace identity of the predicted trajectory (up to the few per-step
+    # estimates below zero, counted as 0)
+    ms = (G_in**2).mean()
+    np.testing.assert_allclose(ms[3], (spec.total_energy - spec.eigenvalues[:3].sum()) / len(H), rtol=0.01)
+    assert list(G_out.index) == list(range(len(H) // 2, len(H)))
+    assert info["estimator"] == "steps" and info["factor"] == pytest.approx(1 - 1 / 8)
+
+
+def test_steps_estimator_is_unbiased_for_the_expected_gram_matrix():
+    """Averaged over runs, H Hᵀ − f diag(‖Δ_t‖²) equals E[H Hᵀ] at 8·B̄ entry by entry (the model-free claim)."""
+    X, mu = high_rank_population(d=500, n_pop=400, steps=6)
+    f = 1 - 1 / 8
+    preds, directs = [], []
+    for seed in range(300):
+        H, Delta = draw_rows(X, mu, BATCH, seed)
+        preds.append(B.steps_gram(np.block([[H @ H.T, H @ Delta.T], [Delta @ H.T, Delta @ Delta.T]]), 6, f))
+        Hd, _ = draw_rows(X, mu, 8 * BATCH, 10_000 + seed)
+        directs.append(Hd @ Hd.T)
+    preds, directs = np.array(preds), np.array(directs)
+    se = np.sqrt(preds.var(0) / len(preds) + directs.var(0) / len(directs))
+    z = np.abs(preds.mean(0) - directs.mean(0)) / se
+    assert z.max() < 4.5, z  # 36 entries, each within sampling error
+
+
+def test_steps_estimator_at_infinite_batch_removes_the_flat_tail(tmp_path):
+    X, mu = high_rank_population()
+    H, Delta = draw_rows(X, mu, BATCH, seed=1)
+    store = write_run(tmp_path / "run", H, Delta, BATCH, n_pop=len(X))
+    spec, _, _, info = B.predict(store, 30, math.inf, split="none")
+    exact = np.linalg.eigvalsh(mu @ mu.T)[::-1]  # the means' own Gram matrix (X has mean zero)
+    np.testing.assert_allclose(spec.eigenvalues[:3], exact[:3], rtol=0.15)
+    floor = np.linalg.eigvalsh(H @ H.T)[::-1][10]
+    assert np.abs(spec.eigenvalues[5:]).max() < info["resolution"] < 0.8 * floor  # below the floor, to resolution
+    assert info["factor"] == pytest.approx(1 - BATCH / len(X))
+    assert info["negative_eigenvalues"] > 0  # an unbiased estimate of a rank-3 matrix dips below zero
+    assert np.isnan(spec.singular_values[spec.eigenvalues < 0]).all()  # reported, not clipped
+
+
+def test_matrix_estimator_is_the_second_moment_HtH_minus_f_DtD(tmp_path):
+    """The ``matrix`` estimator: eigenpairs of HᵀH − f ΔᵀΔ (dense numpy) from the Gram matrix of [H; Δ];
+    unbiased for E[HᵀH] at 8·B̄ as a matrix (low-dimensional population, exact expectation)."""
+    X, mu = population()
+    H, Delta = draw(X, mu, BATCH, seed=1)
+    store = write_run(tmp_path / "run", H, Delta, BATCH)
+    spec, G_in, _, info = B.predict(store, 10, 8 * BATCH, split="none", estimator="matrix")
+    Hs, Ds = store.rows("clipped").astype(float), store.rows("sampling").astype(float)
+    dense = Hs.T @ Hs - info["factor"] * Ds.T @ Ds
+    w, V = np.linalg.eigh(dense)
+    np.testing.assert_allclose(spec.eigenvalues, w[::-1][:10], rtol=1e-9)
+    np.testing.assert_allclose(np.abs(np.sum(spec.components * V[:, ::-1][:, :10], axis=0)), 1, atol=1e-5)
+    exact = expected(X, mu, 8 * BATCH)
+    assert np.linalg.norm(dense - exact) < 0.15 * np.linalg.norm(exact)
+    measured = Hs.T @ Hs
+    assert np.linalg.norm(measured - exact) > 2 * np.linalg.norm(dense - exact)
+
+
+def test_the_stage_writes_its_own_directory_with_strict_json(tmp_path):
+    X, mu = population()
+    H, Delta = draw(X, mu, BATCH, seed=1)
+    write_run(tmp_path / "run", H, Delta, BATCH)
+    analyse(tmp_path / "run", AnalyseConfig(k=8, batch_size=math.inf), progress=False, device="cpu")
+    out = tmp_path / "run" / "analysis" / "clipped@Binf"
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert summary["batch_size"] == "inf" and summary["passes"] == 2
+    for name in ("spectrum.csv", "rlc_in_sample.csv", "rlc_held_out.csv", "components.npy"):
+        assert (out / name).is_file()
+    V = np.load(out / "components.npy")
+    np.testing.assert_allclose(np.linalg.norm(V, axis=0), 1, atol=1e-4)  # unit eigenvectors of M_B
+
+
+def test_without_a_sampling_stream_it_is_one_clear_error(tmp_path):
+    root = store_mod.write_matrix(tmp_path / "s", 4, 10, [(0, 10, np.ones((4, 10), np.float32))])
+    with pytest.raises(SpectralError, match="collect with --streams clipped sampling"):
+        B.predict(store_mod.open(root), 2, 100)
