@@ -21,8 +21,8 @@ import pandas as pd
 
 from spectral.analyse import lora, principal_components
 from spectral.errors import cli_entry
+from spectral.plotting import COLORS, new_figure, save, style
 from spectral.report import fits
-from spectral.report.figures import COLORS, new_figure, save, style
 from spectral.store import open as open_store
 
 

@@ -38,8 +38,8 @@ from spectral.dp.data import load_data
 from spectral.dp.privacy import compose_epsilon, plan_privacy
 from spectral.errors import SpectralError, cli_entry
 from spectral.layout import RunDir
+from spectral.plotting import COLORS, MARKERS, new_figure, save, style
 from spectral.report import fits
-from spectral.report.figures import COLORS, MARKERS, new_figure, save, style
 from spectral.store import open as open_store
 from spectral.store import read_manifest
 

@@ -28,8 +28,8 @@ from spectral.dp.config import CollectConfig
 from spectral.dp.data import load_data
 from spectral.errors import cli_entry
 from spectral.layout import RunDir
+from spectral.plotting import COLORS, MARKERS, decimal_log_ticks, new_figure, save, style
 from spectral.report import fits
-from spectral.report.figures import COLORS, MARKERS, decimal_log_ticks, new_figure, save, style
 from spectral.retrain.run import public_subspace
 from spectral.store import open as open_store
 

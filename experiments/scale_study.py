@@ -26,8 +26,8 @@ from spectral.analyse import rlc
 from spectral.analyse.matrix import TrajectoryMatrix
 from spectral.errors import SpectralError, cli_entry
 from spectral.layout import RunDir
+from spectral.plotting import COLORS, MARKERS, new_figure, save, style
 from spectral.report import fits
-from spectral.report.figures import COLORS, MARKERS, new_figure, save, style
 from spectral.store import open as open_store
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from spectral.analyse.matrix import TrajectoryMatrix
-from spectral.analyse.pca import GaussianColumns, seedcode_iterate
+from spectral.analyse.solvers import GaussianColumns, seedcode_iterate
 from spectral.errors import cli_entry
 from spectral.layout import RunDir
 from spectral.report import fits

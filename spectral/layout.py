@@ -24,11 +24,13 @@ SPECTRUM = "spectrum.csv"
 SUMMARY = "summary.json"
 DENSITY_KDE = "density_kde.csv"
 DENSITY_PAPER = "density_paper.csv"
+DENSITY_SLQ = "density_slq.csv"
 RLC_IN_SAMPLE = "rlc_in_sample.csv"
 RLC_HELD_OUT = "rlc_held_out.csv"
 RLC_STEPS = "rlc_steps.csv"
 COMPONENTS = "components.npy"
 RETRAIN_HISTORY = "retrain_history.csv"
+RETRAIN_SUMMARY = "retrain_summary.json"
 TOY_BEST = "toy_best.csv"
 FITS = "fits.json"
 
@@ -64,6 +66,12 @@ class RunDir:
 
     def toy(self, seed_code: bool = False) -> Path:
         return self.root / ("toy-seedcode" if seed_code else "toy")
+
+
+def seed_code_twin(toy_dir) -> Path:
+    """Where the toy's seed-code variant sits beside a toy directory (``toy`` → ``toy-seedcode``)."""
+    toy_dir = Path(toy_dir)
+    return toy_dir.parent / f"{toy_dir.name}-seedcode"
 
     @property
     def figures(self) -> Path:

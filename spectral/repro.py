@@ -32,8 +32,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-import tomllib
-
+from . import configs
 from .analyse import AnalyseConfig, analyse
 from .collect import CollectConfig, collect
 from .errors import cli_entry
@@ -43,14 +42,14 @@ from .retrain import RetrainConfig, retrain
 from .toy import ToyConfig, toy
 from .toy.grid import PAPER_STEPS
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 QUICK_TOY = dict(steps=(10, 20, 40, 80, 160, 320, 640), seeds=(0, 1, 2))
 # the paper's toy grid with T = 1, 2, 5 added: on the paper's grid several modes choose T = 10, its edge
 WIDENED_TOY = dict(steps=(1, 2, 5) + PAPER_STEPS)
 
 
 def _toml(name: str) -> dict:
-    return tomllib.loads((EXPERIMENTS / name).read_text())
+    """A scale's collect settings, shipped with the package (spectral/configs; experiments/ has copies)."""
+    return configs.load(name)
 
 
 SCALES = {

@@ -4,35 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import D, N, power_law_trajectory, write_store
 
-import spectral.store as store
 from spectral.analyse import principal_components, rlc
 from spectral.errors import SpectralError
-
-N, D = 60, 3000
-
-
-def power_law_trajectory(n=N, d=D, slope=1.0, seed=0) -> np.ndarray:
-    """H = U diag(s) Vᵀ with singular values s_j = j^-slope (a gradient-like spectrum)."""
-    rng = np.random.default_rng(seed)
-    U, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    V, _ = np.linalg.qr(rng.standard_normal((d, n)))
-    s = np.arange(1, n + 1, dtype=float) ** -slope
-    return ((U * s) @ V.T).astype(np.float32)
-
-
-def write_store(root, H, dtype="float32", tile_cols=512):
-    """H row by row through the writer collect uses: shards of 7 rows in column tiles (the last
-    tile narrower), so every analyse test reads tiled shards."""
-    layout = [{"name": "w", "shape": [H.shape[1]], "offset": 0, "numel": H.shape[1]}]
-    w = store.StoreWriter.create(
-        root, layout=layout, streams=["clipped"], dtype=dtype, shard_rows=7, meta={}, tile_cols=tile_cols
-    )
-    for i, row in enumerate(H):
-        w.append(i, {"clipped": row}, {"loss": 0.0})
-    w.commit(status="complete")
-    w.close()
-    return store.open(root)
 
 
 def largest_angle(A, B) -> float:
@@ -265,7 +240,7 @@ def _authors_orthogonal_iteration(H, k, iters, V0):
 
 @pytest.mark.parametrize("iters", [1, 3, 10])
 def test_seedcode_is_the_authors_algorithm(tmp_path, iters):
-    from spectral.analyse.pca import GaussianColumns
+    from spectral.analyse.solvers import GaussianColumns
 
     H = power_law_trajectory(n=30, d=400, slope=0.7, seed=4).astype(np.float64)
     s = write_store(tmp_path / "run", H.astype(np.float32))
@@ -282,7 +257,7 @@ def test_seedcode_is_the_authors_algorithm(tmp_path, iters):
 
 
 def test_gaussian_columns_are_reproducible_in_any_blocks():
-    from spectral.analyse.pca import GaussianColumns
+    from spectral.analyse.solvers import GaussianColumns
 
     g = GaussianColumns(1000, 3, seed=5, block=128)
     whole = g[0:1000]

@@ -13,28 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, run_cli, run_main
+from helpers import collect_args
 
 import spectral.store as store
 from spectral.dp.models import load_model, parameter_layout, select_trainable
-
-
-def collect_args(model, data, out, *extra):
-    return [
-        "spectral.collect",
-        "--model",
-        model,
-        "--data",
-        data,
-        out,
-        "--no-progress",
-        "--batch-size",
-        "16",
-        "--physical-batch-size",
-        "8",
-        "--eval-every",
-        "3",
-        *extra,
-    ]
 
 
 def test_cli_writes_a_store_the_reader_opens(tiny_model, tiny_data, tmp_path):

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 from conftest import run_main
-from test_analyse import power_law_trajectory, write_store
+from helpers import power_law_trajectory, write_store
 
 import spectral.store as store
 from spectral.analyse import principal_components, rlc

@@ -2,66 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
+from helpers import LABELS, TEXTS, brute_force_clipped_sum, text_chunks, tiny_model_of
 
 from spectral.dp.data import TextData
 from spectral.dp.engine import DPEngine, NonFiniteGradient
-from spectral.dp.models import load_model, parameter_layout, select_trainable
+from spectral.dp.models import parameter_layout, select_trainable
 from spectral.dp.training import Batcher
-
-TEXTS = [
-    "a good film",
-    "bad",
-    "the plot is dull and the acting is weak",
-    "lovely , moving and funny",
-    "messy",
-    "a superb cast in a boring story that never ends",
-    "fine",
-    "tedious and bland work",
-]
-LABELS = np.array([1, 0, 0, 1, 0, 1, 1, 0])
-
-
-def _model(path, params="all", dtype=torch.float64):
-    """float64 by default: the comparison measures the method, not rounding. LoRA's B starts at zero
-    (so A's gradient would be zero): here it is drawn at random."""
-    model, tok = load_model(str(path), num_labels=2, seed=0)
-    model = select_trainable(model, params).to(dtype)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
-    return model, tok
-
-
-def _chunks(tok, size, model=None):
-    return Batcher(model, tok, TextData(TEXTS, LABELS), 32).chunks(np.arange(len(TEXTS)), size)
-
-
-def per_example_gradients(model, chunks) -> list:
-    """The flat gradient of each example alone (sliced out of its padded chunk), by a plain loop."""
-    model = copy.deepcopy(model).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = []
-    for inputs, labels in chunks:
-        for i in range(len(labels)):
-            model.zero_grad()
-            one = {k: v[i : i + 1] for k, v in inputs.items()}
-            torch.nn.functional.cross_entropy(model(**one).logits, labels[i : i + 1]).backward()
-            grads.append(torch.cat([p.grad.double().reshape(-1) for p in params]))
-    return grads
-
-
-def brute_force_clipped_sum(model, chunks, C):
-    """Loop over single examples: clip each gradient to norm C, then sum."""
-    grads = per_example_gradients(model, chunks)
-    norms = np.array([g.norm().item() for g in grads])
-    total = sum(g * min(1.0, C / (n + 1e-6)) for g, n in zip(grads, norms))
-    return total, norms
 
 
 @pytest.mark.parametrize("clipping", ["ghost", "per-sample"])
@@ -75,8 +24,8 @@ def brute_force_clipped_sum(model, chunks, C):
     ],
 )
 def test_clipped_sum_equals_loop_over_examples(tiny_model, clipping, params, physical, dtype, tol):
-    model, tok = _model(tiny_model, params, dtype)
-    chunks = _chunks(tok, physical)
+    model, tok = tiny_model_of(tiny_model, params, dtype)
+    chunks = text_chunks(tok, physical)
     _, norms = brute_force_clipped_sum(model, chunks, C=1e9)
     C = float(np.median(norms))  # half the examples are clipped, half are not
     expected, _ = brute_force_clipped_sum(model, chunks, C)
@@ -102,7 +51,7 @@ def test_clipped_sum_equals_loop_over_examples(tiny_model, clipping, params, phy
 
 @pytest.mark.parametrize("clipping", ["ghost", "per-sample"])
 def test_noise_has_the_calibrated_std(tiny_model, clipping):
-    model, tok = _model(tiny_model)
+    model, tok = tiny_model_of(tiny_model)
     sigma, C, B = 1.7, 0.3, 4.0
     engine = DPEngine(
         model,
@@ -114,7 +63,7 @@ def test_noise_has_the_calibrated_std(tiny_model, clipping):
         expected_batch_size=B,
         seed=3,
     )
-    out = engine.step(_chunks(tok, 8), lr=0.0)
+    out = engine.step(text_chunks(tok, 8), lr=0.0)
     noise = ((out.private - out.clipped) * B).double()
     d = noise.numel()
     # the sample std of d Gaussians has relative standard error 1/sqrt(2d); allow 5 of them
@@ -123,7 +72,7 @@ def test_noise_has_the_calibrated_std(tiny_model, clipping):
 
 
 def test_update_is_applied_with_the_private_gradient(tiny_model):
-    model, tok = _model(tiny_model, params="attention-qv")
+    model, tok = tiny_model_of(tiny_model, params="attention-qv")
     before = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters() if p.requires_grad])
     engine = DPEngine(
         model,
@@ -135,14 +84,14 @@ def test_update_is_applied_with_the_private_gradient(tiny_model):
         expected_batch_size=8,
         seed=0,
     )
-    out = engine.step(_chunks(tok, 4), lr=0.1)
+    out = engine.step(text_chunks(tok, 4), lr=0.1)
     after = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
     torch.testing.assert_close(after, before - 0.1 * out.private, rtol=1e-5, atol=1e-7)
     assert out.clipped.numel() == sum(p["numel"] for p in parameter_layout(model))
 
 
 def test_empty_poisson_batch_releases_noise_only(tiny_model):
-    model, _ = _model(tiny_model, params="classifier")
+    model, _ = tiny_model_of(tiny_model, params="classifier")
     engine = DPEngine(
         model,
         clipping="ghost",
@@ -161,7 +110,7 @@ def test_empty_poisson_batch_releases_noise_only(tiny_model):
 
 
 def test_non_finite_gradient_stops_before_the_update(tiny_model):
-    model, tok = _model(tiny_model, params="classifier")
+    model, tok = tiny_model_of(tiny_model, params="classifier")
     engine = DPEngine(
         model,
         clipping="per-sample",
@@ -176,7 +125,7 @@ def test_non_finite_gradient_stops_before_the_update(tiny_model):
         model.classifier.weight[0, 0] = float("nan")
     before = model.classifier.bias.detach().clone()
     with pytest.raises(NonFiniteGradient):
-        engine.step(_chunks(tok, 8), lr=0.1)
+        engine.step(text_chunks(tok, 8), lr=0.1)
     torch.testing.assert_close(model.classifier.bias.detach(), before)
 
 
@@ -185,7 +134,7 @@ def test_state_roundtrip_continues_identically(tiny_model_dropout):
     and the parameters after step 3, which depend on Adam's restored moments."""
 
     def engine_for():
-        model, tok = _model(tiny_model_dropout, params="attention-qv")
+        model, tok = tiny_model_of(tiny_model_dropout, params="attention-qv")
         return DPEngine(
             model,
             clipping="ghost",
@@ -198,7 +147,7 @@ def test_state_roundtrip_continues_identically(tiny_model_dropout):
         ), tok
 
     a, tok = engine_for()
-    chunks = _chunks(tok, 4)
+    chunks = text_chunks(tok, 4)
     a.step(chunks, lr=1e-2)
     state = a.state()
     expected = [a.step(chunks, lr=1e-2) for _ in range(2)]
@@ -222,11 +171,11 @@ def test_mean_pooled_classifier_clips_exactly(tiny_model):
     from spectral.dp.models import MeanPooledClassifier
 
     for clipping in ("ghost", "per-sample"):
-        base, tok = _model(tiny_model)
+        base, tok = tiny_model_of(tiny_model)
         base.bert.pooler = None  # as load_model does: an unused pooler gets no gradient
         model = MeanPooledClassifier(base.bert, 2).double()
         model = select_trainable(model, "all")
-        chunks = _chunks(tok, 4)
+        chunks = text_chunks(tok, 4)
         expected, norms = brute_force_clipped_sum(model, chunks, C=0.05)
         engine = DPEngine(
             model,
@@ -248,7 +197,7 @@ def test_a_noise_state_from_another_device_type_reseeds_deterministically(tiny_m
     run collected on a GPU and resumed on a CPU continues with noise seeded by the saved state."""
 
     def engine():
-        model, _ = _model(tiny_model, params="classifier")
+        model, _ = tiny_model_of(tiny_model, params="classifier")
         return DPEngine(
             model, clipping="ghost", optimizer="sgd", lr=0.0, noise_multiplier=1.0, max_grad_norm=1.0,
             expected_batch_size=1, seed=0,
@@ -269,7 +218,7 @@ def test_a_noise_state_from_another_device_type_reseeds_deterministically(tiny_m
 @pytest.mark.parametrize("in_a", [[0, 2, 3, 6], [], list(range(8))])
 def test_sampling_row_is_the_halves_difference_of_clipped_sums(tiny_model, clipping, in_a):
     """(S_A − S_B)/B̄ against per-example clipped gradients summed by a loop, for any split."""
-    model, tok = _model(tiny_model)
+    model, tok = tiny_model_of(tiny_model)
     C, B = 0.05, 8.0
     batcher = Batcher(model, tok, TextData(TEXTS, LABELS), 32)
     a = np.array(in_a, dtype=int)
@@ -295,7 +244,7 @@ def test_sampling_row_is_the_halves_difference_of_clipped_sums(tiny_model, clipp
 def test_sampling_stream_has_the_second_moment_of_the_rows_sampling_noise(tiny_model):
     """At a fixed parameter point, Poisson batches redrawn many times: the clipped rows' spread
     (trace of their covariance) equals (1 − q) times the mean ‖Δ‖² of the sampling rows."""
-    model, tok = _model(tiny_model, dtype=torch.float32)
+    model, tok = tiny_model_of(tiny_model, dtype=torch.float32)
     batcher = Batcher(model, tok, TextData(TEXTS, LABELS), 32)
     q, C = 0.5, 0.05
     engine = DPEngine(
@@ -323,3 +272,84 @@ def test_sampling_stream_has_the_second_moment_of_the_rows_sampling_noise(tiny_m
     assert spread == pytest.approx((1 - q) * second, rel=0.15)
     # Δ has mean zero: its sample mean is as small as 400 draws of zero-mean noise make it (E = second / 400)
     assert (deltas.mean(0) ** 2).sum() < 3 * second / len(deltas)
+
+
+def test_a_head_that_misses_the_head_pattern_is_an_error(tiny_model, monkeypatch):
+    """A classifier whose head tensors are named outside HEAD_PATTERN would not be stored with the run
+    (retraining would start from another head): one clear error instead."""
+    import re
+
+    from spectral.dp import models
+    from spectral.dp.models import load_model
+    from spectral.errors import SpectralError
+
+    model, _ = load_model(str(tiny_model), num_labels=2, seed=0, objective="classifier")
+    assert models.head_state(model)  # the stored head: found by the pattern
+    monkeypatch.setattr(models, "HEAD_PATTERN", re.compile(r"^head_that_is_not_there\."))
+    with pytest.raises(SpectralError, match="classifier head's parameters are not found.*classifier"):
+        models.head_state(model)
+
+
+@pytest.mark.parametrize("params", ["attention-qv", "classifier", "lora"])
+@pytest.mark.parametrize("physical", [1, 3, 8])  # 1: no padding; 3 and 8: padded chunks, accumulated over chunks
+def test_bookkeeping_clipped_sum_and_norms_equal_a_loop_over_examples(tiny_model, params, physical):
+    """One backward pass per chunk (spectral.dp.bookkeeping) against per-example gradients, float64."""
+    model, tok = tiny_model_of(tiny_model, params, torch.float64)
+    chunks = text_chunks(tok, physical)
+    _, norms = brute_force_clipped_sum(model, chunks, C=1e9)
+    C = float(np.median(norms))
+    expected, _ = brute_force_clipped_sum(model, chunks, C)
+    engine = DPEngine(
+        model,
+        clipping="bookkeeping",
+        optimizer="sgd",
+        lr=0.0,
+        noise_multiplier=0.0,
+        max_grad_norm=C,
+        expected_batch_size=5.0,
+        seed=0,
+    )
+    out = engine.step(chunks, lr=0.0)
+    rel = (out.clipped.double() * 5.0 - expected).norm() / expected.norm()
+    assert rel < 1e-6, rel
+    np.testing.assert_allclose(out.per_example_norms.double().numpy(), norms, rtol=1e-6)
+
+
+def test_bookkeeping_refuses_parameters_outside_linear_layers(tiny_model):
+    from spectral.errors import SpectralError
+
+    model, _ = tiny_model_of(tiny_model, "all")
+    with pytest.raises(SpectralError, match="bookkeeping needs every trained parameter in an nn.Linear.*embeddings"):
+        DPEngine(
+            model,
+            clipping="bookkeeping",
+            optimizer="sgd",
+            lr=0.0,
+            noise_multiplier=0.0,
+            max_grad_norm=1.0,
+            expected_batch_size=5.0,
+            seed=0,
+        )
+
+
+def test_bookkeeping_runs_one_backward_pass_per_chunk(tiny_model, monkeypatch):
+    """Ghost clipping calls autograd twice per chunk; book-keeping once."""
+    calls = []
+    real = torch.autograd.backward
+    monkeypatch.setattr(torch.autograd, "backward", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    for clipping, per_chunk in (("ghost", 2), ("bookkeeping", 1)):
+        model, tok = tiny_model_of(tiny_model, "attention-qv", torch.float64)
+        chunks = text_chunks(tok, 3)
+        engine = DPEngine(
+            model,
+            clipping=clipping,
+            optimizer="sgd",
+            lr=0.0,
+            noise_multiplier=0.0,
+            max_grad_norm=1.0,
+            expected_batch_size=5.0,
+            seed=0,
+        )
+        calls.clear()
+        engine.step(chunks, lr=0.0)
+        assert len(calls) == per_chunk * len(chunks), clipping

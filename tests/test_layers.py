@@ -10,10 +10,12 @@ import ast
 from pathlib import Path
 
 SPECTRAL = Path(__file__).resolve().parents[1] / "spectral"
-BASE = {"errors", "layout", "device", "cli"}  # leaf modules every layer may use
+BASE = {"errors", "layout", "device", "cli", "plotting", "configs"}  # leaf modules every layer may use
 ALLOWED = {
     "errors": set(),
     "layout": set(),
+    "plotting": set(),
+    "configs": {"errors"},
     "device": {"errors"},
     "cli": set(),
     "store": {"errors", "layout"},
@@ -70,3 +72,47 @@ def test_the_checker_sees_an_upward_import():
     upward = "from ..analyse import principal_components\nfrom spectral.report import fits\n"
     assert _imported_layers(SPECTRAL / "store" / "reader.py", upward) == {"analyse", "report"}
     assert not {"analyse", "report"} & ALLOWED["store"]
+
+
+# ---------------------------------------------------------------------- file names
+def _layout_names() -> set[str]:
+    import spectral.layout as layout
+
+    return {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)} | {"-seedcode"}
+
+
+def _spelled_names(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """String literals (docstrings aside) that spell a file name ``layout.py`` owns."""
+    tree = ast.parse(source)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and node.value in names
+    ]
+
+
+def test_file_names_that_cross_stages_are_spelled_only_in_layout():
+    names, bad = _layout_names(), []
+    for path in sorted(SPECTRAL.rglob("*.py")):
+        if path.name != "layout.py":
+            bad += [
+                f"{path.relative_to(SPECTRAL)}:{line} spells {value!r}"
+                for line, value in _spelled_names(path.read_text(), names)
+            ]
+    assert not bad, "use the spectral.layout constant instead:\n" + "\n".join(bad)
+
+
+def test_the_file_name_check_sees_a_literal():
+    source = '"""components.npy in a docstring is fine."""\npath = root / "components.npy"\ntwin = f"{x}-seedcode"\n'
+    assert _spelled_names(source, _layout_names()) == [(2, "components.npy"), (3, "-seedcode")]

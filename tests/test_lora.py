@@ -89,7 +89,7 @@ def test_public_projector_curve_equals_in_sample_for_the_own_components(tmp_path
     with a random basis almost nothing is captured."""
     import importlib
 
-    from test_analyse import power_law_trajectory, write_store
+    from helpers import power_law_trajectory, write_store
 
     from spectral.analyse import principal_components, rlc
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
+from helpers import collect_args
 from opacus.accountants import RDPAccountant
 
 import spectral.store as store
@@ -72,29 +73,10 @@ def test_calibration_after_a_prior_spends_the_total():
     assert compose_epsilon([], 1e-5) == 0.0
 
 
-def collect_args(model, data, out, *extra):
-    return [
-        "spectral.collect",
-        "--model",
-        model,
-        "--data",
-        data,
-        out,
-        "--no-progress",
-        "--batch-size",
-        "16",
-        "--physical-batch-size",
-        "8",
-        "--eval-every",
-        "0",
-        *extra,
-    ]
-
-
 def test_init_from_loads_the_trained_weights_and_composes_privacy(tiny_model, tiny_data, tmp_path):
     lp, ft = tmp_path / "lp", tmp_path / "ft"
     r = run_cli(
-        *collect_args(
+        *lp_collect_args(
             tiny_model,
             tiny_data,
             lp,
@@ -134,7 +116,7 @@ def test_init_from_loads_the_trained_weights_and_composes_privacy(tiny_model, ti
 
     # the CLI: the FT store's epsilon is both phases composed; --epsilon is then the total budget
     r = run_cli(
-        *collect_args(
+        *lp_collect_args(
             tiny_model,
             tiny_data,
             ft,
@@ -155,21 +137,23 @@ def test_init_from_loads_the_trained_weights_and_composes_privacy(tiny_model, ti
     assert s.steps.epsilon.iloc[0] > lp_store.steps.epsilon.iloc[-1]
     assert privacy_history(s) == [(1.1, q, 6), (1.1, q, 4)]
     total = tmp_path / "total"
-    r = run_cli(*collect_args(tiny_model, tiny_data, total, "--steps", "4", "--init-from", lp, "--epsilon", "9"))
+    r = run_cli(*lp_collect_args(tiny_model, tiny_data, total, "--steps", "4", "--init-from", lp, "--epsilon", "9"))
     assert r.returncode == 0, r.stderr
     assert store.open(total).steps.epsilon.iloc[-1] == pytest.approx(9.0, abs=0.01)
 
 
 def test_init_from_bad_input_is_one_clear_error(tiny_model, tiny_model_dropout, tiny_data, tmp_path):
     lp = tmp_path / "lp"
-    assert run_cli(*collect_args(tiny_model, tiny_data, lp, "--params", "classifier", "--steps", "2")).returncode == 0
+    assert (
+        run_cli(*lp_collect_args(tiny_model, tiny_data, lp, "--params", "classifier", "--steps", "2")).returncode == 0
+    )
     cases = [
         (["--init-from", tmp_path / "missing"], "no such store"),
         (["--init-from", lp, "--epsilon", "0.01"], "already spent"),
         (["--init-from", lp, "--model", tiny_model_dropout], "not " + str(tiny_model_dropout)),
     ]
     for extra, message in cases:
-        r = run_cli(*collect_args(tiny_model, tiny_data, tmp_path / "out", "--steps", "2", *extra))
+        r = run_cli(*lp_collect_args(tiny_model, tiny_data, tmp_path / "out", "--steps", "2", *extra))
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
@@ -226,3 +210,7 @@ def test_study_script_runs_and_resumes(tiny_model, tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert before == {p: p.stat().st_mtime_ns for p in out.glob("eps*/f*/seed0/*/manifest.json")}
     pd.testing.assert_frame_equal(pd.read_csv(out / "lp_ft_utility.csv"), utility)
+
+
+def lp_collect_args(*args, **kwargs):
+    return collect_args(*args, eval_every=0, **kwargs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_engine import LABELS, TEXTS, brute_force_clipped_sum
+from helpers import LABELS, TEXTS, brute_force_clipped_sum
 
 from spectral.dp.data import TextData
 from spectral.dp.engine import DPEngine

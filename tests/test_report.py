@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, run_cli, run_main
-from test_analyse import power_law_trajectory, write_store
+from helpers import power_law_trajectory, write_store
 
 from spectral import theory
 from spectral.analyse import principal_components, rlc

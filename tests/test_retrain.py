@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import run_cli, run_main
-from test_engine import _chunks, _model, per_example_gradients
+from helpers import per_example_gradients, text_chunks, tiny_model_of
 
 from spectral.dp.engine import DPEngine
 from spectral.retrain import CoordinateEngine, Subspace
@@ -57,12 +57,12 @@ def _subspace64(sub):
 
 @pytest.mark.parametrize("mode", ["signal", "signal+noise"])
 def test_projected_updates_lie_in_the_subspace(tiny_model, mode):
-    model, tok = _model(tiny_model, "attention-qv")
+    model, tok = tiny_model_of(tiny_model, "attention-qv")
     Q = _basis(_flat_params(model).numel(), 5)
     sub = _subspace64(Subspace(torch.from_numpy(Q)))
     engine = _engine(model, sigma=1.0, C=0.5, sub=sub, mode=mode)
     before = _flat_params(model)
-    out = engine.step(_chunks(tok, 4), lr=0.1)
+    out = engine.step(text_chunks(tok, 4), lr=0.1)
     update = _flat_params(model) - before
     torch.testing.assert_close(update, -0.1 * out.private)  # SGD applies the released gradient
     if mode == "signal":  # the clipped signal is projected; the noise is full-dimensional
@@ -75,7 +75,7 @@ def test_projected_updates_lie_in_the_subspace(tiny_model, mode):
 def test_coordinates_equal_signal_plus_noise_without_noise(tiny_model):
     runs = {}
     for mode in ("signal+noise", "coordinates"):
-        model, tok = _model(tiny_model, "attention-qv")
+        model, tok = tiny_model_of(tiny_model, "attention-qv")
         sub = _subspace64(_random_subspace(_flat_params(model).numel(), 6, seed=1))
         if mode == "coordinates":
             engine = CoordinateEngine(
@@ -91,7 +91,7 @@ def test_coordinates_equal_signal_plus_noise_without_noise(tiny_model):
         else:
             engine = _engine(model, sigma=0.0, sub=sub, mode=mode)
         for _ in range(3):
-            engine.step(_chunks(tok, 4), lr=0.1)
+            engine.step(text_chunks(tok, 4), lr=0.1)
         runs[mode] = _flat_params(model)
     torch.testing.assert_close(runs["coordinates"], runs["signal+noise"], rtol=1e-9, atol=1e-12)
 
@@ -101,24 +101,24 @@ def test_rank_d_reproduces_unrestricted_training(tiny_model, sigma):
     """A random orthogonal d x d basis (not the identity, which projects nothing by construction)."""
     runs = []
     for restricted in (False, True):
-        model, tok = _model(tiny_model, "attention-qv")
+        model, tok = tiny_model_of(tiny_model, "attention-qv")
         d = _flat_params(model).numel()
         sub = _subspace64(_random_subspace(d, d, seed=3)) if restricted else None
         engine = _engine(model, sigma=sigma, C=0.5, sub=sub, mode="signal" if restricted else None)
         for _ in range(3):
-            engine.step(_chunks(tok, 4), lr=0.1)
+            engine.step(text_chunks(tok, 4), lr=0.1)
         runs.append(_flat_params(model))
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-9, atol=1e-11)
 
 
 def test_coordinates_noise_lives_in_r_dimensions(tiny_model):
-    model, tok = _model(tiny_model, "attention-qv")
+    model, tok = tiny_model_of(tiny_model, "attention-qv")
     sub = _subspace64(_random_subspace(_flat_params(model).numel(), 4))
     engine = CoordinateEngine(
         model, sub, optimizer="sgd", lr=0.0, noise_multiplier=2.0, max_grad_norm=0.1, expected_batch_size=8.0, seed=0
     )
     draws = torch.stack(
-        [(o.private - o.clipped) * 8.0 for o in (engine.step(_chunks(tok, 8), 0.0) for _ in range(200))]
+        [(o.private - o.clipped) * 8.0 for o in (engine.step(text_chunks(tok, 8), 0.0) for _ in range(200))]
     )
     assert draws.shape == (200, 4)
     assert draws.std().item() == pytest.approx(2.0 * 0.1, rel=0.1)  # σC per coordinate, 800 draws
@@ -275,9 +275,9 @@ def test_public_examples_stay_out_of_private_training_and_its_accounting(analyse
 
 def test_coordinates_clipping_at_finite_c_equals_a_loop_over_examples(tiny_model):
     """Each example's gradient in subspace coordinates, Vᵀ g_i, is clipped to C: against a plain loop."""
-    model, tok = _model(tiny_model, "attention-qv")
+    model, tok = tiny_model_of(tiny_model, "attention-qv")
     Q = _basis(_flat_params(model).numel(), 5, seed=2)
-    chunks = _chunks(tok, 3)
+    chunks = text_chunks(tok, 3)
     coords = [Q.T @ g.numpy() for g in per_example_gradients(model, chunks)]
     norms = np.linalg.norm(coords, axis=1)
     C = float(np.median(norms))  # about half the examples are clipped

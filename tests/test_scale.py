@@ -11,7 +11,7 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 import pytest
-from test_analyse import power_law_trajectory, write_store
+from helpers import power_law_trajectory, write_store
 
 import spectral.store as store_mod
 from spectral.analyse import AnalyseConfig, analyse, principal_components, rlc

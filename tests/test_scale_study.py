@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO
-from test_analyse import power_law_trajectory, write_store
+from helpers import power_law_trajectory, write_store
 
 from spectral.analyse import principal_components, rlc
 from spectral.analyse.matrix import TrajectoryMatrix

@@ -182,11 +182,13 @@ class DaskOps:
         import dask.array as da
 
         writes, self._writes = self._writes, []
-        if isinstance(out, np.memmap):
+        path = getattr(out, "path", None) or getattr(out, "filename", None)
+        if path is not None:  # a .npy file (NpyRowWriter or a memmap): the workers write their chunks
             from .distributed import NpyChunkWriter
 
-            out.flush()
-            target = NpyChunkWriter(out.filename)
+            if isinstance(out, np.memmap):
+                out.flush()
+            target = NpyChunkWriter(path)
             da.store([v for v, _ in writes], [target] * len(writes), regions=[r for _, r in writes], lock=False)
             return
         for (_, region), value in zip(writes, dask.compute(*[v for v, _ in writes])):

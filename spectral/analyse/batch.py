@@ -44,7 +44,7 @@ import scipy.linalg
 
 from ..errors import SpectralError
 from . import rlc
-from .matrix import TrajectoryMatrix
+from .matrix import NpyRowWriter, TrajectoryMatrix
 from .pca import Spectrum
 
 NOISE_STREAM = "sampling"
@@ -177,10 +177,12 @@ def predict(
         residuals = np.sqrt(np.clip(np.einsum("ij,ij->j", R, K @ R), 0, None)) / np.abs(theta)
         scores, _, norms = step_energies(K, n, f, A, steps, np.arange(2 * n))
         G_in = curves(K, n, f, A, steps, np.arange(2 * n), rlc.k_grid(len(theta)))
-    out = None
     if components_out is not None:
-        out = np.lib.format.open_memmap(components_out, mode="w+", dtype=np.float32, shape=(M.d, len(theta)))
-    V = M.rmatmat(A, out=out, dtype=np.float32)
+        out = NpyRowWriter(components_out, (M.d, len(theta)), np.float32)
+        M.rmatmat(A, out=out, dtype=np.float32)
+        V = out.close()
+    else:
+        V = M.rmatmat(A, dtype=np.float32)
     negative = int((all_theta < 0).sum())
     info = {
         "batch_size": batch if not math.isinf(batch) else "inf",

@@ -36,6 +36,19 @@ def eigenvalue_kde(eigenvalues, points: int = 200, bandwidth=None) -> pd.DataFra
     return pd.DataFrame({"eigenvalue": 10**grid, "density": kde(grid), "bandwidth": kde.factor * logs.std(ddof=1)})
 
 
+# the authors' settings (rebuttal_plots_neurips_2022.py): top-500 σ_k, variance 1e-6, 300,000 points
+AUTHORS_KDE = {"top": 500, "variance": 1e-6, "grid_len": 300_000, "grid_expand": 3e-4}
+
+
+def authors_density(singular_values, thin: int = 30) -> pd.DataFrame:
+    """The authors' density of a spectrum (:func:`linear_kde` with :data:`AUTHORS_KDE` on the top-500
+    singular values), every ``thin``-th grid point kept for the file (10,000 of 300,000 points)."""
+    top = np.sort(np.asarray(singular_values, dtype=float))[::-1][: AUTHORS_KDE["top"]]
+    top = top[np.isfinite(top)]
+    settings = {k: v for k, v in AUTHORS_KDE.items() if k != "top"}
+    return linear_kde(top, **settings).iloc[::thin].reset_index(drop=True)
+
+
 def linear_kde(values, variance: float = 1e-6, grid_len: int = 300_000, grid_expand: float = 3e-4) -> pd.DataFrame:
     """The authors' presentation of the spectrum (private-transformers, spectral_analysis/density.py
     ``eigv_to_density`` as called by rebuttal_plots_neurips_2022.py on the top-500 σ_k = √λ_k):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
@@ -263,6 +264,38 @@ class TrajectoryMatrix:
             sq += (B * B).sum(1)
             mean_sq += (B.mean(0) ** 2).sum()
         return self.ops.to_host(sq), float(self.ops.to_host(mean_sq))
+
+
+class NpyRowWriter:
+    """A new (rows, cols) ``.npy`` file filled row block by row block with ``pwrite``: ``w[a:b] = block``.
+
+    Not a memory map: the written pages stay in the page cache, out of the process's resident set, so
+    writing d x k components costs no memory that grows with d. :meth:`close` returns the file as a
+    read-only memory map (pages read on demand).
+    """
+
+    def __init__(self, path, shape: tuple, dtype=np.float32):
+        from ..store.writer import npy_header
+
+        self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        header = npy_header(self.dtype, self.shape)
+        self.offset = len(header)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        os.pwrite(self._fd, header, 0)
+        os.ftruncate(self._fd, self.offset + int(np.prod(self.shape)) * self.dtype.itemsize)
+
+    def __setitem__(self, rows: slice, value) -> None:
+        start = rows.start or 0
+        data = np.ascontiguousarray(value, dtype=self.dtype)
+        view = memoryview(data).cast("B")
+        pos = self.offset + start * self.shape[1] * self.dtype.itemsize
+        while len(view):
+            done = os.pwrite(self._fd, view, pos)
+            view, pos = view[done:], pos + done
+
+    def close(self) -> np.memmap:
+        os.close(self._fd)
+        return np.load(self.path, mmap_mode="r", allow_pickle=False)
 
 
 def save_checkpoint(stem: Path, identity: str, array: np.ndarray, **state) -> None:

@@ -3,18 +3,9 @@
 The paper analyses the uncentred second moment HᵀH (d×d). Its nonzero eigenvalues are those of
 the n×n Gram matrix G = HHᵀ, and with G = U Λ Uᵀ the eigenvectors are V = Hᵀ U Λ^{-1/2}. So all
 methods but the reference work in the n-dimensional step space and touch the d-dimensional
-side only in streamed passes:
-
-``gram``        G in one pass (float64), ``eigh``, then V in a second pass. Exact; needs n² memory.
-``randomized``  subspace iteration with a Gaussian start on G, applied as H(HᵀQ) in one pass
-                each (Halko et al.), for n too large for an n×n matrix.
-``lanczos``     ARPACK ``eigsh`` on the same streamed operator; one pass per matrix-vector product.
-``seedcode``    the authors' solver exactly (ml-swissknife ``orthogonal_iteration``): a Gaussian start,
-                V ← Gram–Schmidt(HᵀH V) ``orthiter_iters`` times, eigenvalues as per-column Rayleigh
-                quotients ‖H v‖², no Rayleigh–Ritz; computed in step space (3 passes), to show how
-                much of a printed slope is the solver's.
-``orthiter``    the seed code's orthogonal iteration in d-space (k vectors, 10 iterations):
-                a reference for comparison, two passes per iteration, V held in memory.
+side only in streamed passes. The methods are the table :data:`~spectral.analyse.solvers.SOLVERS`
+(one function each, described there); :func:`choose_method` states the ``auto`` rule, and
+:func:`principal_components` builds the :class:`Spectrum` from any solver's solution.
 
 Centred (covariance) analysis replaces G by P G P with P = I − 11ᵀ/n. Every result carries a
 certificate: relative residuals ‖HᵀH v − λ v‖ / λ and the captured energy Σ_{j≤k} λ_j / ‖H‖_F².
@@ -30,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.linalg
-import scipy.sparse.linalg
 
+from .. import layout
 from ..errors import SpectralError
-from .matrix import TrajectoryMatrix, default_memory, load_checkpoint, save_checkpoint, trajectory_matrix
+from .matrix import NpyRowWriter, default_memory, trajectory_matrix
+from .solvers import SOLVERS, Options, Solution
 
-METHODS = ("auto", "gram", "randomized", "lanczos", "orthiter", "seedcode")
+METHODS = ("auto", *SOLVERS)
 
 
 @dataclass
@@ -116,8 +107,8 @@ class Spectrum:
         spectrum.csv and summary.json (with ``extra`` added) into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        comp_path = directory / "components.npy"
-        if isinstance(self.components, np.memmap):
+        comp_path = directory / layout.COMPONENTS
+        if isinstance(self.components, np.memmap) and self.components.mode != "r":
             self.components.flush()
         elsewhere = not (
             isinstance(self.components, np.memmap) and Path(self.components.filename) == comp_path.resolve()
@@ -126,18 +117,18 @@ class Spectrum:
             np.save(comp_path, np.asarray(self.components, dtype=np.float32))
         for name in ("eigenvalues", "scores", "row_sq_norms", "residuals"):
             np.save(directory / f"{name}.npy", getattr(self, name))
-        self.to_frame().to_csv(directory / "spectrum.csv", index=False)
-        (directory / "summary.json").write_text(json.dumps({**self.summary(), **(extra or {})}, indent=1))
+        self.to_frame().to_csv(directory / layout.SPECTRUM, index=False)
+        (directory / layout.SUMMARY).write_text(json.dumps({**self.summary(), **(extra or {})}, indent=1))
         return directory
 
     @classmethod
     def load(cls, directory) -> Spectrum:
         directory = Path(directory)
-        if not (directory / "summary.json").is_file():
-            raise SpectralError(f"{directory} holds no saved spectrum (no summary.json)")
-        s = json.loads((directory / "summary.json").read_text())
+        if not (directory / layout.SUMMARY).is_file():
+            raise SpectralError(f"{directory} holds no saved spectrum (no {layout.SUMMARY})")
+        s = json.loads((directory / layout.SUMMARY).read_text())
         arrays = {n: np.load(directory / f"{n}.npy") for n in ("eigenvalues", "scores", "row_sq_norms", "residuals")}
-        components = np.load(directory / "components.npy", mmap_mode="r")
+        components = np.load(directory / layout.COMPONENTS, mmap_mode="r")
         known = {
             "method",
             "reason",
@@ -164,31 +155,11 @@ class Spectrum:
         )
 
 
-# ---------------------------------------------------------------------- helpers
-def _center(X: np.ndarray) -> np.ndarray:
-    return X - X.mean(axis=0, keepdims=True)
-
-
-def _top_eigh(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k eigenpairs of a symmetric matrix, descending."""
-    m = S.shape[0]
-    w, U = scipy.linalg.eigh(S, subset_by_index=[m - k, m - 1])
-    return w[::-1], U[:, ::-1]
-
-
-def gram_eigenpairs(G: np.ndarray, k: int, centered: bool = False):
-    """Top-k eigenpairs of a Gram matrix G = H Hᵀ (n, n), or of the centred P G P.
-
-    Returns (λ (k,), U (n, k), apply(Q) = (P G P) Q, trace of the analysed matrix).
-    """
-    S = _center(_center(G).T) if centered else G
-    lam, U = _top_eigh(S, k)
-    return lam, U, (lambda Q: S @ Q), float(np.trace(S))
-
-
 def choose_method(n: int, d: int, k: int, max_memory: int) -> tuple[str, str]:
-    """(method, reason) for ``--method auto``."""
-    gram_bytes = 3 * 8 * n * n  # G, its eigenvectors, workspace
+    """(method, reason) for ``--method auto``: the exact Gram method whenever the n×n matrix, its
+    eigenvectors and workspace (3·8·n² bytes) fit in ``max_memory``; else Lanczos for k ≤ 10 and
+    randomized subspace iteration above."""
+    gram_bytes = 3 * 8 * n * n
     if gram_bytes <= max_memory:
         return "gram", f"the {n}x{n} Gram matrix ({gram_bytes / 2**20:.0f} MiB) fits in memory: exact in two passes"
     if k <= 10:
@@ -196,134 +167,23 @@ def choose_method(n: int, d: int, k: int, max_memory: int) -> tuple[str, str]:
     return "randomized", f"n={n} is too large for an n x n Gram matrix ({gram_bytes / 2**30:.1f} GiB)"
 
 
+def resolve_method(method: str, n: int, d: int, k: int, max_memory: int) -> tuple[str, str]:
+    """(solver, reason): ``auto`` by :func:`choose_method`; Lanczos asked for all n pairs (ARPACK
+    finds at most n − 1) becomes the exact Gram method."""
+    if method not in METHODS:
+        raise SpectralError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    reason = "requested"
+    if method == "auto":
+        method, reason = choose_method(n, d, k, max_memory)
+    if method == "lanczos" and k >= n:
+        method, reason = "gram", f"lanczos finds at most n - 1 = {n - 1} pairs; k = {k} asks for all: exact Gram"
+    return method, reason
+
+
 def check_k(k: int, n: int, d: int, centered: bool) -> None:
     limit = min(n - 1 if centered else n, d)
     if not 1 <= k <= limit:
         raise SpectralError(f"k={k} must be between 1 and min(n{'-1' if centered else ''}, d) = {limit} (n={n}, d={d})")
-
-
-# ---------------------------------------------------------------------- methods in step space
-def _solve_in_step_space(M: TrajectoryMatrix, k, method, centered, oversample, n_iter, seed, checkpoints=None):
-    """Return (λ (k,), U (n, k), apply(Q) = G Q, ‖g_t‖² (n,), trace of the analysed G, and the
-    uncentred Gram matrix H Hᵀ when the method formed it, else None)."""
-    P = _center if centered else (lambda X: X)
-    if method == "gram":
-        G = M.gram(checkpoint=checkpoints / "gram" if checkpoints else None)
-        lam, U, apply, trace = gram_eigenpairs(G, k, centered)
-        return lam, U, apply, np.diag(G).copy(), trace, G
-
-    apply = lambda Q: P(M.hht(P(Q)))  # noqa: E731
-    if method == "randomized":
-        rng = np.random.default_rng(seed)
-        Q, _ = np.linalg.qr(P(rng.standard_normal((M.n, min(k + oversample, M.n)))))
-        stem = checkpoints / f"randomized-k{k}-o{oversample}-s{seed}-c{int(centered)}" if checkpoints else None
-        saved = load_checkpoint(stem, M.identity) if stem else None
-        done = 0
-        if saved is not None and saved["iteration"] <= n_iter:
-            Q, done = saved["array"], saved["iteration"]
-        for it in range(done, n_iter):
-            Q, _ = np.linalg.qr(apply(Q))
-            if stem:
-                save_checkpoint(stem, M.identity, Q, iteration=it + 1)
-        Y = apply(Q)
-        lam, W = _top_eigh(Q.T @ Y, k)  # Rayleigh–Ritz in the found subspace
-        U = Q @ W
-    elif method == "lanczos":
-        op = scipy.sparse.linalg.LinearOperator(
-            (M.n, M.n), matvec=lambda v: apply(v.reshape(-1, 1)).ravel(), matmat=apply, dtype=np.float64
-        )
-        v0 = P(np.random.default_rng(seed).standard_normal((M.n, 1))).ravel()
-        lam, U = scipy.sparse.linalg.eigsh(op, k=k, which="LA", v0=v0)
-        order = np.argsort(lam)[::-1]
-        lam, U = lam[order], U[:, order]
-    else:
-        raise SpectralError(f"unknown method {method!r}")
-    sq, mean_sq = M.norms()
-    return lam, U, apply, sq, _trace(sq, mean_sq, M.n, centered), None
-
-
-def _trace(sq, mean_sq, n, centered) -> float:
-    """‖H‖_F², or ‖H_c‖_F² = ‖H‖_F² − n‖mean‖² when centred."""
-    return float(sq.sum() - (n * mean_sq if centered else 0.0))
-
-
-class GaussianColumns:
-    """A (d, k) standard normal matrix generated block by block (never held whole): ``[start:stop]``
-    rows are drawn from a generator seeded by (seed, start), so any block is reproducible."""
-
-    def __init__(self, d: int, k: int, seed: int, block: int = 65536):
-        self.shape, self.seed, self.block = (d, k), seed, block
-
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        start, stop = rows.start or 0, min(rows.stop, self.shape[0])
-        out = np.empty((stop - start, self.shape[1]))
-        for a in range(start - start % self.block, stop, self.block):  # whole generator blocks, cut to fit
-            draw = np.random.default_rng([self.seed, a]).standard_normal((self.block, self.shape[1]))
-            lo, hi = max(a, start), min(a + self.block, stop)
-            out[lo - start : hi - start] = draw[lo - a : hi - a]
-        return out
-
-
-def seedcode_iterate(G: np.ndarray, A: np.ndarray, iters: int):
-    """The authors' orthogonal iteration on the Gram matrix G = HHᵀ (n, n), from A = H V₀ (n, k).
-
-    Theirs: V₀ Gaussian (d, k); each iteration W = HᵀH V, V = modified Gram–Schmidt(W) column by
-    column, λ_j = ‖H v_j‖². After the first product every iterate is V = Hᵀ A, so HᵀH V = Hᵀ(G A),
-    the Gram–Schmidt of W = Hᵀ A is Hᵀ A R⁻¹ with R the Cholesky factor of Aᵀ G A (Gram–Schmidt is
-    that QR), and ‖H v_j‖ = ‖(G a)_j‖. Returns (λ (k,) descending, A with V = Hᵀ A, G A = H V).
-    """
-    for it in range(iters):
-        if it:
-            A = G @ A  # W = HᵀH V = Hᵀ (G A)
-        R = np.linalg.cholesky(A.T @ G @ A).T  # W = Hᵀ A: WᵀW = Aᵀ G A = RᵀR
-        A = scipy.linalg.solve_triangular(R, A.T, trans="T", lower=False).T  # V = W R⁻¹ = Hᵀ (A R⁻¹)
-    GA = G @ A
-    lam = np.einsum("ij,ij->j", GA, GA)  # per-column Rayleigh quotients ‖H v_j‖² (v_j unit)
-    order = np.argsort(lam)[::-1]  # theirs come out nearly sorted; sorted here for the fits
-    return lam[order], A[:, order], GA[:, order]
-
-
-def _seedcode(M: TrajectoryMatrix, k, iters, seed, components_out, t0, reason, checkpoint_dir):
-    """:func:`seedcode_iterate` on a trajectory: the Gram pass (or its checkpoint), H V₀, the components."""
-    checkpoint = Path(checkpoint_dir) / "gram" if checkpoint_dir is not None else None
-    G = M.gram(checkpoint=checkpoint)
-    lam, A, GA = seedcode_iterate(G, M.matmat(GaussianColumns(M.d, k, seed)), iters)
-    r = GA - A * lam  # HᵀH v − λ v = Hᵀ r
-    residuals = np.sqrt(np.clip(np.einsum("ij,ij->j", r, G @ r), 0, None)) / lam
-    out = None
-    if components_out is not None:
-        out = np.lib.format.open_memmap(components_out, mode="w+", dtype=np.float32, shape=(M.d, k))
-    V = M.rmatmat(A, out=out, dtype=np.float32)
-    sq = np.diag(G).copy()
-    return Spectrum(
-        lam,
-        V,
-        GA,
-        sq,
-        residuals,
-        float(sq.sum()),
-        "seedcode",
-        reason,
-        False,
-        M.passes,
-        time.perf_counter() - t0,
-        {"iterations": iters},
-        gram=G,
-    )
-
-
-def _orthiter(M: TrajectoryMatrix, k, centered, iters, seed):
-    """The seed code's orthogonal iteration on HᵀH in d-space (reference method)."""
-    P = _center if centered else (lambda X: X)
-    V, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((M.d, k)))
-    for _ in range(iters):
-        V, _ = np.linalg.qr(M.rmatmat(P(M.matmat(V))))
-    HV = P(M.matmat(V))
-    W = M.rmatmat(HV)
-    lam, R = _top_eigh(V.T @ W, k)  # Rayleigh–Ritz
-    V, W = V @ R, W @ R
-    residuals = np.linalg.norm(W - V * lam, axis=0) / np.abs(lam)
-    return lam, V, residuals
 
 
 def principal_components(
@@ -351,7 +211,7 @@ def principal_components(
     ----------
     source : a :class:`spectral.store.Store`, an array of shape (n, d), or a :class:`TrajectoryMatrix`
     k : number of components, 1 <= k <= min(n, d)
-    method : "auto", "gram", "randomized", "lanczos" or "orthiter" (see the module docstring)
+    method : "auto" or a solver of :data:`~spectral.analyse.solvers.SOLVERS` (see :func:`choose_method`)
     centered : covariance of the steps instead of the uncentred second moment (the paper's)
     max_memory : bytes for block buffers and, for "auto", the Gram matrix (default: a quarter
         of the available RAM)
@@ -369,87 +229,53 @@ def principal_components(
     -------
     Spectrum
     """
-    if method not in METHODS:
-        raise SpectralError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     budget = default_memory() if max_memory is None else int(max_memory)
     M = trajectory_matrix(source, stream, rows=rows, max_memory=budget, progress=progress, client=client, device=device)
     check_k(k, M.n, M.d, centered)
-    reason = "requested"
-    if method == "auto":
-        method, reason = choose_method(M.n, M.d, k, budget)
-    if method == "lanczos" and k >= M.n:  # ARPACK finds at most n - 1 pairs of an n x n operator
-        method, reason = "gram", f"lanczos finds at most n - 1 = {M.n - 1} pairs; k = {k} asks for all: exact Gram"
-    t0 = time.perf_counter()
-
-    if method == "seedcode":
-        if centered:
-            raise SpectralError("seedcode analyses the uncentred HᵀH only, as the authors' code does")
-        return _seedcode(M, k, orthiter_iters, seed, components_out, t0, reason, checkpoint_dir)
-    if method == "orthiter":
-        lam, V, residuals = _orthiter(M, k, centered, orthiter_iters, seed)
-        if components_out is not None:
-            out = np.lib.format.open_memmap(components_out, mode="w+", dtype=np.float32, shape=V.shape)
-            out[:] = V
-            V = out
-        scores = M.matmat(V)
-        sq, mean_sq = M.norms()
-        return Spectrum(
-            lam,
-            V,
-            scores,
-            sq,
-            residuals,
-            _trace(sq, mean_sq, M.n, centered),
-            method,
-            reason,
-            centered,
-            M.passes,
-            time.perf_counter() - t0,
-            {"iterations": orthiter_iters},
-        )
-
+    method, reason = resolve_method(method, M.n, M.d, k, budget)
     checkpoints = None
     if checkpoint_dir is not None and client is None:
         checkpoints = Path(checkpoint_dir)
         checkpoints.mkdir(parents=True, exist_ok=True)
-    lam, U, apply, sq, trace, G = _solve_in_step_space(M, k, method, centered, oversample, n_iter, seed, checkpoints)
-    info = {"oversample": oversample, "n_iter": n_iter} if method == "randomized" else {}
-    lam, U, info = _drop_null_directions(lam, U, trace, M.n, info)
-    k = len(lam)
-    sigma = np.sqrt(np.clip(lam, 0, None))
-    inv = np.divide(1.0, sigma, out=np.zeros_like(sigma), where=sigma > sigma.max() * 1e-12)
-    # certificate: HᵀH v − λ v = Hᵀ r with r = (G U − U Λ) Σ⁻¹, so its norm² is rᵀ G r
-    r = (apply(U) - U * lam) * inv
-    res_norm = np.sqrt(np.clip(np.einsum("ij,ij->j", r, apply(r)), 0, None))
-    residuals = res_norm / np.abs(lam)
-    out = None
-    if components_out is not None:
-        out = np.lib.format.open_memmap(components_out, mode="w+", dtype=np.float32, shape=(M.d, k))
-    # V = Hᵀ U Σ⁻¹ (centred: U ⟂ 1, so Hᵀ P U = Hᵀ U), computed in float32 as it is stored;
-    # the eigenvalues and certificate come from the float64 step-space solution
-    V = M.rmatmat(U, out=out, scale=inv, dtype=np.float32)
-    if not centered:
-        scores = U * sigma  # H V = G U Σ⁻¹ = U Σ
-    elif G is not None:
-        scores = G @ (U * inv)  # H V with the uncentred rows, from the Gram matrix: no pass
-    else:
-        scores = M.matmat(V)
-    info = {**info, "io": _io(M)} if hasattr(M, "io") else info
+    options = Options(centered, seed, oversample, n_iter, orthiter_iters, checkpoints)
+    t0 = time.perf_counter()
+    solution = SOLVERS[method](M, k, options)
+    if "warning" in solution.info:
+        warnings.warn(solution.info["warning"], stacklevel=2)
+    V = _components(M, solution, components_out)
+    # the eigenvalues and certificate come from the float64 solution; V is stored in float32
+    scores = solution.scores if solution.scores is not None else M.matmat(V)
     return Spectrum(
-        lam,
-        V,
-        scores,
-        sq,
-        residuals,
-        trace,
-        method,
-        reason,
-        centered,
-        M.passes,
-        time.perf_counter() - t0,
-        info,
-        gram=G,
+        eigenvalues=solution.eigenvalues,
+        components=V,
+        scores=scores,
+        row_sq_norms=solution.row_sq_norms,
+        residuals=solution.residuals,
+        total_energy=solution.total_energy,
+        method=method,
+        reason=reason,
+        centered=centered,
+        passes=M.passes,
+        seconds=time.perf_counter() - t0,
+        info={**solution.info, "io": _io(M)} if hasattr(M, "io") else solution.info,
+        gram=solution.gram,
     )
+
+
+def _components(M, solution: Solution, path) -> np.ndarray:
+    """The (d, k) components, float32: V = Hᵀ A written block by block into the .npy file at ``path``
+    (returned as a read-only memory map, never resident as a whole), or a d-space solver's V."""
+    k = len(solution.eigenvalues)
+    if path is None:
+        if solution.components is not None:
+            return solution.components
+        return M.rmatmat(solution.coefficients, dtype=np.float32)
+    out = NpyRowWriter(path, (M.d, k), np.float32)
+    if solution.components is not None:
+        out[0 : M.d] = solution.components
+    else:
+        M.rmatmat(solution.coefficients, out=out, dtype=np.float32)
+    return out.close()
 
 
 def _io(M) -> dict:
@@ -458,19 +284,3 @@ def _io(M) -> dict:
     io["read_rate_bytes_per_s"] = io["bytes"] / io["read_seconds"] if io["read_seconds"] else None
     io["block_cols"], io["buffer_bytes"] = M.block_cols, M.buffer_bytes()
     return io
-
-
-def _drop_null_directions(lam, U, trace: float, n: int, info: dict):
-    """Keep the pairs with a nonzero eigenvalue. A trajectory of rank r < k (repeated rows, all-zero
-    clipped rows from empty Poisson batches) has only r principal directions; the rest would be
-    zero-norm components with undefined (NaN) certificates. Warns, and records ``rank`` in ``info``."""
-    if not trace > 0:
-        raise SpectralError("the trajectory is all zeros (‖H‖_F = 0): it has no principal components")
-    # eigenvalues of a float64 Gram of n rows are exact to about n * eps * λ_max
-    keep = lam > lam.max() * max(n, 10) * 10 * np.finfo(float).eps
-    if keep.all():
-        return lam, U, info
-    r = int(keep.sum())
-    message = f"the trajectory has rank {r} < k = {len(lam)}: returning its {r} nonzero principal directions"
-    warnings.warn(message, stacklevel=3)
-    return lam[keep], U[:, keep], {**info, "rank": r, "warning": message}

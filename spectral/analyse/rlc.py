@@ -18,7 +18,8 @@ import pandas as pd
 
 from ..errors import SpectralError
 from .matrix import default_memory, trajectory_matrix
-from .pca import Spectrum, _drop_null_directions, choose_method, gram_eigenpairs, principal_components
+from .pca import Spectrum, choose_method, principal_components
+from .solvers import drop_null_directions, gram_eigenpairs
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -81,7 +82,7 @@ def held_out_from_gram(
     fit, test = split_rows(len(G), split)
     G_fit = G[np.ix_(fit, fit)]
     lam, U, _, trace = gram_eigenpairs(G_fit, min(k, len(fit) - (1 if centered else 0)), centered)
-    lam, U, info = _drop_null_directions(lam, U, trace, len(fit), {})
+    lam, U, info = drop_null_directions(lam, U, trace, len(fit), {})
     sigma = np.sqrt(np.clip(lam, 0, None))
     W = U / sigma
     scores = G[np.ix_(test, fit)] @ W

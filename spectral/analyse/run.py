@@ -9,6 +9,8 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .. import layout
 from ..device import resolve_device
 from ..errors import SpectralError
@@ -144,9 +146,10 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
             rlc.summarize(G_out).to_csv(out / layout.RLC_HELD_OUT, index=False)
         if spec.k >= 2:
             density.eigenvalue_kde(spec.eigenvalues).to_csv(out / layout.DENSITY_KDE, index=False)
+            density.authors_density(spec.singular_values).to_csv(out / layout.DENSITY_PAPER, index=False)
         if config.slq:
             slq, info = density.slq_density(store, config.stream, max_memory=config.max_memory)
-            slq.to_csv(out / "density_slq.csv", index=False)
+            slq.to_csv(out / layout.DENSITY_SLQ, index=False)
             print(f"SLQ: {info['passes']} passes; zero eigenvalues of H^T H/n: {info['zero_mass']:.4%} of d")
     finally:
         if client is not None:
@@ -204,4 +207,5 @@ def _predict(run, store, config: AnalyseConfig, out, progress: bool, device) -> 
     positive = spec.eigenvalues[spec.eigenvalues > 0]
     if len(positive) >= 2:
         density.eigenvalue_kde(positive).to_csv(out / layout.DENSITY_KDE, index=False)
+        density.authors_density(np.sqrt(positive)).to_csv(out / layout.DENSITY_PAPER, index=False)
     return spec

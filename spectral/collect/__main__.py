@@ -72,7 +72,12 @@ HELP = {
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("python -m spectral.collect", __doc__)
     cli.add_run_dir(p, "run directory (the trajectory store)")
-    p.add_argument("--config", type=Path, help="TOML file of settings (keys as below, with underscores)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML file of settings (keys as below, with underscores), or a configuration shipped with spectral: "
+        "quick, cpu, paper, paper_distilroberta",
+    )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store in RUN_DIR")
     cli.add_common(p)
@@ -97,10 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_toml(path: Path) -> dict:
+    """Settings from a TOML file, or from the shipped configuration of that name (``cpu``)."""
+    from .. import configs
+
     try:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise SpectralError(f"config file {path} does not exist") from None
+        if configs.find(str(path)) is not None:
+            return configs.load(str(path))
+        raise SpectralError(
+            f"config file {path} does not exist (shipped configurations: {', '.join(configs.names())})"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise SpectralError(f"config file {path} is not valid TOML: {exc}") from None
 

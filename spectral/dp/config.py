@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from ..errors import SpectralError
 
 PARAM_SETS = ("all", "attention-qv", "classifier", "lora")
-CLIPPING = ("ghost", "per-sample")
+CLIPPING = ("ghost", "per-sample", "bookkeeping", "auto")  # auto: see spectral.dp.training.choose_clipping
 SAMPLING = ("poisson", "shuffle")
 ACCOUNTANTS = ("rdp", "prv")
 OPTIMIZERS = ("adam", "sgd")

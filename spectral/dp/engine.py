@@ -25,6 +25,7 @@ from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
 from ..errors import SpectralError
+from .bookkeeping import BookkeepingGradSampleModule, BookkeepingLoss
 from .distributed import data_parallel_class, gather_over_ranks, sum_over_ranks, sum_over_ranks_tensor
 from .sampling import sampling_row
 
@@ -179,18 +180,20 @@ class DPEngine:
         )
         model.train()  # ghost clipping's hooks only run in training mode
         parallel = data_parallel_class if data_parallel else (lambda cls: cls)
-        if clipping == "ghost":
-            self.module = GradSampleModuleFastGradientClipping(
-                model, max_grad_norm=max_grad_norm, use_ghost_clipping=True, loss_reduction="mean"
-            )
+        if clipping in ("ghost", "bookkeeping"):
+            if clipping == "ghost":
+                self.module = GradSampleModuleFastGradientClipping(
+                    model, max_grad_norm=max_grad_norm, use_ghost_clipping=True, loss_reduction="mean"
+                )
+            else:  # one backward pass: the clipped sum from what the hooks captured (spectral.dp.bookkeeping)
+                self.module = BookkeepingGradSampleModule(model, max_grad_norm=max_grad_norm, loss_reduction="mean")
             self.optimizer = parallel(
                 SignalProjectedDPOptimizerFastGradientClipping
                 if restriction == "signal"
                 else DPOptimizerFastGradientClipping
             )(base, **kwargs)
-            self.criterion = DPLossFastGradientClipping(
-                self.module, self.optimizer, torch.nn.CrossEntropyLoss(reduction="mean"), "mean"
-            )
+            loss = BookkeepingLoss if clipping == "bookkeeping" else DPLossFastGradientClipping
+            self.criterion = loss(self.module, self.optimizer, torch.nn.CrossEntropyLoss(reduction="mean"), "mean")
         elif clipping == "per-sample":
             self.module = GradSampleModule(model, loss_reduction="mean")
             self.optimizer = parallel(SignalProjectedDPOptimizer if restriction == "signal" else DPOptimizer)(
@@ -207,7 +210,7 @@ class DPEngine:
 
     # ------------------------------------------------------------------ one step
     def _per_example_norms(self) -> torch.Tensor:
-        if self.clipping == "ghost":
+        if self.clipping in ("ghost", "bookkeeping"):
             return self.module.per_sample_gradient_norms.detach()
         per_param = [g.reshape(len(g), -1).norm(dim=1) for g in self.optimizer.grad_samples]
         return torch.stack(per_param, dim=1).norm(dim=1)

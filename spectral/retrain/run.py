@@ -210,8 +210,8 @@ def retrain(
     variants = [(f"rank {r}", r) for r in config.ranks] + ([("full", None)] if config.full else [])
     bases: dict = {}
     timing = (
-        json.loads((out / "retrain_summary.json").read_text()).get("seconds_per_step", {})
-        if (out / "retrain_summary.json").is_file() and len(history)
+        json.loads((out / layout.RETRAIN_SUMMARY).read_text()).get("seconds_per_step", {})
+        if (out / layout.RETRAIN_SUMMARY).is_file() and len(history)
         else {}
     )
     for seed in range(config.seeds):
@@ -252,7 +252,7 @@ def retrain(
             history = pd.concat([history, rows], ignore_index=True) if len(history) else rows
             timing.setdefault(name, []).append(per_step)
             atomic_write(history_path, lambda f: f.write(history.to_csv(index=False).encode()))
-            (out / "retrain_summary.json").write_text(json.dumps(summarize(history, timing, majority), indent=1))
+            (out / layout.RETRAIN_SUMMARY).write_text(json.dumps(summarize(history, timing, majority), indent=1))
     return history
 
 

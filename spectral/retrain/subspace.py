@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import layout
 from ..errors import SpectralError
 
 
@@ -37,9 +38,9 @@ class Subspace:
     @classmethod
     def from_analysis(cls, directory, rank: int) -> Subspace:
         """The top-``rank`` components saved by ``python -m spectral.analyse`` (components.npy, d x k)."""
-        path = Path(directory) / "components.npy"
+        path = Path(directory) / layout.COMPONENTS
         if not path.is_file():
-            raise SpectralError(f"{directory} has no components.npy; run python -m spectral.analyse first")
+            raise SpectralError(f"{directory} has no {layout.COMPONENTS}; run python -m spectral.analyse first")
         try:
             components = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as exc:

@@ -31,11 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..layout import MANIFEST  # noqa: F401 (the store's manifest: named once, in layout)
+
 FORMAT_NAME = "spectral-trajectory"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: row-major shards, no tile_cols
 TILE_COLS = 4096  # 16 KiB of float32 per row and tile: row-sized writes, MiB-sized reads
-MANIFEST = "manifest.json"
+
 STEPS_TABLE = "steps"
 ATTACHMENTS = "attachments"  # fixed per-run tensors, one safetensors file each
 

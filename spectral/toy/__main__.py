@@ -57,7 +57,7 @@ def main(argv=None):
     cols = ["mode", "d", "T", "lr", "train_mean", "train_std", "test_mean", "test_std"]
     print(results.best[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if not args.no_figure:
-        from ..report.figures import toy_figure
+        from .figure import toy_figure
 
         paths = toy_figure(results.best, out / "toy")
         print("figure:", ", ".join(str(p) for p in paths))
