@@ -205,3 +205,24 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_model_dropout, tiny
         np.testing.assert_allclose(resumed.rows(stream), ref.rows(stream), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(resumed.steps["epsilon"], ref.steps["epsilon"], rtol=1e-9)
     assert len(list((out / "checkpoint").iterdir())) == 2
+
+
+def test_bookkeeping_rows_equal_ghost_rows_and_auto_is_recorded(tiny_model, tiny_data, tmp_path):
+    """Book-keeping and ghost clipping store the same clipped rows (float32 rounding) for the same run;
+    --clipping auto decides once and the manifest says what and why."""
+    rows = {}
+    for clipping in ("ghost", "bookkeeping", "auto"):
+        out = tmp_path / clipping
+        extra = ("--steps", "20", "--params", "attention-qv", "--clipping", clipping, "--eval-every", "0")
+        result = run_cli(*collect_args(tiny_model, tiny_data, out, *extra))
+        assert result.returncode == 0, result.stderr
+        s = store.open(out)
+        rows[clipping] = s.rows("clipped")
+        if clipping == "auto":
+            assert s.manifest["config"]["clipping"] in ("per-sample", "bookkeeping")
+            assert s.manifest["clipping"]["reason"].startswith("auto: ")
+        else:
+            assert s.manifest["clipping"] == {"method": clipping, "reason": "requested"}
+    scale = np.abs(rows["ghost"]).max()
+    np.testing.assert_allclose(rows["bookkeeping"], rows["ghost"], atol=1e-5 * scale, rtol=1e-4)
+    np.testing.assert_allclose(rows["auto"], rows["ghost"], atol=1e-5 * scale, rtol=1e-4)

@@ -128,3 +128,20 @@ def test_a_killed_rank_stops_the_job_and_resume_stores_each_step_once(tmp_path, 
     assert list(b.table("launches").step) == [0, stopped["n_steps"]]
     assert list(b.table("launches").world_size) == [2, 1]
     assert relative_row_error(a.rows("clipped"), b.rows("clipped")) < 1e-5
+
+
+def test_two_ranks_with_bookkeeping_and_the_sampling_stream_store_what_one_process_stores(
+    tmp_path, tiny_model, tiny_data
+):
+    """Book-keeping clipping and the sampling stream under torch.distributed: the halves are split over
+    the whole logical batch (a function of seed and step) and half A's clipped sum is all-reduced."""
+    args = settings(tiny_model, tiny_data, 6, **{"eval-every": 0, "params": "attention-qv", "clipping": "bookkeeping"})
+    args += ["--streams", "clipped", "sampling"]
+    two = subprocess.run(torchrun(tmp_path / "two", args), capture_output=True, text=True, env=ENV, cwd=REPO)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run_cli("spectral.collect", tmp_path / "one", *args, env=ENV)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = store.open(tmp_path / "one"), store.open(tmp_path / "two")
+    assert relative_row_error(a.rows("clipped"), b.rows("clipped")) < 1e-5
+    assert relative_row_error(a.rows("sampling"), b.rows("sampling")) < 1e-5
+    assert np.abs(a.rows("sampling")).sum() > 0

@@ -54,7 +54,9 @@ HELP = {
     "delta": "target delta (default n_train^-1.1)",
     "noise_multiplier": "use this sigma instead of calibrating to --epsilon (0: clipping only, no privacy)",
     "max_grad_norm": "per-example clipping norm C",
-    "clipping": "ghost (memory-lean, default) or per-sample",
+    "clipping": "ghost (two backward passes, any layer), bookkeeping (one backward pass; linear layers: q/v, "
+    "classifier, lora), per-sample (per-example gradients in memory), or auto (per-sample if they fit, else "
+    "bookkeeping, else ghost; recorded in the manifest)",
     "sampling": "poisson (default; subsampled-Gaussian accounting) or shuffle (fixed batches; per-epoch accounting)",
     "accountant": "Opacus accountant: rdp or prv",
     "streams": "rows stored per step: clipped (before noise), private (the noised gradient), sampling (the batch halves' difference: its sampling noise); several allowed",

@@ -116,6 +116,7 @@ def run_metadata(t: Training) -> dict:
         },
         "data": {**t.data_info, "n_train_used": t.n_train, "n_dev_used": t.n_dev},
         "dp": t.plan.to_dict(),
+        "clipping": {"method": cfg.clipping, "reason": getattr(t.model, "clipping_reason", "requested")},
         "world_size": t.group.world_size,  # ranks of the launch that created the run; each launch: table "launches"
     }
 

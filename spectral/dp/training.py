@@ -6,7 +6,7 @@ benchmarks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -154,6 +154,35 @@ class Training:
         )
 
 
+def choose_clipping(model: torch.nn.Module, physical_batch_size: int, device) -> tuple[str, str]:
+    """(method, reason) for ``--clipping auto``: the fastest exact method that fits the memory.
+
+    per-sample   when the chunk's per-example gradients (and their clipped copies, 2 x B_phys x d x 4
+                 bytes) fit in a quarter of the free memory of ``device``;
+    bookkeeping  otherwise, when every trained parameter sits in an nn.Linear (one backward pass);
+    ghost        otherwise (two backward passes, any layer Opacus supports).
+    """
+    from .bookkeeping import unsupported_parameters
+
+    d = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    need = 2 * physical_batch_size * d * 4
+    device = torch.device(device)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    if need <= free / 4:
+        return "per-sample", f"per-example gradients ({need / 2**20:.0f} MiB) fit in a quarter of the free memory"
+    if not unsupported_parameters(model):
+        return (
+            "bookkeeping",
+            f"per-example gradients ({need / 2**20:.0f} MiB) do not fit; every trained layer is linear",
+        )
+    return "ghost", f"per-example gradients ({need / 2**20:.0f} MiB) do not fit and not every trained layer is linear"
+
+
 def prepare(
     cfg: CollectConfig,
     plan: PrivacyPlan | None = None,
@@ -197,6 +226,10 @@ def prepare(
     head = head_state(model)  # before peft renames the parameters
     model = select_trainable(model, cfg.params, cfg.lora_rank).to(resolve_device(device))
     layout = parameter_layout(model)
+    if cfg.clipping == "auto":  # decided once; the manifest stores the method and why
+        chosen, why = choose_clipping(model, cfg.physical_batch_size, resolve_device(device))
+        cfg = replace(cfg, clipping=chosen)
+        model.clipping_reason = f"auto: {chosen}, because {why}"
     if plan is None:
         plan = plan_privacy(
             sampling=cfg.sampling,
