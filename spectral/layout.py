@@ -67,12 +67,12 @@ class RunDir:
     def toy(self, seed_code: bool = False) -> Path:
         return self.root / ("toy-seedcode" if seed_code else "toy")
 
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
 
 def seed_code_twin(toy_dir) -> Path:
     """Where the toy's seed-code variant sits beside a toy directory (``toy`` → ``toy-seedcode``)."""
     toy_dir = Path(toy_dir)
     return toy_dir.parent / f"{toy_dir.name}-seedcode"
-
-    @property
-    def figures(self) -> Path:
-        return self.root / "figures"
