@@ -19,13 +19,13 @@ Everything comes from one Gram pass over [H; Δ] per run (the analyse stage's ch
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from spectral import jsonio
 from spectral.analyse import batch, rlc
 from spectral.analyse.matrix import TrajectoryMatrix
 from spectral.errors import SpectralError, cli_entry
@@ -140,7 +140,7 @@ def main(argv=None):
 
     table = pd.DataFrame(rows)
     table.to_csv(out / "batch_study.csv", index=False)
-    (out / "batch_study.json").write_text(json.dumps(rows, indent=1, default=float))
+    (out / "batch_study.json").write_text(jsonio.dumps(rows, indent=1))
     with style(**{"figure.figsize": (11.0, 4.2)}):
         fig, (a, b) = new_figure(1, 2)
         for i, (key, lam) in enumerate(spectra.items()):

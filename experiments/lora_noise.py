@@ -12,13 +12,13 @@ noise multiplier with the same per-coordinate RMS; then the spectrum of the LoRA
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from spectral import jsonio
 from spectral.analyse import lora, principal_components
 from spectral.errors import cli_entry
 from spectral.plotting import COLORS, new_figure, save, style
@@ -126,7 +126,7 @@ def main(argv=None):
         b.legend(loc="lower left")
     table_path = out / "lora_variance.csv"
     table.to_csv(table_path, index=False)
-    (out / "lora_summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    (out / "lora_summary.json").write_text(jsonio.dumps(summary, indent=1))
     paths = save(fig, out / "lora_noise")
     print("figure:", paths[0], "| data:", table_path, out / "lora_summary.json")
 

@@ -7,13 +7,13 @@ inside :func:`style` and written by :func:`save` with the data they show beside 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
 import matplotlib.ticker
-import numpy as np
 from matplotlib.figure import Figure
+
+from . import jsonio
 
 STYLE = {
     "figure.figsize": (6.0, 4.2),
@@ -64,7 +64,7 @@ def save(fig, stem, tables: dict | None = None, meta: dict | None = None) -> lis
         paths.append(path)
     if meta is not None:
         path = stem.with_suffix(".json")
-        path.write_text(json.dumps(meta, indent=1, default=json_default))
+        path.write_text(jsonio.dumps(meta, indent=1))
         paths.append(path)
     return paths
 
@@ -75,11 +75,3 @@ def decimal_log_ticks(axis) -> None:
     axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-
-
-def json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)}")

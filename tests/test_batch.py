@@ -186,3 +186,20 @@ def test_without_a_sampling_stream_it_is_one_clear_error(tmp_path):
     root = store_mod.write_matrix(tmp_path / "s", 4, 10, [(0, 10, np.ones((4, 10), np.float32))])
     with pytest.raises(SpectralError, match="collect with --streams clipped sampling"):
         B.predict(store_mod.open(root), 2, 100)
+
+
+def test_report_draws_measured_and_predicted_on_the_same_axes(tmp_path):
+    from spectral.report import ReportConfig, report
+
+    X, mu = high_rank_population(d=600, n_pop=400, steps=60)
+    H, Delta = draw_rows(X, mu, BATCH, seed=1)
+    write_run(tmp_path / "run", H, Delta, BATCH, n_pop=len(X))
+    analyse(tmp_path / "run", AnalyseConfig(k=20), progress=False, device="cpu")
+    for b in (8 * BATCH, math.inf):
+        analyse(tmp_path / "run", AnalyseConfig(k=20, batch_size=b), progress=False, device="cpu")
+    result = report(tmp_path / "run", ReportConfig(fit_range=(1, 20)))
+    assert any(p.name == "fig7_batch.png" for p in result["figures"])
+    fitted = result["fits"]["batch"]
+    assert list(fitted) == ["measured (batch 20)", "predicted at 160", "predicted at inf"]
+    assert fitted["predicted at inf"]["slope"] < fitted["measured (batch 20)"]["slope"]  # the floor removed: steeper
+    json.loads((tmp_path / "run" / "figures" / "fits.json").read_text())

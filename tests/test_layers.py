@@ -10,15 +10,16 @@ import ast
 from pathlib import Path
 
 SPECTRAL = Path(__file__).resolve().parents[1] / "spectral"
-BASE = {"errors", "layout", "device", "cli", "plotting", "configs"}  # leaf modules every layer may use
+BASE = {"errors", "layout", "device", "cli", "plotting", "configs", "jsonio"}  # leaf modules every layer may use
 ALLOWED = {
     "errors": set(),
     "layout": set(),
-    "plotting": set(),
+    "plotting": {"jsonio"},
+    "jsonio": set(),
     "configs": {"errors"},
     "device": {"errors"},
     "cli": set(),
-    "store": {"errors", "layout"},
+    "store": {"errors", "layout", "jsonio"},
     "dp": BASE | {"store"},
     "collect": BASE | {"dp", "store"},
     "analyse": BASE | {"store"},
@@ -116,3 +117,12 @@ def test_file_names_that_cross_stages_are_spelled_only_in_layout():
 def test_the_file_name_check_sees_a_literal():
     source = '"""components.npy in a docstring is fine."""\npath = root / "components.npy"\ntwin = f"{x}-seedcode"\n'
     assert _spelled_names(source, _layout_names()) == [(2, "components.npy"), (3, "-seedcode")]
+
+
+def test_json_written_by_the_toolkit_is_strict():
+    import numpy as np
+
+    from spectral import jsonio
+
+    text = jsonio.dumps({"nan": float("nan"), "inf": [np.float32(np.inf)], "x": np.float64(1.5), "a": np.arange(2)})
+    assert text == '{"nan": null, "inf": [null], "x": 1.5, "a": [0, 1]}'

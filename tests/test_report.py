@@ -208,6 +208,10 @@ def test_repro_runs_every_stage_at_a_tiny_scale_and_a_rerun_continues(tmp_path, 
     figs = tmp_path / "run" / "figures"
     for name in ("fig1_spectrum", "fig2_density", "fig3_rlc", "fig4_dimension", "fig5_retrain", "fig6_toy"):
         assert (figs / f"{name}.png").is_file(), name
+    written = sorted((tmp_path / "run").rglob("*.json"))
+    assert len(written) > 10
+    for path in written:  # strict JSON everywhere: NaN and Infinity are not JSON (jq, browsers refuse them)
+        json.loads(path.read_text(), parse_constant=lambda c, p=path: pytest.fail(f"{p} holds {c}"))
     stamp = (tmp_path / "run" / "manifest.json").stat().st_mtime_ns
     again = run_cli("spectral.repro", *args)  # everything is there: each stage returns what it has
     assert again.returncode == 0, again.stderr[-3000:]

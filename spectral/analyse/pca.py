@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import layout
+from .. import jsonio, layout
 from ..errors import SpectralError
 from .matrix import NpyRowWriter, default_memory, trajectory_matrix
 from .solvers import SOLVERS, Options, Solution
@@ -118,7 +118,7 @@ class Spectrum:
         for name in ("eigenvalues", "scores", "row_sq_norms", "residuals"):
             np.save(directory / f"{name}.npy", getattr(self, name))
         self.to_frame().to_csv(directory / layout.SPECTRUM, index=False)
-        (directory / layout.SUMMARY).write_text(json.dumps({**self.summary(), **(extra or {})}, indent=1))
+        (directory / layout.SUMMARY).write_text(jsonio.dumps({**self.summary(), **(extra or {})}, indent=1))
         return directory
 
     @classmethod

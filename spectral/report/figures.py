@@ -21,7 +21,7 @@ import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
-from ..plotting import COLORS, MARKERS, decimal_log_ticks, json_default, new_figure, save, style  # noqa: F401
+from ..plotting import COLORS, MARKERS, decimal_log_ticks, new_figure, save, style  # noqa: F401
 from ..toy.figure import toy_figure  # noqa: F401 (fig. 6, drawn by the toy's own module)
 
 
@@ -260,3 +260,42 @@ def retrain_figure(
 
 
 # ---------------------------------------------------------------------- 6. toy
+
+
+# ---------------------------------------------------------------------- 7. batch-size predictions
+def batch_figure(panels: dict, fits_by_label: dict, stem, title: str = "") -> list[Path]:
+    """Measured and predicted trajectories on the same axes: σ_k/√n against k (left) and the held-out
+    G_k (rms, right), one line per ``panels`` entry ``{label: {"spectrum": DataFrame, "held_out":
+    DataFrame | None, "n": int}}``; the legend gives each slope and c (rms)."""
+    tables = {}
+    with style(**{"figure.figsize": (11.0, 4.2)}):
+        fig, (left, right) = new_figure(1, 2)
+        for i, (label, p) in enumerate(panels.items()):
+            f = fits_by_label[label]
+            ls = "-" if label.startswith("measured") else "--"
+            sp = p["spectrum"]
+            keep = sp.eigenvalue > 0
+            slope = f"slope {f['slope']:.3f}" if f.get("slope") is not None else "no fit"
+            left.loglog(
+                sp["rank"][keep],
+                np.sqrt(sp.eigenvalue[keep] / p["n"]),
+                ls,
+                color=COLORS[i % 10],
+                label=f"{label}: {slope}",
+            )
+            tables[f"_{i}_spectrum"] = sp.assign(label=label)
+            if p.get("held_out") is not None:
+                h = p["held_out"][p["held_out"].k >= 1]
+                c = f"c {f['c_rms']:.3f}" if f.get("c_rms") is not None else ""
+                right.loglog(h.k, h["rms"], ls, color=COLORS[i % 10], label=f"{label}: {c}")
+                tables[f"_{i}_held_out"] = h.assign(label=label)
+        left.set_xlabel("rank k")
+        left.set_ylabel("σ_k / √n")
+        left.set_title("spectrum: measured (solid), predicted (dashed)")
+        right.set_xlabel("k")
+        right.set_ylabel("held-out G_k (rms over steps)")
+        right.set_title("held-out G_k, components from the other steps")
+        for ax in (left, right):
+            ax.legend(loc="lower left", fontsize=7.5)
+        fig.suptitle(title or "The same steps at other batch sizes (from the sampling stream)")
+    return save(fig, stem, tables, {"fits": fits_by_label})

@@ -15,12 +15,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .. import layout
+from .. import jsonio, layout
 from ..errors import SpectralError
 from ..layout import RunDir
-from ..plotting import json_default
 from . import figures, fits
 
 
@@ -42,6 +42,19 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
         return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SpectralError(f"{path} is not a readable CSV table ({exc})") from None
+
+
+def _batch_key(name: str) -> float:
+    size = name.split("@B", 1)[1]
+    return float("inf") if size == "inf" else float(size)
+
+
+def summary_batch(run: RunDir) -> str:
+    """The run's own expected batch size, from its manifest."""
+    try:
+        return f"{json.loads((run.store / layout.MANIFEST).read_text())['dp']['batch_size']:g}"
+    except (OSError, KeyError, ValueError):
+        return "?"
 
 
 def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, retrain_dir=None) -> dict:
@@ -130,6 +143,36 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
     else:
         result["missing"].append(f"subspace retraining ({retrain_dir}; run python -m spectral.retrain)")
 
+    batch_dirs = sorted(run.root.glob(f"analysis/{stream}@B*"), key=lambda p: _batch_key(p.name))
+    if spectrum is not None and batch_dirs:
+        panels = {
+            f"measured (batch {summary_batch(run)})": {
+                "spectrum": spectrum,
+                "n": summary.get("n"),
+                "held_out": curves.get("held-out"),
+            }
+        }
+        for path in batch_dirs:
+            sp = _read_csv(path / layout.SPECTRUM)
+            if sp is not None:
+                panels[f"predicted at {path.name.split('@B')[1]}"] = {
+                    "spectrum": sp,
+                    "n": summary.get("n"),
+                    "held_out": _read_csv(path / layout.RLC_HELD_OUT),
+                }
+        batch_fits = {}
+        for label, p in panels.items():
+            sv = np.sqrt(p["spectrum"].eigenvalue.clip(lower=0)).to_numpy()
+            sv = sv[sv > 0]
+            f = {"slope": None, "c_rms": None, "c_max": None}
+            if len(sv) > 2:
+                f.update(slope=fits.spectrum_fit(sv, fit_range)["slope"])
+            if p["held_out"] is not None:
+                f.update(c_rms=fits.rlc_fit(p["held_out"])["c"], c_max=fits.rlc_fit(p["held_out"], "max")["c"])
+            batch_fits[label] = f
+        result["fits"]["batch"] = batch_fits
+        result["figures"] += figures.batch_figure(panels, batch_fits, out / "fig7_batch")
+
     best = _read_csv(toy_dir / layout.TOY_BEST)
     seed_code = _read_csv(layout.seed_code_twin(toy_dir) / layout.TOY_BEST)
     if best is not None:
@@ -143,5 +186,5 @@ def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, 
     if not result["figures"]:
         raise SpectralError(f"{run_dir} has nothing to report: run python -m spectral.analyse {run_dir} first")
     out.mkdir(parents=True, exist_ok=True)
-    (out / layout.FITS).write_text(json.dumps(result["fits"], indent=1, default=json_default))
+    (out / layout.FITS).write_text(jsonio.dumps(result["fits"], indent=1))
     return result

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import layout
+from .. import jsonio, layout
 from ..device import resolve_device
 from ..dp.config import CollectConfig
 from ..dp.data import load_data
@@ -191,14 +191,14 @@ def retrain(
     history = pd.DataFrame()
     saved = out / "retrain_config.json"
     if history_path.is_file() and saved.is_file():
-        if json.loads(saved.read_text()) == json.loads(json.dumps(record)):
+        if json.loads(saved.read_text()) == json.loads(jsonio.dumps(record)):
             history = pd.read_csv(history_path)  # same settings: continue after the finished runs
         elif not overwrite:
             raise SpectralError(
                 f"{out} holds retraining results of other settings; choose another --out "
                 "or pass --overwrite to replace them"
             )
-    saved.write_text(json.dumps(record, indent=1))
+    saved.write_text(jsonio.dumps(record, indent=1))
 
     train, dev, _ = load_data(base.data, base.text_column, base.label_column, base.seed)
     train, dev = train.head(base.train_size), dev.head(base.eval_size)
@@ -252,7 +252,7 @@ def retrain(
             history = pd.concat([history, rows], ignore_index=True) if len(history) else rows
             timing.setdefault(name, []).append(per_step)
             atomic_write(history_path, lambda f: f.write(history.to_csv(index=False).encode()))
-            (out / layout.RETRAIN_SUMMARY).write_text(json.dumps(summarize(history, timing, majority), indent=1))
+            (out / layout.RETRAIN_SUMMARY).write_text(jsonio.dumps(summarize(history, timing, majority), indent=1))
     return history
 
 

@@ -24,13 +24,13 @@ shards not yet rewritten by ``python -m spectral.store retile``). So every shard
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .. import jsonio
 from ..layout import MANIFEST  # noqa: F401 (the store's manifest: named once, in layout)
 
 FORMAT_NAME = "spectral-trajectory"
@@ -196,4 +196,4 @@ def atomic_write(path: Path, write, durable: bool = True) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=False).encode()))
+    atomic_write(path, lambda f: f.write(jsonio.dumps(obj, indent=1, sort_keys=False).encode()))

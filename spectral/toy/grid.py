@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import layout, theory
+from .. import jsonio, layout, theory
 from ..device import resolve_device
 from ..errors import SpectralError
 from ..store import atomic_write
@@ -90,7 +90,7 @@ class ToyResults:
     def save(self, directory) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "toy_config.json").write_text(json.dumps(asdict(self.config), indent=1))
+        (directory / "toy_config.json").write_text(jsonio.dumps(asdict(self.config), indent=1))
         for name, frame in (("toy_runs.csv", self.runs), (layout.TOY_BEST, self.best)):
             atomic_write(directory / name, lambda f, frame=frame: f.write(frame.to_csv(index=False).encode()))
         return directory
