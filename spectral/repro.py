@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from . import configs
+from . import cli, configs
 from .analyse import AnalyseConfig, analyse
 from .collect import CollectConfig, collect
 from .errors import cli_entry
@@ -104,27 +104,32 @@ def reproduce(
     data: str | None = None,
     progress: bool = True,
     model: str | None = None,
+    device="auto",
 ) -> RunDir:
     """Every stage of ``scale`` (see the module docstring) into the run directory ``out``; ``data`` and
-    ``model`` replace the scale's."""
-    plan, run = SCALES[scale], RunDir(out)
+    ``model`` replace the scale's; ``device`` (``auto``: CUDA when torch sees one) is resolved once and
+    used by every stage."""
+    from .device import resolve_device
+
+    plan, run, device = SCALES[scale], RunDir(out), resolve_device(device)
     settings = _toml(plan["collect"]) if isinstance(plan["collect"], str) else dict(plan["collect"])
     chosen = {k: v for k, v in (("data", data), ("model", model)) if v}
     cfg = CollectConfig.from_dict({**settings, **chosen}).validate()
     with _stage("collect"):  # a finished run returns at once; an interrupted one continues
-        collect(cfg, run.store, resume=run.has_store(), progress=progress)
+        collect(cfg, run.store, resume=run.has_store(), progress=progress, device=device)
     with _stage("analyse"):
-        analyse(run, AnalyseConfig(k=plan["k"]), progress=progress)
+        analyse(run, AnalyseConfig(k=plan["k"]), progress=progress, device=device)
     toy_config = replace(ToyConfig(), **plan["toy"]) if plan["toy"] else ToyConfig()
     with _stage("toy"):
-        toy(run, toy_config, progress=progress)
+        toy(run, toy_config, progress=progress, device=device)
         # the seed code's const mode (a_j = g0*j, understated sensitivity), beside the published figure
-        toy(run, replace(toy_config, modes=("const",), seed_code_const=True), progress=progress)
+        toy(run, replace(toy_config, modes=("const",), seed_code_const=True), progress=progress, device=device)
     # the paper's setting (DP, signal projected), and the same without noise: where the gradients live
     with _stage("retrain"):
-        retrain(run, RetrainConfig(**plan["retrain"]), progress=progress)
+        retrain(run, RetrainConfig(**plan["retrain"]), progress=progress, device=device)
         if plan["non_private_retrain"]:
-            retrain(run, RetrainConfig(**plan["retrain"], settings={"noise_multiplier": 0.0}), progress=progress)
+            settings = {"noise_multiplier": 0.0}
+            retrain(run, RetrainConfig(**plan["retrain"], settings=settings), progress=progress, device=device)
     with _stage("report"):
         report(run, ReportConfig(fit_range=plan["fit_range"]))
     if figures_dir is not None:
@@ -145,11 +150,13 @@ def main(argv=None):
     p.add_argument("--data", help="data for the collect stage (default: $SPECTRAL_DATA/sst2, else GLUE download)")
     p.add_argument("--model", help="model for the collect stage (default: the scale's)")
     p.add_argument("--figures", type=Path, help="also copy the figures and their data here (e.g. figures/)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli.add_common(p)
     args = p.parse_args(argv)
     out = args.run_dir or Path("runs") / f"repro-{args.scale}"
     t0 = time.perf_counter()
-    reproduce(args.scale, out, args.figures, args.data, progress=not args.no_progress, model=args.model)
+    reproduce(
+        args.scale, out, args.figures, args.data, progress=not args.no_progress, model=args.model, device=args.device
+    )
     print(
         f"\nreproduction ({args.scale}) finished in {(time.perf_counter() - t0) / 60:.1f} min: {out}", file=sys.stderr
     )

@@ -1,0 +1,110 @@
+"""The ends of every range, and the authors' density against their algorithm written out.
+
+Oracles are written here independently: closed-form least squares, explicit loops, set algebra."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spectral.analyse import rlc
+from spectral.analyse.density import AUTHORS_KDE, linear_kde
+from spectral.report import fits
+
+
+def closed_form_ols(x, y):
+    """Slope and intercept of log y on log x by the normal equations."""
+    X = np.c_[np.ones(len(x)), np.log(x)]
+    intercept, slope = np.linalg.solve(X.T @ X, X.T @ np.log(y))
+    return slope, intercept
+
+
+# ---------------------------------------------------------------------- k grids
+@pytest.mark.parametrize("k_max", [1, 2, 7, 30, 31, 1000])
+def test_k_grid_starts_at_0_and_1_and_ends_at_k_never_past_it(k_max):
+    ks = rlc.k_grid(k_max)
+    assert ks[0] == 0 and ks[1] == 1 and ks[-1] == k_max
+    assert np.all(np.diff(ks) > 0) and ks.max() <= k_max
+
+
+def test_residual_norms_at_the_ends_of_the_grid():
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((5, 4))
+    sq = (scores**2).sum(1) + 1.0  # each row has energy 1 outside the 4 components
+    G = rlc.residual_norms(scores, sq, [0, 1, 4])
+    np.testing.assert_allclose(G[0], np.sqrt(sq))  # k = 0: the whole norm
+    np.testing.assert_allclose(G[1], np.sqrt(sq - scores[:, 0] ** 2))  # k = 1: the first component only
+    np.testing.assert_allclose(G[4], 1.0)  # k = k_max: the energy outside them all
+    with pytest.raises(Exception, match="k values must lie"):
+        rlc.residual_norms(scores, sq, [5])
+
+
+# ---------------------------------------------------------------------- splits
+@pytest.mark.parametrize("n", [2, 3, 10, 11])
+@pytest.mark.parametrize("split", ["half", "alternate"])
+def test_splits_are_disjoint_covering_and_put_the_boundary_where_they_say(n, split):
+    fit, test = rlc.split_rows(n, split)
+    assert set(fit).isdisjoint(test) and sorted([*fit, *test]) == list(range(n))
+    if split == "half":
+        assert list(fit) == list(range(n // 2)) and list(test) == list(range(n // 2, n))
+    else:
+        assert list(fit) == list(range(0, n, 2)) and list(test) == list(range(1, n, 2))
+
+
+# ---------------------------------------------------------------------- fit ranges, intercepts
+def test_spectrum_fit_uses_first_and_last_rank_inclusive_with_the_closed_form_slope_and_intercept():
+    k = np.arange(1, 41)
+    sv = 3.0 * k**-0.7 * np.exp(0.05 * np.sin(k))  # not a pure power law
+    fit = fits.spectrum_fit(sv, (5, 20))
+    slope, intercept = closed_form_ols(k[4:20], sv[4:20])
+    assert fit["range"] == [5, 20] and fit["points"] == 16
+    assert fit["slope"] == pytest.approx(slope, rel=1e-12)
+    assert fit["intercept"] == pytest.approx(intercept, rel=1e-12)
+    clipped = fits.spectrum_fit(sv, (1, 500))  # beyond the available ranks: clipped, and says so
+    assert clipped["range"] == [1, 40] and clipped["points"] == 40
+
+
+def test_rlc_fit_starts_at_k_1_and_reports_g0_fit_from_the_intercept():
+    k = np.array([0, 1, 2, 4, 8, 16, 32])
+    rms = np.r_[5.0, 2.0 * k[1:] ** -0.3 * (1 + 0.02 * np.cos(k[1:]))]
+    curve = pd.DataFrame({"k": k, "rms": rms})
+    fit = fits.rlc_fit(curve)
+    slope, intercept = closed_form_ols(k[1:], rms[1:])
+    assert fit["points"] == 6 and fit["k_range"] == [1, 32]
+    assert fit["c"] == pytest.approx(-slope, rel=1e-12)
+    assert fit["g0_fit"] == pytest.approx(np.exp(intercept), rel=1e-12)
+    assert fit["g0"] == 5.0  # the measured k = 0 row, not the fit
+    ranged = fits.rlc_fit(curve, k_range=(2, 16))
+    assert ranged["k_range"] == [2, 16] and ranged["points"] == 4
+
+
+# ---------------------------------------------------------------------- the authors' density
+def authors_eigv_to_density(values, variance, grid_len, grid_expand):
+    """spectral_analysis/density.py's algorithm as a plain loop: a grid from min − expand to max + expand,
+    one Gaussian of variance ``variance · max(1, range)`` per value, normalised to unit area."""
+    lo, hi = min(values) - grid_expand, max(values) + grid_expand
+    grid = [lo + i * (hi - lo) / (grid_len - 1) for i in range(grid_len)]
+    var = variance * max(1.0, hi - lo)
+    dens = []
+    for x in grid:
+        dens.append(sum(np.exp(-((x - v) ** 2) / (2 * var)) / np.sqrt(2 * np.pi * var) for v in values) / len(values))
+    step = grid[1] - grid[0]
+    area = sum(dens) * step
+    return np.array(grid), np.array(dens) / area
+
+
+@pytest.mark.parametrize("values", [[0.3, 0.31, 0.5], [1.0, 2.5, 4.0, 4.2]])  # ranges below and above 1
+def test_linear_kde_is_the_authors_algorithm(values):
+    got = linear_kde(values, variance=1e-3, grid_len=400, grid_expand=0.05)
+    grid, dens = authors_eigv_to_density(values, 1e-3, 400, 0.05)
+    np.testing.assert_allclose(got["value"], grid, rtol=1e-12)
+    assert got["value"].iloc[0] == pytest.approx(min(values) - 0.05) and got["value"].iloc[-1] == pytest.approx(
+        max(values) + 0.05
+    )
+    np.testing.assert_allclose(got["density"], dens, rtol=1e-9)
+    assert (got["density"].sum() * (grid[1] - grid[0])) == pytest.approx(1.0)
+
+
+def test_the_authors_settings_are_theirs():
+    assert AUTHORS_KDE == {"top": 500, "variance": 1e-6, "grid_len": 300_000, "grid_expand": 3e-4}
