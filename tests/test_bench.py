@@ -20,9 +20,10 @@ def test_bench_collect(tiny_model, tiny_data):
         "collect", "--params", "attention-qv", "--batch-size", 8, "--physical-batch-size", 4, "--warmup", 1,
         "--steps", 1, "--model", tiny_model, "--data", tiny_data,
     )  # fmt: skip
-    for mode in ("non-private", "dp-per-sample", "dp-ghost", "dp-ghost+store"):
+    for mode in ("non-private", "dp-per-sample", "dp-ghost", "dp-bookkeeping", "dp-bookkeeping+store"):
         assert f"| attention-qv | 1,088 | {mode} |" in out
-    assert "logging overhead (dp-ghost+store vs dp-ghost)" in out
+    assert "logging overhead (dp-bookkeeping+store vs dp-bookkeeping)" in out
+    assert "accountant per step after 1000 steps" in out
 
 
 def test_bench_collect_nproc(tiny_model, tiny_data):
@@ -52,3 +53,12 @@ def test_bench_analyse_and_dask(tmp_path, what):
     out = bench(what, *args, "--dir", tmp_path / "bench")
     assert "ours" in out or "single" in out
     assert "|" in out  # a table of what was measured
+
+
+def test_bench_analyse_cold_at_a_tiny_shape(tmp_path):
+    """The paper-shape bench's command at a tiny shape: both stores, the table, the legacy line skipped."""
+    out = bench("analyse", "--cold", "--n", 60, "--d", 3000, 5000, "--k", 10, "--dir", tmp_path / "cold")
+    for d in ("3,000", "5,000"):
+        assert f"| {d} |" in out
+    assert "read rate (ours / sequential)" in out and "peak RSS" in out
+    assert not list((tmp_path / "cold").glob("store-*"))  # the stores are deleted afterwards

@@ -36,6 +36,7 @@ def build(root: Path, n: int, d: int, seed: int = 0, rank: int = 64, block: int 
     from ..store import write_matrix
 
     rng = np.random.default_rng(seed)
+    rank = min(rank, n)
     A = np.linalg.qr(rng.standard_normal((n, rank)))[0] * np.arange(1, rank + 1) ** -1.0
 
     def blocks():
