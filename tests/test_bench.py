@@ -60,5 +60,5 @@ def test_bench_analyse_cold_at_a_tiny_shape(tmp_path):
     out = bench("analyse", "--cold", "--n", 60, "--d", 3000, 5000, "--k", 10, "--dir", tmp_path / "cold")
     for d in ("3,000", "5,000"):
         assert f"| {d} |" in out
-    assert "read rate (ours / sequential)" in out and "peak RSS" in out
+    assert "our reader alone (/ sequential)" in out and "peak RSS" in out
     assert not list((tmp_path / "cold").glob("store-*"))  # the stores are deleted afterwards
