@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..device import resolve_device
 from ..dp.config import CollectConfig
-from ..dp.distributed import join, leave, seed_dropout, share
+from ..dp.distributed import join, leave, share
 from ..dp.engine import NonFiniteGradient
 from ..dp.models import resolve_model
 from ..dp.privacy import PrivacyLedger, PrivacyPlan
@@ -233,15 +232,7 @@ def _collect(cfg, out, resume, overwrite, progress, device, group) -> Path:
         writer.log("eval", {"step": -1, **engine.evaluate(t.dev_chunks)})
     bar = tqdm(total=cfg.steps, initial=start, desc="collect", unit="step", disable=not progress)
     try:
-        for step in range(start, cfg.steps):
-            t0, lr = time.perf_counter(), cfg.learning_rate(step)
-            if group.world_size > 1:
-                seed_dropout(cfg.seed, step, group)
-            chunks, split_at = t.step_chunks(step)
-            try:
-                res = engine.step(chunks, lr, split_at=split_at)
-            except NonFiniteGradient as exc:  # the same on every rank: the gradients are all-reduced
-                raise stop("stopped", f"step {step}: {exc}; the {step} completed steps are stored in {out}") from None
+        for step, lr, res, seconds in t.steps(engine, start):
             peak = res.stats["peak"]
             if storage_overflow([peak], cfg.dtype) is not None:  # checked here: the host copy is asynchronous
                 raise stop(
@@ -255,7 +246,7 @@ def _collect(cfg, out, resume, overwrite, progress, device, group) -> Path:
             last = step + 1 == cfg.steps
             committing = (step + 1) % cfg.checkpoint_every == 0 or last
             # RDP every step (cached); PRV (up to a second) at commits and the last step only
-            record = step_record(res, lr, ledger.epsilon(exact=committing), time.perf_counter() - t0)
+            record = step_record(res, lr, ledger.epsilon(exact=committing), seconds)
             rows, ready = host_rows({s: getattr(res, s) for s in cfg.streams})
             writer.append(step, rows, record, ready)
             if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
@@ -264,6 +255,8 @@ def _collect(cfg, out, resume, overwrite, progress, device, group) -> Path:
                 commit(status="complete" if last else "running")
             bar.update(1)
             bar.set_postfix(loss=f"{res.loss:.3f}", eps=f"{record['epsilon']:.2f}")
+    except NonFiniteGradient as exc:  # the same on every rank: the gradients are all-reduced
+        raise stop("stopped", f"step {exc.step}: {exc}; the {exc.step} completed steps are stored in {out}") from None
     except KeyboardInterrupt as exc:
         # the step in flight may be half-applied: keep the last commit, which is consistent
         why = f" {exc.args[0]}" if exc.args else ""

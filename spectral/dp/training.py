@@ -6,6 +6,7 @@ benchmarks.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -17,7 +18,7 @@ from ..store import open as open_store
 from .config import CollectConfig
 from .data import TextData, load_data
 from .distributed import SINGLE, Group, share_of
-from .engine import DPEngine, trained_weights
+from .engine import DPEngine, NonFiniteGradient, trained_weights
 from .models import head_state, load_head, load_model, parameter_layout, resolve_model, select_trainable, tokenize
 from .privacy import PrivacyPlan, batch_indices, compose_epsilon, half_split, plan_privacy, privacy_history
 
@@ -132,6 +133,28 @@ class Training:
         a = self.train_batches.chunks(share_of(batch[in_a], lengths, self.group), size)
         b = self.train_batches.chunks(share_of(batch[~in_a], lengths, self.group), size)
         return a + b, len(a)
+
+    def steps(self, engine, start: int = 0, stop: int | None = None, progress: bool = False, desc: str = "steps"):
+        """The one DP step loop: yields ``(step, lr, StepOutput, seconds)`` for steps [start, stop) of
+        ``engine`` (the run's own or a restricted one) on this run's batches and schedule. Collect,
+        retraining and the public subspace consume it; what a step is (batches, halves for the sampling
+        stream, dropout seeding in a data-parallel job) is decided here once."""
+        from tqdm.auto import tqdm
+
+        from .distributed import seed_dropout
+
+        stop = self.cfg.steps if stop is None else stop
+        for step in tqdm(range(start, stop), desc=desc, disable=not progress, leave=False):
+            t0, lr = time.perf_counter(), self.cfg.learning_rate(step)
+            if self.group.world_size > 1:
+                seed_dropout(self.cfg.seed, step, self.group)
+            chunks, split_at = self.step_chunks(step)
+            try:
+                out = engine.step(chunks, lr, split_at=split_at) if split_at is not None else engine.step(chunks, lr)
+            except NonFiniteGradient as exc:
+                exc.step = step  # which step: the caller reports how many are complete
+                raise
+            yield step, lr, out, time.perf_counter() - t0
 
     def step_chunks(self, step: int) -> tuple[list, int | None]:
         """``(chunks, split_at)`` for :meth:`DPEngine.step`: split in halves when the ``sampling``

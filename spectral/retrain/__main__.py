@@ -85,7 +85,8 @@ def main(argv=None):
         print(f"{variant:>10}: final dev accuracy {r['mean']:.4f} ± {r['std']:.4f} ({r['seeds']} seeds)")
     for variant, s in summary["seconds_per_step"].items():
         print(f"{variant:>10}: {sum(s) / len(s):.3f} s per step")
-    print(f"epsilon {summary['final_epsilon']:.2f}; {len(history)} evaluations in {out}")
+    eps = summary["final_epsilon"]  # null in JSON when infinite (no noise)
+    print(f"epsilon {'inf (no noise)' if eps is None else f'{eps:.2f}'}; {len(history)} evaluations in {out}")
 
 
 if __name__ == "__main__":

@@ -18,14 +18,12 @@ Where the subspace comes from matters for privacy:
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .. import jsonio, layout
 from ..device import resolve_device
@@ -102,9 +100,7 @@ def public_subspace(
     pub = replace(cfg, noise_multiplier=0.0, epsilon=None, steps=steps, eval_every=0)
     torch.manual_seed(cfg.seed)
     t = prepare(pub, split=(public, dev), head=head, device=device)
-    rows = []
-    for step in tqdm(range(steps), desc="public gradients", disable=not progress, leave=False):
-        rows.append(t.engine.step(t.chunks(step), pub.learning_rate(step)).clipped.cpu().numpy())
+    rows = [out.clipped.cpu().numpy() for _, _, out, _ in t.steps(t.engine, progress=progress, desc="public gradients")]
     spec = principal_components(np.stack(rows), min(rank, steps))
     return Subspace(spec.components)
 
@@ -150,10 +146,8 @@ def train_variant(
     engine = restricted_engine(t, subspace, mode)
     ledger, evals, seconds = PrivacyLedger(t.plan), [], 0.0
     evals.append({"step": 0, **engine.evaluate(t.dev_chunks), "epsilon": 0.0})
-    for step in tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False):
-        t0 = time.perf_counter()
-        engine.step(t.chunks(step), cfg.learning_rate(step))
-        seconds += time.perf_counter() - t0
+    for step, _, _, took in t.steps(engine, progress=progress, desc=desc):
+        seconds += took
         ledger.record_step(step)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             evals.append({"step": step + 1, **engine.evaluate(t.dev_chunks), "epsilon": ledger.epsilon()})
@@ -185,6 +179,7 @@ def retrain(
         CollectConfig.from_dict(store.manifest["config"]),
         steps=config.steps,
         eval_every=config.eval_every,
+        streams=["clipped"],  # retraining stores nothing: whole batches, never split in halves
         **config.settings,
     ).validate()
     history_path, record = out / layout.RETRAIN_HISTORY, {**asdict(config), "run": str(run.store.resolve())}
