@@ -116,10 +116,19 @@ def arithmetic_seconds(n: int, d: int, k: int, cols: int) -> dict:
     return {"gram": gram, "components": components}
 
 
+def peak_rss() -> int:
+    """This process's peak resident set (VmHWM), in bytes. Not ``ru_maxrss``: Linux carries the parent's
+    high-water mark across fork and exec into it, so a worker started by a parent that wrote the store
+    would report the store's size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def worker(root: str, k: int) -> None:
     """Run the analyse stage cold on ``root`` and print its measurements as one JSON line."""
-    import resource
-
     from ..analyse import matrix
     from ..analyse.run import AnalyseConfig, analyse
     from ..store import open as open_store
@@ -135,7 +144,7 @@ def worker(root: str, k: int) -> None:
     t0 = time.perf_counter()
     spec = analyse(root, AnalyseConfig(k=k), progress=False, device="cpu")
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     print(json.dumps({"seconds": seconds, "passes": spec.passes, "io": spec.info["io"], "peak_bytes": peak}))
 
 
