@@ -90,6 +90,22 @@ def brute_force_clipped_sum(model, chunks, C):
     return total, norms
 
 
+def clipping_engine(model, clipping: str, C: float, batch: float = 1.0, sigma: float = 0.0, seed: int = 0):
+    """A DP engine that only clips (SGD at lr 0, no noise unless ``sigma``): for comparing its sums."""
+    from spectral.dp.engine import DPEngine
+
+    return DPEngine(
+        model,
+        clipping=clipping,
+        optimizer="sgd",
+        lr=0.0,
+        noise_multiplier=sigma,
+        max_grad_norm=C,
+        expected_batch_size=batch,
+        seed=seed,
+    )
+
+
 def collect_args(model, data, out, *extra, eval_every: int = 3):
     """``python -m spectral.collect`` on a tiny model and data: batch 16 in chunks of 8."""
     return [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import LABELS, TEXTS, brute_force_clipped_sum, text_chunks, tiny_model_of
+from helpers import LABELS, TEXTS, brute_force_clipped_sum, clipping_engine, text_chunks, tiny_model_of
 
 from spectral.dp.data import TextData
 from spectral.dp.engine import DPEngine, NonFiniteGradient
@@ -30,16 +30,7 @@ def test_clipped_sum_equals_loop_over_examples(tiny_model, clipping, params, phy
     C = float(np.median(norms))  # half the examples are clipped, half are not
     expected, _ = brute_force_clipped_sum(model, chunks, C)
     B = 5.0  # expected batch size divides the sum
-    engine = DPEngine(
-        model,
-        clipping=clipping,
-        optimizer="sgd",
-        lr=0.0,
-        noise_multiplier=0.0,
-        max_grad_norm=C,
-        expected_batch_size=B,
-        seed=0,
-    )
+    engine = clipping_engine(model, clipping, C, B)
     out = engine.step(chunks, lr=0.0)
     got = out.clipped * B
     rel = (got.double() - expected).norm() / expected.norm()
@@ -53,16 +44,7 @@ def test_clipped_sum_equals_loop_over_examples(tiny_model, clipping, params, phy
 def test_noise_has_the_calibrated_std(tiny_model, clipping):
     model, tok = tiny_model_of(tiny_model)
     sigma, C, B = 1.7, 0.3, 4.0
-    engine = DPEngine(
-        model,
-        clipping=clipping,
-        optimizer="sgd",
-        lr=0.0,
-        noise_multiplier=sigma,
-        max_grad_norm=C,
-        expected_batch_size=B,
-        seed=3,
-    )
+    engine = clipping_engine(model, clipping, C, B, sigma=sigma, seed=3)
     out = engine.step(text_chunks(tok, 8), lr=0.0)
     noise = ((out.private - out.clipped) * B).double()
     d = noise.numel()
@@ -177,16 +159,7 @@ def test_mean_pooled_classifier_clips_exactly(tiny_model):
         model = select_trainable(model, "all")
         chunks = text_chunks(tok, 4)
         expected, norms = brute_force_clipped_sum(model, chunks, C=0.05)
-        engine = DPEngine(
-            model,
-            clipping=clipping,
-            optimizer="sgd",
-            lr=0.0,
-            noise_multiplier=0.0,
-            max_grad_norm=0.05,
-            expected_batch_size=1.0,
-            seed=0,
-        )
+        engine = clipping_engine(model, clipping, 0.05, 1.0)
         out = engine.step(chunks, lr=0.0)
         assert (out.clipped - expected).norm() / expected.norm() < 1e-5
         np.testing.assert_allclose(out.per_example_norms.numpy(), norms, rtol=1e-4)
@@ -226,16 +199,7 @@ def test_sampling_row_is_the_halves_difference_of_clipped_sums(tiny_model, clipp
     chunks_a, chunks_b = batcher.chunks(a, 3), batcher.chunks(b, 3)
     ref_a = brute_force_clipped_sum(model, chunks_a, C)[0] if len(a) else 0.0
     ref_b = brute_force_clipped_sum(model, chunks_b, C)[0] if len(b) else 0.0
-    engine = DPEngine(
-        model,
-        clipping=clipping,
-        optimizer="sgd",
-        lr=0.0,
-        noise_multiplier=0.0,
-        max_grad_norm=C,
-        expected_batch_size=B,
-        seed=0,
-    )
+    engine = clipping_engine(model, clipping, C, B)
     out = engine.step(chunks_a + chunks_b, lr=0.0, split_at=len(chunks_a))
     np.testing.assert_allclose(out.sampling.double().numpy(), ((ref_a - ref_b) / B).numpy(), atol=1e-9, rtol=1e-5)
     np.testing.assert_allclose(out.clipped.double().numpy(), ((ref_a + ref_b) / B).numpy(), atol=1e-9, rtol=1e-5)
@@ -247,16 +211,7 @@ def test_sampling_stream_has_the_second_moment_of_the_rows_sampling_noise(tiny_m
     model, tok = tiny_model_of(tiny_model, dtype=torch.float32)
     batcher = Batcher(model, tok, TextData(TEXTS, LABELS), 32)
     q, C = 0.5, 0.05
-    engine = DPEngine(
-        model,
-        clipping="ghost",
-        optimizer="sgd",
-        lr=0.0,
-        noise_multiplier=0.0,
-        max_grad_norm=C,
-        expected_batch_size=q * len(TEXTS),
-        seed=0,
-    )
+    engine = clipping_engine(model, "ghost", C, q * len(TEXTS))
     rng = np.random.default_rng(0)
     rows, deltas = [], []
     for _ in range(400):
@@ -299,16 +254,7 @@ def test_bookkeeping_clipped_sum_and_norms_equal_a_loop_over_examples(tiny_model
     _, norms = brute_force_clipped_sum(model, chunks, C=1e9)
     C = float(np.median(norms))
     expected, _ = brute_force_clipped_sum(model, chunks, C)
-    engine = DPEngine(
-        model,
-        clipping="bookkeeping",
-        optimizer="sgd",
-        lr=0.0,
-        noise_multiplier=0.0,
-        max_grad_norm=C,
-        expected_batch_size=5.0,
-        seed=0,
-    )
+    engine = clipping_engine(model, "bookkeeping", C, 5.0)
     out = engine.step(chunks, lr=0.0)
     rel = (out.clipped.double() * 5.0 - expected).norm() / expected.norm()
     assert rel < 1e-6, rel
@@ -320,16 +266,7 @@ def test_bookkeeping_refuses_parameters_outside_linear_layers(tiny_model):
 
     model, _ = tiny_model_of(tiny_model, "all")
     with pytest.raises(SpectralError, match="bookkeeping needs every trained parameter in an nn.Linear.*embeddings"):
-        DPEngine(
-            model,
-            clipping="bookkeeping",
-            optimizer="sgd",
-            lr=0.0,
-            noise_multiplier=0.0,
-            max_grad_norm=1.0,
-            expected_batch_size=5.0,
-            seed=0,
-        )
+        clipping_engine(model, "bookkeeping", 1.0, 5.0)
 
 
 def test_bookkeeping_runs_one_backward_pass_per_chunk(tiny_model, monkeypatch):
@@ -340,16 +277,7 @@ def test_bookkeeping_runs_one_backward_pass_per_chunk(tiny_model, monkeypatch):
     for clipping, per_chunk in (("ghost", 2), ("bookkeeping", 1)):
         model, tok = tiny_model_of(tiny_model, "attention-qv", torch.float64)
         chunks = text_chunks(tok, 3)
-        engine = DPEngine(
-            model,
-            clipping=clipping,
-            optimizer="sgd",
-            lr=0.0,
-            noise_multiplier=0.0,
-            max_grad_norm=1.0,
-            expected_batch_size=5.0,
-            seed=0,
-        )
+        engine = clipping_engine(model, clipping, 1.0, 5.0)
         calls.clear()
         engine.step(chunks, lr=0.0)
         assert len(calls) == per_chunk * len(chunks), clipping

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import LABELS, TEXTS, brute_force_clipped_sum
+from helpers import LABELS, TEXTS, brute_force_clipped_sum, clipping_engine
 
 from spectral.dp.data import TextData
-from spectral.dp.engine import DPEngine
 from spectral.dp.models import load_model, select_trainable
 from spectral.dp.training import Batcher
 
@@ -52,16 +51,7 @@ def _clipping_equals_the_loop(model, tok, clipping: str, physical: int) -> None:
     _, norms = brute_force_clipped_sum(model, chunks, C=1e9)
     C = float(np.median(norms))
     expected, _ = brute_force_clipped_sum(model, chunks, C)
-    engine = DPEngine(
-        model,
-        clipping=clipping,
-        optimizer="sgd",
-        lr=0.0,
-        noise_multiplier=0.0,
-        max_grad_norm=C,
-        expected_batch_size=1.0,
-        seed=0,
-    )
+    engine = clipping_engine(model, clipping, C, 1.0)
     out = engine.step(chunks, lr=0.0)
     assert (out.clipped - expected).norm() / expected.norm() < 1e-6
     np.testing.assert_allclose(out.per_example_norms.numpy(), norms, rtol=1e-5)
