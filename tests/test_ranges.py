@@ -108,3 +108,15 @@ def test_linear_kde_is_the_authors_algorithm(values):
 
 def test_the_authors_settings_are_theirs():
     assert AUTHORS_KDE == {"top": 500, "variance": 1e-6, "grid_len": 300_000, "grid_expand": 3e-4}
+
+
+def test_spectrum_fit_passes_its_options_on_and_says_what_it_implies():
+    k = np.arange(1, 61)
+    steep = 2.0 * k**-0.9 * (1 + 0.05 * np.cos(k))
+    wide, narrow = fits.spectrum_fit(steep, (1, 60)), fits.spectrum_fit(steep, (1, 60), confidence=0.5)
+    assert narrow["confidence"] == 0.5 and (narrow["ci_high"] - narrow["ci_low"]) < (wide["ci_high"] - wide["ci_low"])
+    assert wide["c_implied"] == pytest.approx(-wide["slope"] - 0.5, rel=1e-12)  # c = a − 1/2 for a > 1/2
+    flat = fits.spectrum_fit(2.0 * k**-0.3, (1, 60))
+    assert flat["c_implied"] is None and flat["verdict"].startswith("not applicable")
+    with pytest.raises(Exception, match=r"fit range \(5, 5\) does not fit 60 singular values"):
+        fits.spectrum_fit(steep, (5, 5))
