@@ -120,3 +120,30 @@ def test_spectrum_fit_passes_its_options_on_and_says_what_it_implies():
     assert flat["c_implied"] is None and flat["verdict"].startswith("not applicable")
     with pytest.raises(Exception, match=r"fit range \(5, 5\) does not fit 60 singular values"):
         fits.spectrum_fit(steep, (5, 5))
+
+
+def test_log_log_fit_intervals_against_their_definitions():
+    """The t interval from the closed-form standard error, and the bootstrap interval as a loop of
+    per-resample least squares over the same resampled indices (seeded)."""
+    from scipy import stats
+
+    x = np.arange(1, 31, dtype=float)
+    y = 3.0 * x**-0.6 * np.exp(0.1 * np.sin(3 * x))
+    fit = fits.log_log_fit(x, y, confidence=0.9, bootstrap=300, seed=4)
+    lx, ly = np.log(x), np.log(y)
+    slope, intercept = closed_form_ols(x, y)
+    resid = ly - (intercept + slope * lx)
+    se = np.sqrt(resid @ resid / (len(x) - 2) / ((lx - lx.mean()) ** 2).sum())
+    t = stats.t.ppf(0.95, len(x) - 2)
+    assert fit["stderr"] == pytest.approx(se, rel=1e-9) and fit["points"] == 30
+    assert fit["ci_low"] == pytest.approx(slope - t * se, rel=1e-9) and fit["ci_high"] == pytest.approx(
+        slope + t * se, rel=1e-9
+    )
+    assert fit["r2"] == pytest.approx(1 - resid @ resid / ((ly - ly.mean()) ** 2).sum(), rel=1e-9)
+    idx = np.random.default_rng(4).integers(0, 30, size=(300, 30))
+    boot = [np.polyfit(lx[i], ly[i], 1)[0] for i in idx]
+    lo, hi = np.quantile(boot, [0.05, 0.95])
+    assert fit["boot_low"] == pytest.approx(lo, rel=1e-9) and fit["boot_high"] == pytest.approx(hi, rel=1e-9)
+    assert "boot_low" not in fits.log_log_fit(x, y, bootstrap=0)
+    with pytest.raises(Exception, match="at least 3 positive points"):
+        fits.log_log_fit([1, 2, 3], [1.0, 0.0, -1.0])
