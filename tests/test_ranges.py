@@ -116,6 +116,11 @@ def test_spectrum_fit_passes_its_options_on_and_says_what_it_implies():
     wide, narrow = fits.spectrum_fit(steep, (1, 60)), fits.spectrum_fit(steep, (1, 60), confidence=0.5)
     assert narrow["confidence"] == 0.5 and (narrow["ci_high"] - narrow["ci_low"]) < (wide["ci_high"] - wide["ci_low"])
     assert wide["c_implied"] == pytest.approx(-wide["slope"] - 0.5, rel=1e-12)  # c = a − 1/2 for a > 1/2
+    from spectral import theory
+
+    a_low, a_high = -wide["ci_high"], -wide["ci_low"]
+    assert wide["verdict"] == theory.regime(-wide["slope"] - 0.5).name
+    assert wide["verdict_interval"] == theory.regime_interval(a_low - 0.5, a_high - 0.5)
     flat = fits.spectrum_fit(2.0 * k**-0.3, (1, 60))
     assert flat["c_implied"] is None and flat["verdict"].startswith("not applicable")
     with pytest.raises(Exception, match=r"fit range \(5, 5\) does not fit 60 singular values"):
@@ -145,5 +150,8 @@ def test_log_log_fit_intervals_against_their_definitions():
     lo, hi = np.quantile(boot, [0.05, 0.95])
     assert fit["boot_low"] == pytest.approx(lo, rel=1e-9) and fit["boot_high"] == pytest.approx(hi, rel=1e-9)
     assert "boot_low" not in fits.log_log_fit(x, y, bootstrap=0)
+    three = fits.log_log_fit([1.0, 2.0, 4.0, 8.0], [1.0, 0.5, 0.0, 0.25], bootstrap=0)  # a zero is left out
+    expected_slope, _ = closed_form_ols(np.array([1.0, 2.0, 8.0]), np.array([1.0, 0.5, 0.25]))
+    assert three["points"] == 3 and three["slope"] == pytest.approx(expected_slope, rel=1e-12)
     with pytest.raises(Exception, match="at least 3 positive points"):
         fits.log_log_fit([1, 2, 3], [1.0, 0.0, -1.0])
