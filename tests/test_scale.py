@@ -203,3 +203,16 @@ def test_cached_rdp_epsilon_equals_opacus_and_prv_waits_for_commits():
     prv.record_step(0)
     assert math.isnan(prv.epsilon(exact=False))
     assert prv.epsilon() == pytest.approx(compose_epsilon(prv.history(), 1e-5, "prv"))
+
+
+def test_the_plan_at_the_start_of_a_run_leaves_the_page_cache_alone(tmp_path, monkeypatch, capsys):
+    """--plan probes the disk cold; the lines every run prints first do not drop the cache it is about to read."""
+    from spectral.analyse.run import plan
+    from spectral.store.reader import Store
+
+    write_store(tmp_path / "run", power_law_trajectory())
+    dropped = []
+    monkeypatch.setattr(Store, "drop_cache", lambda self, stream=None: dropped.append(stream))
+    analyse(tmp_path / "run", AnalyseConfig(k=5), progress=True, device="cpu")
+    assert dropped == [] and "read (page cache as it stands)" in capsys.readouterr().err
+    assert "cold read" in "\n".join(plan(tmp_path / "run", AnalyseConfig(k=5)).lines()) and dropped == ["clipped"]

@@ -51,7 +51,8 @@ class Plan:
     k: int
     itemsize: int
     passes: list
-    read_rate: float  # bytes per second, cold
+    read_rate: float  # bytes per second
+    cold: bool  # read_rate measured with the page cache dropped (else as the cache stood)
     flop_rate: float  # float64 FLOP per second
     block_cols: int
     compute_cols: int
@@ -83,7 +84,8 @@ class Plan:
             f"  passes over H: {len(self.passes)} ({', '.join(self.passes)}); {self.bytes_read / gib:.1f} GiB read",
             f"  peak memory: {self.peak_bytes / gib:.2f} GiB = 16 n^2 + 48 n k + block buffers "
             f"(reads of {self.block_cols:,} columns, float64 sub-blocks of {self.compute_cols:,}); independent of d",
-            f"  probed: cold read {self.read_rate / gib:.2f} GiB/s, float64 GEMM {self.flop_rate / 1e9:.0f} GFLOP/s",
+            f"  probed: {'cold read' if self.cold else 'read (page cache as it stands)'} {self.read_rate / gib:.2f} GiB/s, "
+            f"float64 GEMM {self.flop_rate / 1e9:.0f} GFLOP/s",
         ]
         for name in dict.fromkeys(self.passes):
             read, compute = self.pass_seconds(name)
@@ -106,9 +108,11 @@ def probe_flops(n: int, cols: int, seconds: float = 0.5) -> float:
     return done * 2 * rows * rows * B.shape[1] / (time.perf_counter() - t0)
 
 
-def probe_read(store, stream: str, block_cols: int, budget_bytes: int = 256 * 2**20) -> float:
-    """Cold read rate (bytes/s) of the store's first column blocks, read as the passes read them."""
-    store.drop_cache(stream)
+def probe_read(store, stream: str, block_cols: int, cold: bool, budget_bytes: int = 256 * 2**20) -> float:
+    """Read rate (bytes/s) of the store's first column blocks, read as the passes read them; ``cold``
+    drops the stream's page cache first (only where asked: it costs the run that follows its cache)."""
+    if cold:
+        store.drop_cache(stream)
     width = max(1, min(block_cols, budget_bytes // (store.n_steps * np.dtype(store.dtype_numpy).itemsize)))
     done, t0 = 0, time.perf_counter()
     for start in range(0, store.d, width):
@@ -119,8 +123,9 @@ def probe_read(store, stream: str, block_cols: int, budget_bytes: int = 256 * 2*
     return done / (time.perf_counter() - t0)
 
 
-def plan(store, stream: str, method: str, k: int, max_memory: int, n_iter: int = 4) -> Plan:
-    """Probe this machine and predict the cost of analysing ``stream`` of ``store``."""
+def plan(store, stream: str, method: str, k: int, max_memory: int, n_iter: int = 4, cold: bool = True) -> Plan:
+    """Probe this machine and predict the cost of analysing ``stream`` of ``store`` (``cold``: probe the
+    disk with the stream's page cache dropped)."""
     itemsize = np.dtype(store.dtype_numpy).itemsize
     tile = min((t for _, _, t in store.shard_tiles(stream)), default=store.d)
     w, c = block_widths(store.n_steps, store.n_steps, store.d, itemsize, tile, max_memory)
@@ -131,7 +136,8 @@ def plan(store, stream: str, method: str, k: int, max_memory: int, n_iter: int =
         k=k,
         itemsize=itemsize,
         passes=passes_of(method, n_iter),
-        read_rate=probe_read(store, stream, w),
+        read_rate=probe_read(store, stream, w, cold),
+        cold=cold,
         flop_rate=probe_flops(store.n_steps, c),
         block_cols=w,
         compute_cols=c,

@@ -65,8 +65,9 @@ class AnalyseConfig:
         return self
 
 
-def plan(run, config: AnalyseConfig | None = None):
-    """The predicted cost of :func:`analyse` with ``config`` (see :mod:`spectral.analyse.plan`)."""
+def plan(run, config: AnalyseConfig | None = None, cold: bool = True):
+    """The predicted cost of :func:`analyse` with ``config`` (see :mod:`spectral.analyse.plan`); ``cold``
+    probes the disk with the page cache dropped."""
     from .matrix import default_memory
     from .pca import choose_method
     from .plan import plan as make_plan
@@ -76,7 +77,7 @@ def plan(run, config: AnalyseConfig | None = None):
     k = config.k or min(PAPER_K, store.n_steps - (1 if config.centered else 0))
     budget = config.max_memory or default_memory()
     method = config.method if config.method != "auto" else choose_method(store.n_steps, store.d, k, budget)[0]
-    return make_plan(store, config.stream, method, k, budget)
+    return make_plan(store, config.stream, method, k, budget, cold=cold)
 
 
 def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool = True, device="auto") -> Spectrum:
@@ -96,7 +97,8 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
     out = Path(out) if out else run.analysis(config.stream)
     out.mkdir(parents=True, exist_ok=True)
     if progress and config.dask is None:  # the cost, said before it is spent
-        print("\n".join(plan(run, config).lines()), file=sys.stderr)
+        # the cache is left as it stands: dropping it would make this run read cold
+        print("\n".join(plan(run, config, cold=False).lines()), file=sys.stderr)
     k = config.k or min(PAPER_K, store.n_steps - (1 if config.centered else 0))
     if k < min(500, store.n_steps):
         warnings.warn(
