@@ -393,3 +393,80 @@ def test_the_applied_update_is_the_optimizers_transform_of_the_private_row(tiny_
     g = out.private.double()
     expected = -lr * g if optimizer == "sgd" else -lr * g / (g.abs() + 1e-8)
     torch.testing.assert_close(_flat_params(model) - before, expected, rtol=1e-6, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- the controls
+def test_rank_0_applies_the_replayed_noise_alone(tiny_model):
+    """rank 0 (noise only): the clipped gradient projected to nothing, Δθ = −lr/B · σC z exactly."""
+    lr, B, C, sigma = 0.1, 8.0, 0.05, 1.5
+    model, tok = tiny_model_of(tiny_model, "attention-qv")
+    params = [p for p in model.parameters() if p.requires_grad]
+    d = _flat_params(model).numel()
+    engine = _engine(model, sigma=sigma, C=C, sub=_subspace64(Subspace(torch.zeros(d, 0))), mode="signal")
+    state, before = engine.noise_generator.get_state(), _flat_params(model)
+    engine.step(text_chunks(tok, 4), lr=lr)
+    noise = _noise_replayed(state, params, sigma * C)
+    torch.testing.assert_close(_flat_params(model) - before, -lr / B * noise, rtol=1e-6, atol=1e-12)
+
+
+def test_random_subspace_is_orthonormal_seeded_and_uncorrelated_with_a_fixed_direction():
+    a, b, c = Subspace.random(4000, 10, seed=3), Subspace.random(4000, 10, seed=3), Subspace.random(4000, 10, seed=4)
+    V = a.V.double().numpy()
+    np.testing.assert_allclose(V.T @ V, np.eye(10), atol=1e-5)
+    assert torch.equal(a.V, b.V) and not torch.equal(a.V, c.V)
+    e = np.zeros(4000)
+    e[0] = 1.0  # a uniformly random 10-dim subspace holds a fixed unit vector's energy 10/d on average
+    energies = [np.sum((Subspace.random(4000, 10, seed=s).V.double().numpy().T @ e) ** 2) for s in range(200)]
+    assert abs(np.mean(energies) / (10 / 4000) - 1) < 0.3
+
+
+def test_cli_controls_share_batches_and_noise_and_name_their_variants(analysed_run, tmp_path):
+    """rank 0, a random subspace and another run's subspace: paired with the top-r runs (same seeds), named
+    apart, and another run identical to this one gives exactly this run's top-r history."""
+    import shutil
+
+    common = ["--seeds", "1", "--steps", "4", "--eval-every", "2", "--no-progress"]
+    top = run_cli("spectral.retrain", analysed_run, "--ranks", "0", "3", *common, "--out", tmp_path / "top")
+    assert top.returncode == 0, top.stderr
+    twin = tmp_path / "twin"  # another run with the same trajectory: its subspace must give the same updates
+    shutil.copytree(analysed_run, twin, ignore=shutil.ignore_patterns("retrain", "figures"))
+    summary = twin / "analysis" / "clipped" / "summary.json"
+    summary.write_text(summary.read_text().replace(str(analysed_run.resolve()), str(twin.resolve())))
+    for source, out in (("random", tmp_path / "random"), (str(twin), tmp_path / "other")):
+        proc = run_cli(
+            "spectral.retrain", analysed_run, "--ranks", "3", "--no-full", "--subspace-from", source, *common,
+            "--out", out,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    h_top = pd.read_csv(tmp_path / "top" / "retrain_history.csv")
+    h_random = pd.read_csv(tmp_path / "random" / "retrain_history.csv")
+    h_other = pd.read_csv(tmp_path / "other" / "retrain_history.csv")
+    assert set(h_top.variant) == {"rank 0 (noise only)", "rank 3", "full"}
+    assert set(h_random.variant) == {"random 3"} and set(h_random.subspace_from) == {"random"}
+    assert set(h_other.variant) == {"rank 3 of run_twin"}
+    mine = h_top[h_top.variant == "rank 3"].reset_index(drop=True)
+    np.testing.assert_array_equal(h_other.loss, mine.loss)  # same subspace, batches and noise: same run
+    assert h_random.loss.iloc[0] == mine.loss.iloc[0]  # same model before the first step
+    assert np.abs(h_random.loss.iloc[1:] - mine.loss.iloc[1:]).min() > 1e-8  # another subspace, other updates
+    more = run_cli("spectral.retrain", analysed_run, "--ranks", "0", "3", *common[2:], "--seeds", "2",
+                   "--out", tmp_path / "top")  # fmt: skip
+    assert more.returncode == 0, more.stderr  # more seeds continue the setting
+    h = pd.read_csv(tmp_path / "top" / "retrain_history.csv")
+    assert set(h.seed) == {0, 1}
+    final = h[(h.step == 4) & (h.variant == "rank 3")].accuracy
+    ci = json.loads((tmp_path / "top" / "retrain_summary.json").read_text())["final_accuracy"]["rank 3"]["ci95"]
+    half = {0.0: 0.0}.get(final.std(), 12.706 * final.std() / np.sqrt(2))  # t(0.975, 1 dof) = 12.706
+    np.testing.assert_allclose(ci, [final.mean() - half, final.mean() + half], rtol=1e-4, atol=1e-12)
+    proc = run_cli(
+        "spectral.report", analysed_run, "--fit-range", "1", "6", "--retrain", tmp_path, "--out", tmp_path / "fig"
+    )
+    assert proc.returncode == 0, proc.stderr
+    drawn = pd.read_csv(tmp_path / "fig" / "fig5_retrain.csv")  # the controls share the trajectory's panel
+    assert set(drawn.panel) == {"signal-trajectory"} and len(set(drawn.variant)) == 5
+
+
+def test_controls_refuse_what_they_cannot_do(analysed_run, tmp_path):
+    proc = run_main("spectral.retrain", analysed_run, "--ranks", "0", "--mode", "coordinates", "--out", tmp_path / "x")
+    assert proc.returncode == 2 and "rank 0" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_main("spectral.retrain", analysed_run, "--subspace-from", tmp_path / "nowhere", "--out", tmp_path / "y")
+    assert proc.returncode == 2 and "nor a collect run directory" in proc.stderr

@@ -201,61 +201,94 @@ def dimension_figure(frames: dict, stem, d_run: int | None = None, g0_label: str
 
 
 # ---------------------------------------------------------------------- 5. retraining
-def _setting_title(tag: str) -> str:
+SOURCE_STYLES = {"trajectory": "-", "public": "-", "random": "--"}  # another run's subspace: ":"
+
+
+def _panel(setting: str) -> str:
+    """The panel a setting is drawn in: the controls (random subspace, another run's subspace) beside the
+    trajectory's own top-r runs, e.g. ``signal-random`` -> ``signal-trajectory``."""
+    parts = setting.split("-")
+    if len(parts) < 2 or parts[1] == "public":
+        return setting
+    return "-".join([parts[0], "trajectory", *parts[2:]])
+
+
+def _panel_title(panel: str) -> str:
     """``signal-public-nonprivate`` -> ``non-private; signal mode; subspace from public data``."""
-    parts = tag.split("-")
+    parts = panel.split("-")
     if len(parts) < 2:
-        return tag
+        return panel
     privacy = "non-private" if "nonprivate" in parts[2:] else "DP"
-    return f"{privacy}; {parts[0]} mode; subspace from {'public data' if parts[1] == 'public' else 'the trajectory'}"
+    source = "public data" if parts[1] == "public" else "the trajectory (and controls)"
+    return f"{privacy}; {parts[0]} mode; subspace from {source}"
+
+
+def _variant_style(variant: str, rank: int, source: str, ranks: list) -> dict:
+    """Colour by rank (black: unrestricted, grey: rank 0), line style by where the subspace comes from."""
+    if variant == "full":
+        return {"color": "black", "ls": "-"}
+    if rank == 0:
+        return {"color": "0.55", "ls": "-."}
+    return {"color": COLORS[ranks.index(rank) % 10], "ls": SOURCE_STYLES.get(source, ":")}
 
 
 def retrain_figure(
     history: pd.DataFrame, stem, metric: str = "accuracy", title: str = "", majority: float | None = None
 ) -> list[Path]:
-    """Accuracy vs step per subspace rank and the unrestricted baseline: every seed's curve and their
-    mean; one panel per setting (e.g. ``signal-trajectory``, ``signal-trajectory-nonprivate``), with
-    the accuracy of always predicting the majority class (``majority``) when given.
+    """Accuracy vs step per variant: every seed's curve (thin) and their mean with its ± 1 std band over
+    seeds; one panel per setting, the controls (rank 0, a random subspace, another run's subspace) in
+    the panel of the trajectory's own subspace; colour = rank, line style = the subspace's source. The
+    y-axis spans the data; the accuracy of always predicting the majority class (``majority``) is drawn
+    when it lies near that span and given in the legend otherwise.
 
-    history : columns ``setting`` (optional), ``variant`` ("rank 10", …, "full"), ``seed``, ``step``, ``metric``
+    history : columns ``setting`` (optional), ``variant`` ("rank 10", "random 10", …, "full"), ``seed``,
+        ``step``, ``metric`` and optionally ``rank``, ``subspace_from``
     """
     history = history if "setting" in history else history.assign(setting="")
+    if "rank" not in history:
+        history = history.assign(rank=history.variant.str.extract(r"(\d+)")[0].fillna(0).astype(int))
+    if "subspace_from" not in history:
+        history = history.assign(subspace_from="trajectory")
+    history = history.assign(panel=history.setting.map(_panel))
     stats = (
-        history.groupby(["setting", "variant", "step"], sort=False)[metric].agg(["mean", "std", "count"]).reset_index()
+        history.groupby(["panel", "setting", "variant", "step"], sort=False)[metric]
+        .agg(["mean", "std", "count"])
+        .reset_index()
     )
     stats["std"] = stats["std"].fillna(0.0)
-    settings = list(dict.fromkeys(stats.setting))
-    cols = min(len(settings), 2)
-    rows = -(-len(settings) // cols)
-    with style(**{"figure.figsize": (4.8 * cols + 0.6, 3.6 * rows + 0.4)}):
+    panels = list(dict.fromkeys(stats.panel))
+    ranks = sorted({int(r) for r in history["rank"] if r > 0})
+    low, high = history[metric].min(), history[metric].max()
+    pad = 0.06 * max(high - low, 1e-3)
+    show_majority = majority is not None and majority >= low - 4 * pad
+    cols = min(len(panels), 2)
+    rows = -(-len(panels) // cols)
+    with style(**{"figure.figsize": (5.4 * cols + 0.6, 4.0 * rows + 0.4)}):
         fig, axes = new_figure(rows, cols, sharey=True, squeeze=False)
-        for ax in axes.flat[len(settings) :]:
+        for ax in axes.flat[len(panels) :]:
             ax.set_visible(False)
-        for ax, setting in zip(axes.flat, settings):
-            variants = list(dict.fromkeys(stats[stats.setting == setting].variant))
-            for i, variant in enumerate(variants):
-                g = stats[(stats.setting == setting) & (stats.variant == variant)]
-                color = "black" if variant == "full" else COLORS[i]
-                runs = history[(history.setting == setting) & (history.variant == variant)]
-                for _, run in runs.groupby("seed"):  # every seed, not a band over few of them
-                    ax.plot(run.step, run[metric], color=color, lw=0.7, alpha=0.45)
+        for ax, panel in zip(axes.flat, panels):
+            in_panel = history[history.panel == panel]
+            for variant, runs in in_panel.groupby("variant", sort=False):
+                first = runs.iloc[0]
+                look = _variant_style(variant, int(first["rank"]), str(first.subspace_from), ranks)
+                g = stats[(stats.panel == panel) & (stats.variant == variant)]
+                for _, run in runs.groupby("seed"):  # every seed, not only a band over few of them
+                    ax.plot(run.step, run[metric], color=look["color"], ls=look["ls"], lw=0.6, alpha=0.35)
                 seeds = runs.seed.nunique()
-                ax.plot(
-                    g.step,
-                    g["mean"],
-                    marker=MARKERS[i % len(MARKERS)],
-                    ms=3.5,
-                    color=color,
-                    label=f"{variant} (mean of {seeds} seed{'s' * (seeds > 1)})",
-                )
-            if majority is not None:
-                ax.axhline(majority, color="0.5", ls="--", lw=0.9, label=f"majority class ({majority:.3f})")
+                if seeds > 1:
+                    ax.fill_between(g.step, g["mean"] - g["std"], g["mean"] + g["std"], color=look["color"], alpha=0.1)
+                ax.plot(g.step, g["mean"], lw=1.6, **look, label=f"{variant} ({seeds} seed{'s' * (seeds > 1)})")
+            if show_majority:
+                ax.axhline(majority, color="0.5", ls=(0, (1, 3)), lw=0.9, label=f"majority class ({majority:.3f})")
             ax.set_xlabel("training step")
-            ax.set_title(_setting_title(setting))
-            ax.legend(loc="lower right")
+            ax.set_title(_panel_title(panel))
+            legend_title = None if show_majority or majority is None else f"majority class: {majority:.3f} (below)"
+            ax.legend(loc="lower right", title=legend_title, fontsize="small")
+        axes[0][0].set_ylim((min(low, majority) if show_majority else low) - pad, high + pad)
         for row in axes:
-            row[0].set_ylabel(f"dev {metric}\n(thin: each seed; line: their mean)")
-        fig.suptitle(title or "Retraining with updates restricted to the top-r gradient subspace")
+            row[0].set_ylabel(f"dev {metric}\n(thin: each seed; line ± band: mean ± std)")
+        fig.suptitle(title or "Retraining with updates restricted to an r-dimensional subspace")
     return save(fig, stem, {"": stats}, {"majority_accuracy": majority})
 
 

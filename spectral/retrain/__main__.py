@@ -13,12 +13,18 @@ Modes (how the update is restricted; the privacy accounting is that of the unres
 
 --subspace-from trajectory uses the run's own components: NOT private (they come from private
 gradients without noise). --subspace-from public estimates them from a disjoint public split.
+Controls: --ranks 0 (noise only: the clipped gradient projected to nothing, the same noise added),
+--subspace-from random (a random r-dimensional subspace), --subspace-from RUN_DIR (the top-r
+components of another run, e.g. another seed). Rerunning with more --seeds continues a setting.
 
 Examples
 --------
   python -m spectral.retrain runs/demo --ranks 10 20 100 --seeds 3
   python -m spectral.retrain runs/demo --mode signal+noise --subspace-from public
   python -m spectral.retrain runs/demo --scale quick --non-private
+  python -m spectral.retrain runs/demo --ranks 0 10 100 --steps 300 --seeds 3
+  python -m spectral.retrain runs/demo --ranks 10 100 --no-full --subspace-from random
+  python -m spectral.retrain runs/demo --ranks 100 --no-full --subspace-from runs/demo-seed2
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import json
 from pathlib import Path
 
 from .. import cli, layout
+from ..dp.config import CLIPPING
 from ..errors import cli_entry
 from ..layout import RunDir
 from .run import MODES, SOURCES, RetrainConfig, retrain
@@ -40,7 +47,7 @@ HELP = {
     "ranks": "subspace ranks",
     "seeds": "seeds per variant (they change batches, noise and dropout; the head is the run's)",
     "mode": "how updates are restricted",
-    "subspace_from": "the run's own components (not private) or a public split",
+    "subspace_from": f"{', '.join(SOURCES)} or another run's directory (see above)",
     "steps": "DP steps per run",
     "eval_every": "evaluate on dev every N steps",
     "full": "also train the unrestricted baseline",
@@ -54,9 +61,14 @@ def build_parser():
     p = cli.parser("python -m spectral.retrain", __doc__)
     cli.add_run_dir(p, "a collect run (analysed by python -m spectral.analyse)")
     cli.add_common(p)
-    cli.add_config(p, RetrainConfig, HELP, choices={"mode": MODES, "subspace_from": SOURCES})
+    cli.add_config(p, RetrainConfig, HELP, choices={"mode": MODES})
     p.add_argument("--scale", choices=sorted(SCALES), help="preset steps/eval/seeds/ranks (quick: minutes on 2 cores)")
     p.add_argument("--lr", type=float, help="override the run's learning rate")
+    p.add_argument(
+        "--clipping",
+        choices=CLIPPING,
+        help="override the run's clipping method (all give the same clipped sum; bookkeeping is fastest)",
+    )
     p.add_argument(
         "--non-private",
         action="store_true",
@@ -72,6 +84,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     cli.quiet_library_warnings()
     settings = {"lr": args.lr} if args.lr else {}
+    if args.clipping:
+        settings["clipping"] = args.clipping
     if args.non_private:
         settings["noise_multiplier"] = 0.0
     values = {**SCALES.get(args.scale, {}), **cli.config_values(args, RetrainConfig)}

@@ -13,6 +13,12 @@ Where the subspace comes from matters for privacy:
   public      the top-r components of non-private gradients on a disjoint public part of the
               training set (the first ``public_size`` examples, which private training then leaves
               out). Honest: the subspace costs no privacy, and the retraining is (ε, δ)-DP.
+and the controls that say whether the top directions are what matters:
+  random      a uniformly random r-dimensional subspace (seeded by the run's seed)
+  RUN_DIR     the top-r components of another collect run's trajectory (another seed: does the
+              subspace transfer?); it must train the same parameters
+  rank 0      (signal mode) the clipped gradient projected to nothing, the same noise added: what
+              noise alone does to the model, on the same batches and noise draws
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from .coordinates import CoordinateEngine
 from .subspace import Subspace
 
 MODES = ("signal", "signal+noise", "coordinates")
-SOURCES = ("trajectory", "public")
+SOURCES = ("trajectory", "public", "random")  # or another run's directory
 
 
 @dataclass
@@ -69,16 +75,40 @@ class RetrainConfig:
     @property
     def tag(self) -> str:
         """A name for this setting, e.g. ``signal-trajectory`` or ``signal-trajectory-nonprivate``."""
-        return f"{self.mode}-{self.subspace_from}" + ("" if self.private else "-nonprivate")
+        return f"{self.mode}-{self.source}" + ("" if self.private else "-nonprivate")
 
     def validate(self) -> RetrainConfig:
         if self.mode not in MODES:
             raise SpectralError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
-        if self.subspace_from not in SOURCES:
-            raise SpectralError(f"unknown subspace source {self.subspace_from!r}; choose from {', '.join(SOURCES)}")
-        if min(self.ranks, default=1) < 1 or self.seeds < 1 or self.steps < 1 or self.eval_every < 1:
-            raise SpectralError("ranks, seeds, steps and eval_every must be >= 1")
+        if self.subspace_from not in SOURCES and not RunDir(self.subspace_from).has_store():
+            raise SpectralError(
+                f"subspace source {self.subspace_from!r} is neither one of {', '.join(SOURCES)} nor a collect run directory"
+            )
+        if min(self.ranks, default=1) < 0 or self.seeds < 1 or self.steps < 1 or self.eval_every < 1:
+            raise SpectralError("ranks must be >= 0; seeds, steps and eval_every >= 1")
+        if 0 in self.ranks and self.mode != "signal":
+            raise SpectralError(f"rank 0 (noise only) is a control of the signal mode; {self.mode} would not update")
         return self
+
+    @property
+    def source(self) -> str:
+        """``trajectory``, ``public``, ``random`` or ``run_<name>`` for another run's trajectory."""
+        return (
+            self.subspace_from
+            if self.subspace_from in SOURCES
+            else f"run_{Path(self.subspace_from).name.replace('-', '_')}"
+        )
+
+    def variant(self, rank: int | None) -> str:
+        """The name of a variant in tables and legends: ``rank 10``, ``random 10``, ``rank 10 of run_s2``,
+        ``rank 0 (noise only)`` or ``full``."""
+        if rank is None:
+            return "full"
+        if rank == 0:
+            return "rank 0 (noise only)"
+        if self.source in ("trajectory", "public"):
+            return f"rank {rank}"
+        return f"random {rank}" if self.source == "random" else f"rank {rank} of {self.source}"
 
 
 def check_analysis(run: RunDir, analysis: Path) -> None:
@@ -103,6 +133,23 @@ def public_subspace(
     rows = [out.clipped.cpu().numpy() for _, _, out, _ in t.steps(t.engine, progress=progress, desc="public gradients")]
     spec = principal_components(np.stack(rows), min(rank, steps))
     return Subspace(spec.components)
+
+
+def subspace_basis(config: RetrainConfig, run: RunDir, analysis: Path, base, public, dev, progress, head, device):
+    """The ``max(config.ranks)`` directions the variants restrict to, from ``config.subspace_from``."""
+    rank = max(config.ranks)
+    if config.subspace_from == "trajectory":
+        return Subspace.from_analysis(analysis, rank)
+    if config.subspace_from == "public":
+        return public_subspace(base, public, dev, rank, config.public_steps, progress, head, device)
+    if config.subspace_from == "random":
+        return Subspace.random(int(open_store(run.store).manifest["d"]), rank, base.seed)
+    other = RunDir(config.subspace_from)
+    mine, theirs = ([(p["name"], p["shape"]) for p in open_store(r.store).manifest["layout"]] for r in (run, other))
+    if mine != theirs:
+        raise SpectralError(f"{other.root} trains other parameters than {run.root}: its subspace does not apply")
+    check_analysis(other, other.analysis("clipped"))
+    return Subspace.from_analysis(other.analysis("clipped"), rank)
 
 
 def restricted_engine(t, subspace: Subspace | None, mode: str):
@@ -169,6 +216,7 @@ def retrain(
     config, device = (config or RetrainConfig()).validate(), resolve_device(device)
     run = RunDir(run)
     store = open_store(run.store)
+    d = int(store.manifest["d"])
     analysis = Path(config.analysis) if config.analysis else run.analysis("clipped")
     if config.subspace_from == "trajectory":
         check_analysis(run, analysis)
@@ -186,7 +234,8 @@ def retrain(
     history = pd.DataFrame()
     saved = out / "retrain_config.json"
     if history_path.is_file() and saved.is_file():
-        if json.loads(saved.read_text()) == json.loads(jsonio.dumps(record)):
+        before, now = json.loads(saved.read_text()), json.loads(jsonio.dumps(record))
+        if {**before, "seeds": None} == {**now, "seeds": None}:  # more seeds continue the same setting
             history = pd.read_csv(history_path)  # same settings: continue after the finished runs
         elif not overwrite:
             raise SpectralError(
@@ -197,12 +246,13 @@ def retrain(
 
     train, dev, _ = load_data(base.data, base.text_column, base.label_column, base.seed)
     train, dev = train.head(base.train_size), dev.head(base.eval_size)
+    public = None
     if config.subspace_from == "public":
         if config.public_size >= len(train):
             raise SpectralError(f"public_size={config.public_size} leaves no private training data ({len(train)})")
         public, train = train.rows(0, config.public_size), train.rows(config.public_size)
     majority = float(np.bincount(dev.labels).max() / len(dev)) if len(dev) else None  # the accuracy of no learning
-    variants = [(f"rank {r}", r) for r in config.ranks] + ([("full", None)] if config.full else [])
+    variants = [(config.variant(r), r) for r in config.ranks] + ([("full", None)] if config.full else [])
     bases: dict = {}
     timing = (
         json.loads((out / layout.RETRAIN_SUMMARY).read_text()).get("seconds_per_step", {})
@@ -214,16 +264,10 @@ def retrain(
             done = len(history) and ((history.variant == name) & (history.seed == seed)).any()
             if done:
                 continue
-            subspace = None
-            if rank is not None:
-                if "basis" not in bases:  # the top max(ranks) components, loaded or estimated once
-                    bases["basis"] = (
-                        Subspace.from_analysis(analysis, max(config.ranks))
-                        if config.subspace_from == "trajectory"
-                        else public_subspace(
-                            base, public, dev, max(config.ranks), config.public_steps, progress, head, device
-                        )
-                    )
+            subspace = Subspace(torch.zeros(d, 0)) if rank == 0 else None  # rank 0: the signal projected to nothing
+            if rank:
+                if "basis" not in bases:  # the max(ranks) directions, loaded or estimated once
+                    bases["basis"] = subspace_basis(config, run, analysis, base, public, dev, progress, head, device)
                 subspace = Subspace(bases["basis"].V[:, :rank])
             cfg = replace(base, seed=base.seed + seed)
             evals, per_step = train_variant(
@@ -235,8 +279,8 @@ def retrain(
                         "setting": config.tag,
                         "variant": name,
                         "rank": rank if rank else 0,
-                        "mode": config.mode if rank else "full",
-                        "subspace_from": config.subspace_from,
+                        "mode": config.mode if rank is not None else "full",
+                        "subspace_from": config.source,
                         "private": config.private,
                         "seed": seed,
                         **e,
@@ -254,11 +298,21 @@ def retrain(
 def summarize(history: pd.DataFrame, timing: dict, majority: float | None = None) -> dict:
     """Final dev accuracy per variant (mean ± std over seeds), seconds per step, and the dev accuracy of
     always predicting the majority class."""
+    from scipy import stats
+
     last = history[history.step == history.step.max()]
     final = last.groupby("variant").accuracy.agg(["mean", "std", "count"]).fillna(0.0)
+
+    def interval(r) -> list | None:  # 95% t interval of the mean over seeds (seeds differ in batches and noise)
+        if r["count"] < 2:
+            return None
+        half = stats.t.ppf(0.975, r["count"] - 1) * r["std"] / np.sqrt(r["count"])
+        return [r["mean"] - half, r["mean"] + half]
+
     return {
         "final_accuracy": {
-            v: {"mean": r["mean"], "std": r["std"], "seeds": int(r["count"])} for v, r in final.iterrows()
+            v: {"mean": r["mean"], "std": r["std"], "ci95": interval(r), "seeds": int(r["count"])}
+            for v, r in final.iterrows()
         },
         "final_epsilon": float(last.epsilon.max()),
         "majority_accuracy": majority,

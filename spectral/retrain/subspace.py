@@ -51,6 +51,14 @@ class Subspace:
             )
         return cls(np.asarray(components[:, :rank]))
 
+    @classmethod
+    def random(cls, d: int, rank: int, seed: int) -> Subspace:
+        """A uniformly random ``rank``-dimensional subspace of R^d (QR of a Gaussian d x rank matrix): the
+        control that tells "the top directions matter" from "any r directions would do"."""
+        g = torch.Generator().manual_seed(seed)
+        q, r = torch.linalg.qr(torch.randn(d, rank, generator=g))
+        return cls(q * torch.sign(torch.diagonal(r)))  # signs fixed: the same seed gives the same basis
+
     def project(self, g: torch.Tensor) -> torch.Tensor:
         """V Vᵀ g for g of shape (d,)."""
         return (self.V @ (self.V.T @ g.to(self.V.dtype))).to(g.dtype)
