@@ -12,6 +12,7 @@ import torch
 from .errors import SpectralError
 
 DEVICES = "auto, cpu, cuda or cuda:N"
+CPU = torch.device("cpu")  # the default of inner layers: stages resolve --device and pass a torch.device down
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:

@@ -22,16 +22,15 @@ from ..store.format import from_storage
 
 
 def make_ops(device=None, client=None):
-    """The adaptor for a dask ``client``, else for ``device`` (``auto``/``cpu``/``cuda[:i]`` or a
-    ``torch.device``: torch on anything but the CPU), else numpy on the host."""
+    """The adaptor for a dask ``client``, else for ``device`` (a ``torch.device`` the stage resolved:
+    torch on anything but the CPU), else numpy on the host."""
     if client is not None:
         return DaskOps(client)
     if device is not None:
-        from ..device import resolve_device
+        import torch
 
-        device = resolve_device(device)
-        if device.type != "cpu":
-            return TorchOps(device)
+        if torch.device(device).type != "cpu":
+            return TorchOps(torch.device(device))
     return HostOps()
 
 

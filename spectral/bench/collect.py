@@ -32,6 +32,29 @@ MODES = ("non-private", "dp-per-sample", "dp-ghost", "dp-bookkeeping", "dp-bookk
 CLIPPING = {"dp-per-sample": "per-sample", "dp-ghost": "ghost", "dp-bookkeeping": "bookkeeping"}
 
 
+class NonPrivateSteps:
+    """The reference each DP mode is measured against: Adam on the mean loss, no clipping, no noise.
+    Steps like a :class:`~spectral.dp.engine.DPEngine` so the one step loop drives both."""
+
+    def __init__(self, model, lr: float, batch_size: int, device):
+        import torch
+
+        self.model, self.batch_size, self.device = model.train(), batch_size, device
+        self.opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+    def step(self, chunks, lr: float):
+        import torch
+
+        from ..dp.engine import to_device
+
+        for inputs, labels in chunks:
+            inputs, labels = to_device(inputs, labels, self.device)
+            loss = torch.nn.functional.cross_entropy(self.model(**inputs).logits, labels) * len(labels)
+            (loss / self.batch_size).backward()
+        self.opt.step()
+        self.opt.zero_grad()
+
+
 def measure(
     mode: str,
     params: str,
@@ -45,96 +68,74 @@ def measure(
     data=None,
 ) -> dict:
     """Time ``steps`` steps of ``mode`` after ``warmup`` steps; returns seconds/step, peak MiB (host RSS,
-    or the GPU's peak allocation on a GPU) and the padded tokens per step."""
+    or the GPU's peak allocation on a GPU) and the padded tokens per step. Every mode runs the same
+    batches (fixed-size, from the first 20,000 training examples) through collect's step loop."""
     import torch
 
     from ..collect.run import HostRows, step_record
     from ..device import resolve_device
     from ..dp.config import CollectConfig
-    from ..dp.data import load_data
-    from ..dp.engine import DPEngine, to_device
-    from ..dp.models import load_model, parameter_layout, select_trainable
     from ..dp.privacy import PrivacyLedger
-    from ..dp.training import Batcher
+    from ..dp.training import prepare
     from ..store import StoreWriter
     from ..store.format import shard_rows_for
 
-    torch.manual_seed(seed)
-    train, _, info = load_data(data)
-    model, tok = load_model(model_name, num_labels=len(info["classes"]), seed=seed)
     device = resolve_device(device)
-    model = select_trainable(model, params).to(device)
-    layout = parameter_layout(model)
-    n_body = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
-    d = sum(p["numel"] for p in layout)
-    rng = np.random.default_rng(seed)
-    sample = train.head(20_000)
-    batcher = Batcher(model, tok, sample, 128)
-    batches = [
-        batcher.chunks(rng.choice(len(sample), batch_size, replace=False), physical) for _ in range(warmup + steps)
-    ]
+    private = mode != "non-private"
+    cfg = CollectConfig(
+        model=model_name,
+        data=data,
+        train_size=20_000,
+        objective="classifier",
+        params=params,
+        lr=1e-4,
+        lr_schedule="constant",
+        steps=warmup + steps,
+        batch_size=batch_size,
+        physical_batch_size=physical,
+        sampling="shuffle",
+        noise_multiplier=1.0,
+        max_grad_norm=0.1,
+        clipping=CLIPPING.get(mode.removesuffix("+store"), "ghost"),
+        seed=seed,
+        eval_every=0,
+    ).validate()
+    torch.manual_seed(seed)
+    t = prepare(cfg, engine=private, device=device)
+    engine = t.engine if private else NonPrivateSteps(t.model, cfg.lr, batch_size, device)
+    n_body = sum(p.numel() for n, p in t.model.named_parameters() if "embeddings" not in n)
 
     writer = tmp = None
-    if mode == "non-private":
-        model.train()
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-        def step(chunks):
-            for inputs, labels in chunks:
-                inputs, labels = to_device(inputs, labels, device)
-                loss = torch.nn.functional.cross_entropy(model(**inputs).logits, labels) * len(labels) / batch_size
-                loss.backward()
-            opt.step()
-            opt.zero_grad()
-    else:
-        engine = DPEngine(
-            model,
-            clipping=CLIPPING[mode.removesuffix("+store")],
-            optimizer="adam",
-            lr=1e-4,
-            noise_multiplier=1.0,
-            max_grad_norm=0.1,
-            expected_batch_size=batch_size,
-            seed=seed,
+    if mode.endswith("+store"):  # the collect loop's host work, as collect/run.py does it
+        tmp = tempfile.TemporaryDirectory(prefix="spectral-bench-")
+        writer = StoreWriter.create(
+            f"{tmp.name}/run",
+            layout=t.layout,
+            streams=["clipped"],
+            dtype=cfg.dtype,
+            shard_rows=shard_rows_for(t.d, cfg.dtype, cfg.shard_mb, cfg.checkpoint_every),
+            meta={},
         )
-        if mode.endswith("+store"):
-            tmp = tempfile.TemporaryDirectory(prefix="spectral-bench-")
-            cfg = CollectConfig()  # the same shard sizing and commit interval as a default collect run
-            writer = StoreWriter.create(
-                f"{tmp.name}/run",
-                layout=layout,
-                streams=["clipped"],
-                dtype=cfg.dtype,
-                shard_rows=shard_rows_for(d, cfg.dtype, cfg.shard_mb, cfg.checkpoint_every),
-                meta={},
-            )
-        count = iter(range(10**9))
-        host_rows = HostRows(device, ["clipped"], d, slots=8)
+        host_rows = HostRows(device, ["clipped"], t.d, slots=8)
         ledger = PrivacyLedger(bench_plan(batch_size, warmup + steps))
 
-        def step(chunks):
-            t0 = time.perf_counter()
-            out = engine.step(chunks, lr=1e-4)
-            if writer is not None:  # the collect loop's host work, as collect/run.py does it
-                i = next(count)
-                ledger.record_step(i)
-                committing = (i + 1) % cfg.checkpoint_every == 0
-                record = step_record(out, 1e-4, ledger.epsilon(exact=committing), time.perf_counter() - t0)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    with PeakRSS() as mem:
+        for step, lr, out, took in t.steps(engine):
+            if writer is not None:
+                committing = (step + 1) % cfg.checkpoint_every == 0
+                ledger.record_step(step)
+                record = step_record(out, lr, ledger.epsilon(exact=committing), took)
                 rows, ready = host_rows({"clipped": out.clipped})
-                writer.append(i, rows, record, ready)
+                writer.append(step, rows, record, ready)
                 if committing:
                     writer.commit(engine.state(), {"accountant": ledger.state()})
-
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with PeakRSS() as mem:
-        for chunks in batches[:warmup]:
-            step(chunks)
-        sync()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        t0 = time.perf_counter()
-        for chunks in batches[warmup:]:
-            step(chunks)
+            if step + 1 == warmup:  # the clock starts after the warm-up steps
+                sync()
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                t0 = time.perf_counter()
         if writer is not None:
             writer.commit()
             writer.close()  # the background writes belong to the measured time
@@ -143,15 +144,15 @@ def measure(
     if tmp is not None:
         tmp.cleanup()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else mem.peak - mem.base
-    tokens = float(np.mean([sum(inputs["input_ids"].numel() for inputs, _ in chunks) for chunks in batches[warmup:]]))
+    tokens = [sum(inputs["input_ids"].numel() for inputs, _ in t.chunks(step)) for step in range(warmup, cfg.steps)]
     return {
         "mode": mode,
         "params": params,
-        "d": d,
+        "d": t.d,
         "sec_per_step": seconds,
         "peak_mib": peak / 2**20,
         "device": str(device),
-        "tokens": tokens,
+        "tokens": float(np.mean(tokens)),
         "n_body": n_body,
     }
 

@@ -135,22 +135,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     cli.quiet_library_warnings()
     interrupt_on_sigterm()
-    out, resume, overwrite = args.run_dir, args.resume, args.overwrite
+    out, resume = args.run_dir, args.resume
     given = {**(load_toml(args.config) if args.config else {}), **cli.config_values(args, CollectConfig)}
-    if resume and overwrite:
-        raise SpectralError("--resume and --overwrite exclude each other")
-    if resume:
-        # a resumed run keeps its stored settings; a differing one would silently mix two runs
-        from ..store import read_manifest
-
-        stored = read_manifest(out).get("config", {})
-        clash = {k: v for k, v in given.items() if stored.get(k) != v}
-        if clash:
-            raise SpectralError(f"--resume keeps the stored settings; these differ: {clash}")
-        cfg = CollectConfig.from_dict(stored)
-    else:
-        cfg = CollectConfig.from_dict(given).validate()
-    collect(cfg, out, resume=resume, overwrite=overwrite, progress=not args.no_progress, device=args.device)
+    cfg = None if resume else CollectConfig.from_dict(given).validate()  # a resumed run: its stored settings
+    collect(
+        cfg, out, resume=resume, overwrite=args.overwrite, progress=not args.no_progress, device=args.device,
+        requested=given,
+    )  # fmt: skip
     if launched_rank() == 0:
         print(f"stored in {out}; open with spectral.store.open({str(out)!r})")
 

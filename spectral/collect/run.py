@@ -39,11 +39,8 @@ def code_version() -> str:
     return f"{__version__}+{rev}" if rev else __version__
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+def prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse to mix runs: an existing non-empty directory needs --resume or --overwrite."""
-    if resume:
-        read_manifest(out)  # clear error if there is nothing to resume
-        return
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise SpectralError(
@@ -155,15 +152,22 @@ def step_record(res, lr: float, epsilon: float, seconds: float) -> dict:
     }
 
 
-def run_settings(cfg: CollectConfig, out: Path, resume: bool, overwrite: bool) -> dict:
-    """What the run does, decided from ``out`` (on rank 0 alone in a data-parallel job):
-    ``{"cfg", "plan", "resumed"}``, or ``{"done": message}`` when a resumed run is already complete."""
-    prepare_out(out, resume, overwrite)
-    manifest = read_manifest(out) if resume else None
-    if manifest is None:
+def run_settings(cfg: CollectConfig | None, out: Path, resume: bool, overwrite: bool, requested: dict) -> dict:
+    """What the run does, decided once from ``out`` (on rank 0 alone in a data-parallel job):
+    ``{"cfg", "plan", "resumed"}``, or ``{"done": message}`` when a resumed run is already complete.
+    A resumed run keeps its stored settings: a ``requested`` one that differs would silently mix two runs."""
+    if resume and overwrite:
+        raise SpectralError("--resume and --overwrite exclude each other")
+    if not resume:
+        prepare_out(out, overwrite)
         if cfg.init_from:  # named from anywhere, stored absolute
             cfg = replace(cfg, init_from=str(Path(cfg.init_from).expanduser().resolve()))
         return {"cfg": cfg, "plan": None, "resumed": False}
+    manifest = read_manifest(out)  # one clear error if there is nothing to resume
+    stored = manifest.get("config", {})
+    clash = {k: v for k, v in requested.items() if stored.get(k) != v}
+    if clash:
+        raise SpectralError(f"--resume keeps the stored settings; these differ: {clash}")
     if manifest["status"] == "complete":
         return {"done": f"{out}: already complete ({manifest['n_steps']} steps); nothing to resume"}
     plan = PrivacyPlan(**{k: v for k, v in manifest["dp"].items() if k not in ("sample_rate", "steps_per_epoch")})
@@ -171,11 +175,19 @@ def run_settings(cfg: CollectConfig, out: Path, resume: bool, overwrite: bool) -
 
 
 def collect(
-    cfg: CollectConfig, out, *, resume: bool = False, overwrite: bool = False, progress: bool = True, device="auto"
+    cfg: CollectConfig | None,
+    out,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    device="auto",
+    requested: dict | None = None,
 ) -> Path:
     """Run (or continue) DP fine-tuning and log every step's gradient to a store at ``out``.
 
-    resume : continue the store in ``out`` with its stored settings (``cfg`` is ignored)
+    resume : continue the store in ``out`` with its stored settings (``cfg`` is ignored and may be
+        None); ``requested`` settings (e.g. those given on the command line) must equal the stored ones
     device : where to train (``auto``: CUDA when available); the stored rows are the same either way.
     Under ``torchrun`` each process is one rank of a data-parallel job (:mod:`spectral.dp.distributed`):
     rank 0 writes the store; a job can be resumed with any number of ranks.
@@ -184,16 +196,16 @@ def collect(
     out = Path(out)
     group, device = join(resolve_device(device))  # a missing GPU is an error before anything is loaded
     try:
-        return _collect(cfg, out, resume, overwrite, progress and group.is_writer, device, group)
+        return _collect(cfg, out, resume, overwrite, progress and group.is_writer, device, group, requested or {})
     finally:
         leave()
 
 
-def _collect(cfg, out, resume, overwrite, progress, device, group) -> Path:
+def _collect(cfg, out, resume, overwrite, progress, device, group, requested) -> Path:
     settings = None
     if group.is_writer:
         try:
-            settings = run_settings(cfg, out, resume, overwrite)
+            settings = run_settings(cfg, out, resume, overwrite, requested)
         except SpectralError as exc:
             share({"error": str(exc)}, group)  # the other ranks stop too instead of waiting
             raise

@@ -178,3 +178,10 @@ def load_data(spec: str | None, text_column=None, label_column=None, seed: int =
     source, path = resolve_data(spec)
     frames = _local_frames(path, seed) if path is not None else _hub_frames(source)
     return frame_to_splits(frames, text_column, label_column, source)
+
+
+def load_split(cfg) -> tuple[TextData, TextData, dict]:
+    """``(train, dev, info)`` as a collect config trains and evaluates on them: its data, columns and
+    seed, the first ``train_size`` training and ``eval_size`` dev examples (None: all)."""
+    train, dev, info = load_data(cfg.data, cfg.text_column, cfg.label_column, cfg.seed)
+    return train.head(cfg.train_size), dev.head(cfg.eval_size), info

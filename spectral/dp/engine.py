@@ -127,7 +127,48 @@ def evaluate(model, chunks) -> dict:
     return {"loss": total_loss / n, "accuracy": correct / n, "n": n}
 
 
-class DPEngine:
+class StepEngine:
+    """What every DP engine shares (:class:`DPEngine`, and the coordinates engine of
+    :mod:`spectral.retrain.coordinates`): chunks moved to the device, the step's host numbers in one
+    copy, evaluation. A subclass sets ``model``, ``device``, ``max_grad_norm`` and
+    ``_explicit_positions`` and implements ``step(chunks, lr) -> StepOutput``."""
+
+    def _on_device(self, chunks):
+        """``(inputs, labels)`` of each chunk on the engine's device, with explicit positions if needed."""
+        for inputs, labels in chunks:
+            inputs, labels = to_device(inputs, labels, self.device)
+            yield (add_position_ids(inputs) if self._explicit_positions else inputs), labels
+
+    def _norm_stats(self, norms: torch.Tensor) -> dict:
+        if not len(norms):
+            return {"frac_clipped": 0.0, "mean_example_norm": 0.0}
+        C = self.max_grad_norm
+        values = torch.stack([(norms > C).double().mean(), norms.double().mean()]).tolist()
+        return dict(zip(("frac_clipped", "mean_example_norm"), values))
+
+    def _step_stats(self, clipped, private, norms, losses) -> dict:
+        """Everything the host needs to know about a step, in one small device-to-host copy."""
+        zero = torch.zeros((), dtype=torch.float64, device=clipped.device)
+        C = self.max_grad_norm
+        parts = {
+            "finite": (torch.isfinite(clipped).all() & torch.isfinite(private).all()).double(),
+            "loss_sum": torch.stack(losses).sum().double() if losses else zero,
+            "clipped_norm": clipped.double().norm(),
+            "private_norm": private.double().norm(),
+            "frac_clipped": (norms > C).double().mean() if len(norms) else zero,
+            "mean_example_norm": norms.double().mean() if len(norms) else zero,
+            "peak": torch.maximum(clipped.abs().max(), private.abs().max()).double() if clipped.numel() else zero,
+        }
+        out = dict(zip(parts, torch.stack(list(parts.values())).tolist()))
+        out["finite"] = bool(out["finite"])
+        return out
+
+    def evaluate(self, chunks) -> dict:
+        """Mean loss and accuracy over ``chunks`` with dropout off."""
+        return evaluate(self.model, chunks)
+
+
+class DPEngine(StepEngine):
     """DP-SGD / DP-Adam on the trainable parameters of ``model``.
 
     Parameters
@@ -202,7 +243,7 @@ class DPEngine:
             self.criterion = torch.nn.CrossEntropyLoss(reduction="mean")
         else:
             raise SpectralError(f"unknown clipping mode {clipping!r}")
-        self.expected_batch_size = expected_batch_size
+        self.expected_batch_size, self.max_grad_norm = expected_batch_size, max_grad_norm
         self.optimizer.project = project
         self._project, self._restriction = project, restriction
         self._explicit_positions = needs_explicit_positions(model)
@@ -229,10 +270,7 @@ class DPEngine:
         half_a = None
         if split_at == 0:
             half_a = torch.zeros(sum(p.numel() for p in self.params), device=self.device)
-        for i, (inputs, labels) in enumerate(chunks):
-            inputs, labels = to_device(inputs, labels, self.device)
-            if self._explicit_positions:
-                inputs = add_position_ids(inputs)
+        for i, (inputs, labels) in enumerate(self._on_device(chunks)):
             logits = self.module(**inputs).logits
             loss = self.criterion(logits, labels)
             loss.backward()
@@ -287,35 +325,6 @@ class DPEngine:
             sampling=sampling,
             stats=stats,
         )
-
-    def _norm_stats(self, norms: torch.Tensor) -> dict:
-        if not len(norms):
-            return {"frac_clipped": 0.0, "mean_example_norm": 0.0}
-        C = self.optimizer.max_grad_norm
-        values = torch.stack([(norms > C).double().mean(), norms.double().mean()]).tolist()
-        return dict(zip(("frac_clipped", "mean_example_norm"), values))
-
-    def _step_stats(self, clipped, private, norms, losses) -> dict:
-        """Everything the host needs to know about a step, in one small device-to-host copy."""
-        zero = torch.zeros((), dtype=torch.float64, device=clipped.device)
-        C = self.optimizer.max_grad_norm
-        parts = {
-            "finite": (torch.isfinite(clipped).all() & torch.isfinite(private).all()).double(),
-            "loss_sum": torch.stack(losses).sum().double() if losses else zero,
-            "clipped_norm": clipped.double().norm(),
-            "private_norm": private.double().norm(),
-            "frac_clipped": (norms > C).double().mean() if len(norms) else zero,
-            "mean_example_norm": norms.double().mean() if len(norms) else zero,
-            "peak": torch.maximum(clipped.abs().max(), private.abs().max()).double() if clipped.numel() else zero,
-        }
-        out = dict(zip(parts, torch.stack(list(parts.values())).tolist()))
-        out["finite"] = bool(out["finite"])
-        return out
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(self, chunks) -> dict:
-        """Mean loss and accuracy over ``chunks`` with dropout off."""
-        return evaluate(self.model, chunks)
 
     # ------------------------------------------------------------------ checkpointing
     def state(self) -> dict:

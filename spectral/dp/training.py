@@ -12,11 +12,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..device import resolve_device
+from ..device import CPU
 from ..errors import SpectralError
 from ..store import open as open_store
 from .config import CollectConfig
-from .data import TextData, load_data
+from .data import TextData, load_split
 from .distributed import SINGLE, Group, share_of
 from .engine import DPEngine, NonFiniteGradient, trained_weights
 from .models import head_state, load_head, load_model, parameter_layout, resolve_model, select_trainable, tokenize
@@ -212,7 +212,7 @@ def prepare(
     split=None,
     engine: bool = True,
     head: dict | None = None,
-    device="cpu",
+    device: torch.device = CPU,
     group: Group = SINGLE,
 ) -> Training:
     """Load data and model, choose the trainable set, plan privacy and build the DP engine.
@@ -222,13 +222,13 @@ def prepare(
     engine : build the :class:`DPEngine` (False: the caller builds its own, e.g. ``t.build_engine(project, mode)``)
     head : a stored head (:func:`~spectral.dp.models.head_state` of a collect run) to use instead
         of the one ``cfg.seed`` initialises, so that runs derived from a trajectory share its head
-    device : where the model and the engine compute (``auto``, ``cpu``, ``cuda[:i]``); batches are
-        built on the CPU and moved per physical chunk
+    device : where the model and the engine compute, as the stage resolved it
+        (:func:`spectral.device.resolve_device`); batches are built on the CPU and moved per physical chunk
     group : this process's rank in a data-parallel job (:func:`spectral.dp.distributed.join`)
     """
+    device = torch.device(device)
     if split is None:
-        train, dev, data_info = load_data(cfg.data, cfg.text_column, cfg.label_column, cfg.seed)
-        train, dev = train.head(cfg.train_size), dev.head(cfg.eval_size)
+        train, dev, data_info = load_split(cfg)
     else:
         (train, dev), data_info = split, {"classes": sorted({int(x) for x in split[0].labels})}
     if len(dev) == 0 and cfg.eval_every:
@@ -247,10 +247,10 @@ def prepare(
         load_head(model, head)
     prior = load_init(model, cfg.init_from, resolve_model(cfg.model)) if cfg.init_from else []
     head = head_state(model)  # before peft renames the parameters
-    model = select_trainable(model, cfg.params, cfg.lora_rank).to(resolve_device(device))
+    model = select_trainable(model, cfg.params, cfg.lora_rank).to(device)
     layout = parameter_layout(model)
     if cfg.clipping == "auto":  # decided once; the manifest stores the method and why
-        chosen, why = choose_clipping(model, cfg.physical_batch_size, resolve_device(device))
+        chosen, why = choose_clipping(model, cfg.physical_batch_size, device)
         cfg = replace(cfg, clipping=chosen)
         model.clipping_reason = f"auto: {chosen}, because {why}"
     if plan is None:

@@ -11,6 +11,7 @@ fits.json with every fit.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,134 +58,196 @@ def summary_batch(run: RunDir) -> str:
         return "?"
 
 
-def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, retrain_dir=None) -> dict:
-    """Fit and draw everything available for ``run_dir``; returns {"fits": …, "figures": […], "missing": […]}."""
-    config = config or ReportConfig()
-    stream, fit_range = config.stream, tuple(config.fit_range)
-    run = RunDir(run_dir)
-    run_dir = run.root
-    if not run_dir.is_dir():
-        raise SpectralError(f"{run_dir}: no such run directory")
-    out = Path(out) if out else run.figures
-    analysis = run.analysis(stream)
-    toy_dir = Path(toy_dir) if toy_dir else run.toy()
-    retrain_dir = Path(retrain_dir) if retrain_dir else run.retrain()
-    result = {"fits": {}, "figures": [], "missing": []}
-    title = run_dir.name
+@dataclass
+class Sources:
+    """Where a report reads from, and the analysis tables several figures share (read once)."""
 
-    spectrum = _read_csv(analysis / layout.SPECTRUM)
-    summary = json.loads((analysis / layout.SUMMARY).read_text()) if (analysis / layout.SUMMARY).is_file() else {}
-    d_run = summary.get("d")
-    if spectrum is not None:
-        sv = spectrum.singular_value.to_numpy()
-        fit = fits.spectrum_fit(sv, fit_range)
-        result["fits"]["spectrum"] = fit
-        ranges = fits.range_table(sv)
-        result["fits"]["spectrum_ranges"] = ranges.to_dict(orient="records")
-        result["figures"] += figures.spectrum_figure(
-            spectrum,
-            fit,
-            out / "fig1_spectrum",
-            f"Spectrum of the {stream} gradients ({title}, n={summary.get('n')}, d={d_run:,})" if d_run else "",
-            ranges=ranges,
-        )
-    else:
-        result["missing"].append(f"spectrum ({analysis / layout.SPECTRUM}; run python -m spectral.analyse)")
+    run: RunDir
+    config: ReportConfig
+    toy_dir: Path
+    retrain_dir: Path
 
-    kde, authors = _read_csv(analysis / layout.DENSITY_KDE), _read_csv(analysis / layout.DENSITY_PAPER)
-    if kde is not None or authors is not None:
-        result["figures"] += figures.density_figure(kde, out / "fig2_density", authors=authors)
-    else:
-        result["missing"].append(f"spectral density ({layout.DENSITY_KDE}, {layout.DENSITY_PAPER})")
+    @property
+    def analysis(self) -> Path:
+        return self.run.analysis(self.config.stream)
 
-    curves = {
-        label: c
-        for label, c in (
-            ("in-sample", _read_csv(analysis / layout.RLC_IN_SAMPLE)),
-            ("held-out", _read_csv(analysis / layout.RLC_HELD_OUT)),
-        )
-        if c is not None
+    @functools.cached_property
+    def summary(self) -> dict:
+        path = self.analysis / layout.SUMMARY
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    @functools.cached_property
+    def spectrum(self) -> pd.DataFrame | None:
+        return _read_csv(self.analysis / layout.SPECTRUM)
+
+    @functools.cached_property
+    def curves(self) -> dict:
+        """The restricted-Lipschitz curves: in-sample read up to n/2 (components fitted on the same n
+        steps explain them exactly at k = n: G_k -> 0 there is overfitting, not decay), held-out whole."""
+        curves = {}
+        for label, name in (("in-sample", layout.RLC_IN_SAMPLE), ("held-out", layout.RLC_HELD_OUT)):
+            c = _read_csv(self.analysis / name)
+            if c is not None:
+                n = self.summary.get("n")
+                curves[label] = c[c.k <= n // 2] if label == "in-sample" and n else c
+        return curves
+
+
+# Each section: load(sources) -> data, or None when its inputs are missing; draw(data, sources, out) ->
+# (fits: dict, figure paths); missing: what to run when the inputs are not there.
+def load_spectrum(src: Sources):
+    return src.spectrum
+
+
+def draw_spectrum(spectrum: pd.DataFrame, src: Sources, out: Path):
+    sv, d, n = spectrum.singular_value.to_numpy(), src.summary.get("d"), src.summary.get("n")
+    fit, ranges = fits.spectrum_fit(sv, tuple(src.config.fit_range)), fits.range_table(sv)
+    title = f"Spectrum of the {src.config.stream} gradients ({src.run.root.name}, n={n}, d={d:,})" if d else ""
+    paths = figures.spectrum_figure(spectrum, fit, out / "fig1_spectrum", title, ranges=ranges)
+    return {"spectrum": fit, "spectrum_ranges": ranges.to_dict(orient="records")}, paths
+
+
+def load_density(src: Sources):
+    kde, authors = _read_csv(src.analysis / layout.DENSITY_KDE), _read_csv(src.analysis / layout.DENSITY_PAPER)
+    return None if kde is None and authors is None else (kde, authors)
+
+
+def draw_density(tables, src: Sources, out: Path):
+    kde, authors = tables
+    return {}, figures.density_figure(kde, out / "fig2_density", authors=authors)
+
+
+def load_rlc(src: Sources):
+    return src.curves or None
+
+
+def draw_rlc(curves: dict, src: Sources, out: Path):
+    g0, d_run = src.config.g0, src.summary.get("d")
+    rlc_fits = {label: fits.rlc_fit(c) for label, c in curves.items()}
+    result = {
+        "rlc": rlc_fits,
+        "rlc_statistics": {label: fits.rlc_statistics(c) for label, c in curves.items()},
     }
-    if "in-sample" in curves and summary.get("n"):
-        # components fitted on the same n steps explain them exactly at k = n: G_k -> 0 there is
-        # overfitting, not decay, so the in-sample curve is read up to n/2 (the held-out one to its end)
-        curves["in-sample"] = curves["in-sample"][curves["in-sample"].k <= summary["n"] // 2]
-    if curves:
-        rlc_fits = {label: fits.rlc_fit(c) for label, c in curves.items()}
-        result["fits"]["rlc"] = rlc_fits
-        result["fits"]["rlc_statistics"] = {label: fits.rlc_statistics(c) for label, c in curves.items()}
-        result["figures"] += figures.rlc_figure(curves, rlc_fits, out / "fig3_rlc")
-        frames = {label: fits.dimension_curve(c, g0=config.g0) for label, c in curves.items()}
-        if d_run:  # the bound's factor at this run's own d, however far beyond the measured k that reaches
-            result["fits"]["dimension_factor_at_d"] = {
-                label: fits.dimension_curve(c, ds=[d_run], g0=config.g0, max_decades=None).iloc[0].to_dict()
-                for label, c in curves.items()
-            }
-        result["figures"] += figures.dimension_figure(
-            frames,
-            out / "fig4_dimension",
-            d_run=d_run,
-            g0_label="G_0 = measured RMS" if config.g0 is None else f"G_0 = {config.g0:g}",
-        )
-    else:
-        result["missing"].append("restricted-Lipschitz curves (rlc_in_sample.csv / rlc_held_out.csv)")
+    paths = figures.rlc_figure(curves, rlc_fits, out / "fig3_rlc")
+    frames = {label: fits.dimension_curve(c, g0=g0) for label, c in curves.items()}
+    if d_run:  # the bound's factor at this run's own d, however far beyond the measured k that reaches
+        result["dimension_factor_at_d"] = {
+            label: fits.dimension_curve(c, ds=[d_run], g0=g0, max_decades=None).iloc[0].to_dict()
+            for label, c in curves.items()
+        }
+    g0_label = "G_0 = measured RMS" if g0 is None else f"G_0 = {g0:g}"
+    paths += figures.dimension_figure(frames, out / "fig4_dimension", d_run=d_run, g0_label=g0_label)
+    return result, paths
 
+
+def load_retrain(src: Sources):
     histories, majority = [], None
-    for path in sorted([retrain_dir / layout.RETRAIN_HISTORY, *retrain_dir.glob(f"*/{layout.RETRAIN_HISTORY}")]):
+    found = [src.retrain_dir / layout.RETRAIN_HISTORY, *src.retrain_dir.glob(f"*/{layout.RETRAIN_HISTORY}")]
+    for path in sorted(found):
         h = _read_csv(path)
         if h is not None:
             histories.append(h if "setting" in h else h.assign(setting=path.parent.name))
             saved = path.parent / layout.RETRAIN_SUMMARY
             majority = majority or (json.loads(saved.read_text()).get("majority_accuracy") if saved.is_file() else None)
-    if histories:
-        result["figures"] += figures.retrain_figure(
-            pd.concat(histories, ignore_index=True), out / "fig5_retrain", majority=majority
-        )
-    else:
-        result["missing"].append(f"subspace retraining ({retrain_dir}; run python -m spectral.retrain)")
+    return (pd.concat(histories, ignore_index=True), majority) if histories else None
 
-    batch_dirs = sorted(run.root.glob(f"analysis/{stream}@B*"), key=lambda p: _batch_key(p.name))
-    if spectrum is not None and batch_dirs:
-        panels = {
-            f"measured (batch {summary_batch(run)})": {
-                "spectrum": spectrum,
-                "n": summary.get("n"),
-                "held_out": curves.get("held-out"),
-            }
+
+def draw_retrain(loaded, src: Sources, out: Path):
+    history, majority = loaded
+    return {}, figures.retrain_figure(history, out / "fig5_retrain", majority=majority)
+
+
+def load_batch(src: Sources):
+    """The measured spectrum and held-out curve with the predictions at other batch sizes."""
+    dirs = sorted(src.run.root.glob(f"analysis/{src.config.stream}@B*"), key=lambda p: _batch_key(p.name))
+    if src.spectrum is None or not dirs:
+        return None
+    n = src.summary.get("n")
+    panels = {
+        f"measured (batch {summary_batch(src.run)})": {
+            "spectrum": src.spectrum,
+            "n": n,
+            "held_out": src.curves.get("held-out"),
         }
-        for path in batch_dirs:
-            sp = _read_csv(path / layout.SPECTRUM)
-            if sp is not None:
-                panels[f"predicted at {path.name.split('@B')[1]}"] = {
-                    "spectrum": sp,
-                    "n": summary.get("n"),
-                    "held_out": _read_csv(path / layout.RLC_HELD_OUT),
-                }
-        batch_fits = {}
-        for label, p in panels.items():
-            sv = np.sqrt(p["spectrum"].eigenvalue.clip(lower=0)).to_numpy()
-            sv = sv[sv > 0]
-            f = {"slope": None, "c_rms": None, "c_max": None}
-            if len(sv) > 2:
-                f.update(slope=fits.spectrum_fit(sv, fit_range)["slope"])
-            if p["held_out"] is not None:
-                f.update(c_rms=fits.rlc_fit(p["held_out"])["c"], c_max=fits.rlc_fit(p["held_out"], "max")["c"])
-            batch_fits[label] = f
-        result["fits"]["batch"] = batch_fits
-        result["figures"] += figures.batch_figure(panels, batch_fits, out / "fig7_batch")
+    }
+    for path in dirs:
+        sp = _read_csv(path / layout.SPECTRUM)
+        if sp is not None:
+            panels[f"predicted at {path.name.split('@B')[1]}"] = {
+                "spectrum": sp,
+                "n": n,
+                "held_out": _read_csv(path / layout.RLC_HELD_OUT),
+            }
+    return panels
 
-    best = _read_csv(toy_dir / layout.TOY_BEST)
-    seed_code = _read_csv(layout.seed_code_twin(toy_dir) / layout.TOY_BEST)
-    if best is not None:
-        if seed_code is not None:  # the seed code's const mode, drawn beside the correct one
-            extra = seed_code[seed_code["mode"] == "const"].assign(mode="const as in the seed code")
-            best = pd.concat([best, extra], ignore_index=True)
-        result["figures"] += figures.toy_figure(best, out / "fig6_toy")
-    else:
-        result["missing"].append(f"geometric-median toy ({toy_dir}; run python -m spectral.toy {run_dir})")
 
+def draw_batch(panels: dict, src: Sources, out: Path):
+    batch_fits = {}
+    for label, p in panels.items():
+        sv = np.sqrt(p["spectrum"].eigenvalue.clip(lower=0)).to_numpy()
+        sv = sv[sv > 0]
+        f = {"slope": None, "c_rms": None, "c_max": None}
+        if len(sv) > 2:
+            f.update(slope=fits.spectrum_fit(sv, tuple(src.config.fit_range))["slope"])
+        if p["held_out"] is not None:
+            f.update(c_rms=fits.rlc_fit(p["held_out"])["c"], c_max=fits.rlc_fit(p["held_out"], "max")["c"])
+        batch_fits[label] = f
+    return {"batch": batch_fits}, figures.batch_figure(panels, batch_fits, out / "fig7_batch")
+
+
+def load_toy(src: Sources):
+    best = _read_csv(src.toy_dir / layout.TOY_BEST)
+    seed_code = _read_csv(layout.seed_code_twin(src.toy_dir) / layout.TOY_BEST)
+    if best is not None and seed_code is not None:  # the seed code's const mode, drawn beside the correct one
+        extra = seed_code[seed_code["mode"] == "const"].assign(mode="const as in the seed code")
+        best = pd.concat([best, extra], ignore_index=True)
+    return best
+
+
+def draw_toy(best: pd.DataFrame, src: Sources, out: Path):
+    return {}, figures.toy_figure(best, out / "fig6_toy")
+
+
+SECTIONS = (  # (name, load, draw, what is missing when load finds nothing; None: an optional section)
+    (
+        "spectrum",
+        load_spectrum,
+        draw_spectrum,
+        f"spectrum ({{analysis}}/{layout.SPECTRUM}; run python -m spectral.analyse)",
+    ),
+    ("density", load_density, draw_density, f"spectral density ({layout.DENSITY_KDE}, {layout.DENSITY_PAPER})"),
+    ("rlc", load_rlc, draw_rlc, f"restricted-Lipschitz curves ({layout.RLC_IN_SAMPLE} / {layout.RLC_HELD_OUT})"),
+    ("retrain", load_retrain, draw_retrain, "subspace retraining ({retrain}; run python -m spectral.retrain)"),
+    ("batch", load_batch, draw_batch, None),  # only for runs analysed with --batch-size
+    ("toy", load_toy, draw_toy, "geometric-median toy ({toy}; run python -m spectral.toy {run})"),
+)
+
+
+def report(run_dir, config: ReportConfig | None = None, out=None, toy_dir=None, retrain_dir=None) -> dict:
+    """Fit and draw everything available for ``run_dir``; returns {"fits": …, "figures": […], "missing": […]}."""
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise SpectralError(f"{run.root}: no such run directory")
+    src = Sources(
+        run,
+        config or ReportConfig(),
+        Path(toy_dir) if toy_dir else run.toy(),
+        Path(retrain_dir) if retrain_dir else run.retrain(),
+    )
+    out = Path(out) if out else run.figures
+    result = {"fits": {}, "figures": [], "missing": []}
+    for _, load, draw, missing in SECTIONS:
+        data = load(src)
+        if data is None:
+            if missing:
+                where = {"analysis": src.analysis, "retrain": src.retrain_dir, "toy": src.toy_dir, "run": run.root}
+                result["missing"].append(missing.format(**where))
+            continue
+        fitted, paths = draw(data, src, out)
+        result["fits"].update(fitted)
+        result["figures"] += paths
     if not result["figures"]:
-        raise SpectralError(f"{run_dir} has nothing to report: run python -m spectral.analyse {run_dir} first")
+        raise SpectralError(f"{run.root} has nothing to report: run python -m spectral.analyse {run.root} first")
     out.mkdir(parents=True, exist_ok=True)
     (out / layout.FITS).write_text(jsonio.dumps(result["fits"], indent=1))
     return result

@@ -13,20 +13,13 @@ import math
 import torch
 from opacus.grad_sample import GradSampleModule
 
-from ..dp.engine import (
-    NonFiniteGradient,
-    StepOutput,
-    add_position_ids,
-    evaluate,
-    flatten,
-    needs_explicit_positions,
-    to_device,
-)
+from ..dp.engine import NonFiniteGradient, StepEngine, StepOutput, flatten, needs_explicit_positions
 from .subspace import Subspace
 
 
-class CoordinateEngine:
-    """The ``coordinates`` restriction: same interface as :class:`spectral.dp.engine.DPEngine`."""
+class CoordinateEngine(StepEngine):
+    """The ``coordinates`` restriction: same interface as :class:`spectral.dp.engine.DPEngine`; only
+    the clipping (of r coordinates) and the update (of z) are its own."""
 
     def __init__(
         self, model, subspace: Subspace, *, optimizer, lr, noise_multiplier, max_grad_norm, expected_batch_size, seed
@@ -51,18 +44,15 @@ class CoordinateEngine:
             group["lr"] = lr
         summed = torch.zeros(self.subspace.rank, dtype=self.dtype, device=self.device)
         losses, norms, n = [], [], 0
-        for inputs, labels in chunks:
-            inputs, labels = to_device(inputs, labels, self.device)
-            if self._explicit_positions:
-                inputs = add_position_ids(inputs)
+        for inputs, labels in self._on_device(chunks):
             loss = torch.nn.functional.cross_entropy(self.module(**inputs).logits, labels, reduction="sum")
             loss.backward()
             per_example = torch.cat([p.grad_sample.reshape(len(labels), -1) for p in self.params], dim=1)
             Gz = self.subspace.coordinates(per_example).to(self.dtype)  # (B, r)
             norm = Gz.norm(dim=1)
             summed += (Gz * (self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)[:, None]).sum(0)
-            losses.append(loss.item())
-            norms.append(norm)
+            losses.append(loss.detach())
+            norms.append(norm.detach())
             n += len(labels)
             for p in self.params:
                 p.grad_sample, p.grad = None, None
@@ -71,7 +61,9 @@ class CoordinateEngine:
         )
         clipped = summed / self.expected_batch_size
         private = (summed + noise) / self.expected_batch_size
-        if not torch.isfinite(private).all():
+        norms = torch.cat(norms) if norms else torch.zeros(0, device=self.device)
+        stats = self._step_stats(clipped, private, norms, losses)  # the step's one host copy
+        if not stats.pop("finite"):
             raise NonFiniteGradient("the gradient became non-finite (NaN or inf); stopped before applying it")
         self.z.grad = private
         self.optimizer.step()
@@ -82,13 +74,12 @@ class CoordinateEngine:
             for p in self.params:
                 p.copy_(flat[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
+        loss = stats.pop("loss_sum")
         return StepOutput(
-            loss=sum(losses) / n if n else math.nan,
+            loss=loss / n if n else math.nan,
             clipped=clipped,
             private=private,
-            per_example_norms=torch.cat(norms) if norms else torch.zeros(0, device=self.device),
+            per_example_norms=norms,
             batch_size=n,
+            stats=stats,
         )
-
-    def evaluate(self, chunks) -> dict:
-        return evaluate(self.model, chunks)

@@ -34,7 +34,7 @@ import torch
 from .. import jsonio, layout
 from ..device import resolve_device
 from ..dp.config import CollectConfig
-from ..dp.data import load_data
+from ..dp.data import load_split
 from ..dp.privacy import PrivacyLedger
 from ..dp.training import prepare
 from ..errors import SpectralError
@@ -244,8 +244,7 @@ def retrain(
             )
     saved.write_text(jsonio.dumps(record, indent=1))
 
-    train, dev, _ = load_data(base.data, base.text_column, base.label_column, base.seed)
-    train, dev = train.head(base.train_size), dev.head(base.eval_size)
+    train, dev, _ = load_split(base)
     public = None
     if config.subspace_from == "public":
         if config.public_size >= len(train):

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import jsonio, layout, theory
-from ..device import resolve_device
+from ..device import CPU, resolve_device
 from ..errors import SpectralError
 from ..store import atomic_write
 from .geomedian import (
@@ -152,7 +152,7 @@ def _combine(done: pd.DataFrame, rows: list) -> pd.DataFrame:
 
 
 def run_grid(
-    config: ToyConfig | None = None, out=None, progress: bool = True, dtype=torch.float32, device="cpu"
+    config: ToyConfig | None = None, out=None, progress: bool = True, dtype=torch.float32, device: torch.device = CPU
 ) -> ToyResults:
     """Run every (d, mode, T, lr, seed) of ``config``; one batched DP-GD per (T, d).
 
@@ -160,7 +160,7 @@ def run_grid(
     config continues after the groups already done. ``device``: where the batched DP-GD runs (the
     noise is drawn on the CPU, so every device sees the same noise).
     """
-    device = resolve_device(device)
+    device = torch.device(device)  # resolved by the stage, toy(): "auto" is not a device here
     config = config or ToyConfig()
     config.validate()
     done = pd.DataFrame(columns=COLUMNS)
