@@ -26,28 +26,43 @@ from ..toy.figure import toy_figure  # noqa: F401 (fig. 6, drawn by the toy's ow
 
 
 def _fit_label(fit: dict, what: str = "slope") -> str:
-    lo, hi = fit["ci_low"], fit["ci_high"]
+    boot = f", bootstrap [{fit['boot_low']:.2f}, {fit['boot_high']:.2f}]" if "boot_low" in fit else ""
     return (
-        f"fit k={fit['range'][0]}–{fit['range'][1]}: {what} {fit['slope']:.2f} [{lo:.2f}, {hi:.2f}], R²={fit['r2']:.2f}"
+        f"fit k={fit['range'][0]}–{fit['range'][1]}: {what} {fit['slope']:.2f} "
+        f"[{fit['ci_low']:.2f}, {fit['ci_high']:.2f}]{boot}, R²={fit['r2']:.2f}"
     )
 
 
 # ---------------------------------------------------------------------- 1. spectrum
-def spectrum_figure(spectrum: pd.DataFrame, fit: dict, stem, title: str = "", ranges=None) -> list[Path]:
-    """σ_k vs k, log–log, with the fitted power law, a slope −1 reference and the slopes over other rank
-    ranges as a table in the figure. ``spectrum``: columns ``rank``, ``singular_value``; ``fit``:
-    fits.spectrum_fit; ``ranges``: fits.range_table (optional)."""
+def spectrum_figure(
+    spectrum: pd.DataFrame,
+    fit: dict,
+    stem,
+    title: str = "",
+    ranges=None,
+    n: int | None = None,
+    tail: dict | None = None,
+) -> list[Path]:
+    """σ_k/√n vs k, log–log (divided by √n so runs of different length compare: σ_k² is a sum over
+    n steps), with the fitted power law (OLS and bootstrap intervals), a second fit past the knee
+    (``tail``, e.g. ranks 10…500), a slope −1 reference and the slopes over other rank ranges as a
+    table. ``spectrum``: columns ``rank``, ``singular_value``; ``fit``, ``tail``: fits.spectrum_fit;
+    ``ranges``: fits.range_table (optional); ``n``: the number of steps (None: σ_k undivided)."""
     k, s = spectrum["rank"].to_numpy(), spectrum["singular_value"].to_numpy()
-    first, last = fit["range"]
-    kk = np.arange(first, last + 1)
-    fitted = np.exp(fit["intercept"]) * kk ** fit["slope"]
+    scale = 1 / np.sqrt(n) if n else 1.0
     with style():
         fig, ax = new_figure()
-        ax.loglog(k, s, "o", ms=3, color=COLORS[0], alpha=0.8, label="estimated σ_k")
-        ax.loglog(kk, fitted, "-", color=COLORS[3], label=_fit_label(fit))
-        ax.loglog(k, s[0] / k, "--", color="0.45", lw=1.0, label="slope −1 (steeper ⇒ G_k falls faster than k^(-1/2))")
+        ax.loglog(k, s * scale, "o", ms=3, color=COLORS[0], alpha=0.8, label="estimated σ_k" + ("/√n" if n else ""))
+        for f, color in ((fit, COLORS[3]), (tail, COLORS[2])):
+            if f is not None:
+                kk = np.arange(f["range"][0], f["range"][1] + 1)
+                ax.loglog(kk, scale * np.exp(f["intercept"]) * kk ** f["slope"], "-", color=color, label=_fit_label(f))
+        ax.loglog(
+            k, s[0] * scale / k, "--", color="0.45", lw=1.0,
+            label="slope −1: our reconstruction of the paper's threshold\n(steeper ⇒ G_k falls faster than k^(-1/2))",
+        )  # fmt: skip
         ax.set_xlabel("rank k")
-        ax.set_ylabel("singular value σ_k = √λ_k of the gradient trajectory")
+        ax.set_ylabel("σ_k/√n (σ_k = √λ_k of the gradient trajectory)" if n else "singular value σ_k = √λ_k")
         ax.set_title(title or "Spectrum of the stored gradients")
         ax.legend(loc="lower left")
         if ranges is not None and len(ranges):
@@ -66,16 +81,23 @@ def spectrum_figure(spectrum: pd.DataFrame, fit: dict, stem, title: str = "", ra
                 fontsize=7,
                 bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.8", "alpha": 0.9},
             )
-    table = pd.DataFrame({"rank": k, "singular_value": s})
-    table["fitted"] = np.where(
-        (k >= first) & (k <= last), np.exp(fit["intercept"]) * k.astype(float) ** fit["slope"], np.nan
-    )
+    table = pd.DataFrame({"rank": k, "singular_value": s, "normalised": s * scale})
+    for name, f in (("fitted", fit), ("fitted_tail", tail)):
+        if f is not None:
+            inside = (k >= f["range"][0]) & (k <= f["range"][1])
+            table[name] = np.where(inside, np.exp(f["intercept"]) * k.astype(float) ** f["slope"], np.nan)
     tables = {"": table} if ranges is None else {"": table, "_ranges": ranges}
-    return save(fig, stem, tables, {"fit": fit})
+    return save(fig, stem, tables, {"fit": fit, "tail_fit": tail, "n": n})
 
 
 # ---------------------------------------------------------------------- 2. density
-def density_figure(kde: pd.DataFrame | None, stem, authors: pd.DataFrame | None = None, title: str = "") -> list[Path]:
+def density_figure(
+    kde: pd.DataFrame | None,
+    stem,
+    authors: pd.DataFrame | None = None,
+    title: str = "",
+    data_range: tuple | None = None,
+) -> list[Path]:
     """Two presentations of the spectral density, side by side, as the analyse stage computed them.
 
     left  the authors': linear-space Gaussian KDE of the top-500 singular values (``authors``: the
@@ -83,7 +105,8 @@ def density_figure(kde: pd.DataFrame | None, stem, authors: pd.DataFrame | None 
           ``spectral.analyse.density.AUTHORS_KDE``), log–log axes, y from 1e-10 to 2e2
     right ours: KDE of log10 λ over all computed eigenvalues (``kde``: density_kde.csv, columns
           ``eigenvalue``, ``density``, ``bandwidth``)
-    Either may be missing. The data drawn are ``<stem>.csv`` and ``<stem>_authors.csv``.
+    Either may be missing; ``data_range`` (smallest, largest computed eigenvalue) clips our panel's
+    x-axis to the data. The data drawn are ``<stem>.csv`` and ``<stem>_authors.csv``.
     """
     panels = [p for p, there in (("authors", authors is not None), ("ours", kde is not None)) if there]
     tables = {}
@@ -97,6 +120,11 @@ def density_figure(kde: pd.DataFrame | None, stem, authors: pd.DataFrame | None 
                 ax.set_ylabel("density of KDE")
                 ax.set_title("authors' presentation: top-500 σ_k, linear-space KDE", fontsize=10)
                 ax.legend(loc="lower left")
+                ax.text(
+                    0.02, 0.14,
+                    "their kernel's absolute std (1e-3) was chosen\nfor their σ_k scale, not for these values",
+                    transform=ax.transAxes, fontsize=7, color="0.35", va="bottom",
+                )  # fmt: skip
                 tables["_authors"] = authors
             else:
                 keep = kde.density > kde.density.max() * 1e-6
@@ -105,6 +133,8 @@ def density_figure(kde: pd.DataFrame | None, stem, authors: pd.DataFrame | None 
                 ax.set_xlabel("eigenvalue λ of HᵀH")
                 ax.set_ylabel("density (per decade of λ)")
                 ax.set_title("ours: KDE of log10 λ over all computed eigenvalues", fontsize=10)
+                if data_range is not None and 0 < data_range[0] < data_range[1]:
+                    ax.set_xlim(data_range[0], data_range[1])
                 ax.legend(loc="lower left")
                 tables[""] = kde
         fig.suptitle(title or "Spectral density of the gradient trajectory")
@@ -112,38 +142,60 @@ def density_figure(kde: pd.DataFrame | None, stem, authors: pd.DataFrame | None 
 
 
 # ---------------------------------------------------------------------- 3. RLC curve
-def rlc_figure(curves: dict, fits: dict, stem, column: str = "rms", title: str = "") -> list[Path]:
-    """G_k vs k (log–log) for each named curve (e.g. in-sample, held-out), with k^{-1/2} for reference.
+def rlc_figure(
+    curves: dict, fits: dict, stem, column: str = "rms", title: str = "", fitted_to: dict | None = None
+) -> list[Path]:
+    """G_k vs k (log–log) for each named curve (e.g. in-sample, held-out): the rms over steps (solid,
+    with its fit) and the max (dashed: the verdict's statistic), G_0 (k = 0) as a marker at the left
+    edge, k^{-1/2} for reference. ``fitted_to``: {label: last k fitted}; the part of a curve past it
+    (the in-sample curve's k > n/2, bent by finite n) is drawn faint and marked as not fitted.
 
-    curves : {label: DataFrame with ``k`` and ``column``}; fits : {label: fits.rlc_fit}
+    curves : {label: DataFrame with ``k``, ``column`` (and ``max``)}; fits : {label: fits.rlc_fit}
     """
-    tables = []
+    tables, fitted_to = [], fitted_to or {}
     with style():
         fig, ax = new_figure()
-        anchor = None
+        anchor, left, floor = None, 0.6, np.inf  # G_0 is drawn at k = 0.6, left of k = 1 on the log axis
         for i, (label, curve) in enumerate(curves.items()):
             c = curve[curve.k >= 1]
+            last = fitted_to.get(label, c.k.max())
+            kept, past = c[c.k <= last], c[c.k >= last]
             text = label
             if label in fits:
                 f = fits[label]
-                text += f": c = {f['c']:.2f} [{f['c_low']:.2f}, {f['c_high']:.2f}] ({f['verdict']})"
-            ax.loglog(c.k, c[column], marker=MARKERS[i], ms=3.5, color=COLORS[i], label=text)
+                text += f": c = {f['c']:.3f} [{f['c_low']:.3f}, {f['c_high']:.3f}] ({f['verdict']})"
+            ax.loglog(kept.k, kept[column], marker=MARKERS[i], ms=3.0, color=COLORS[i], label=text)
+            if len(past) > 1:
+                ax.loglog(past.k, past[column], color=COLORS[i], alpha=0.3, lw=1.0)
+                ax.axvspan(last, past.k.max(), color=COLORS[i], alpha=0.06, lw=0)
+                ax.text(last * 1.05, 0.03, f"{label}: k > {last} not fitted\n(finite n bends it)",
+                        transform=ax.get_xaxis_transform(), fontsize=7, color=COLORS[i])  # fmt: skip
+            if "max" in c:
+                ax.loglog(kept.k, kept["max"], "--", color=COLORS[i], lw=0.9, label=f"{label}: max over steps")
+            floor = min(floor, float(kept[column].min()))
+            zero = curve[curve.k == 0]
+            if len(zero):
+                ax.plot([left], [float(zero[column].iloc[0])], marker="*", ms=9, color=COLORS[i], ls="none",
+                        label=f"{label}: G_0 = {float(zero[column].iloc[0]):.3g} (k = 0)")  # fmt: skip
             anchor = anchor or (float(c.k.iloc[0]), float(c[column].iloc[0]))
-            tables.append(c[["k", column]].assign(curve=label))
+            tables.append(curve[["k", column, *(["max"] if "max" in curve else [])]].assign(curve=label))
         if anchor:
             k = np.logspace(0, np.log10(max(float(cv.k.max()) for cv in curves.values())), 50)
             ax.loglog(
                 k,
                 anchor[1] * (k / anchor[0]) ** -0.5,
-                "--",
+                ":",
                 color="0.4",
                 label="k^(-1/2): boundary of dimension-freedom",
             )
-        ax.set_xlabel("subspace dimension k")
+        ax.set_xlim(left=0.45)
+        if np.isfinite(floor):  # the collapse of an in-sample curve at k = n (1e-10) would flatten the rest
+            ax.set_ylim(bottom=floor / 3)
+        ax.set_xlabel("subspace dimension k (★: k = 0)")
         ax.set_ylabel(f"G_k = {column} over steps of ‖(I − P_k) g‖")
         ax.set_title(title or "Restricted-Lipschitz curve")
-        ax.legend(loc="lower left")
-    return save(fig, stem, {"": pd.concat(tables, ignore_index=True)}, {"fits": fits})
+        ax.legend(loc="lower left", fontsize=7)
+    return save(fig, stem, {"": pd.concat(tables, ignore_index=True)}, {"fits": fits, "fitted_to": fitted_to})
 
 
 # ---------------------------------------------------------------------- 4. dimension factor
@@ -161,9 +213,10 @@ def dimension_figure(frames: dict, stem, d_run: int | None = None, g0_label: str
             ax.loglog(f.d[f.measured], f.rlc_factor[f.measured], color=COLORS[i], label=f"G_k {label}")
             joined = int(np.flatnonzero(f.measured.to_numpy()).max(initial=0))  # the dotted part joins the solid
             ax.loglog(f.d.iloc[joined:], f.rlc_factor.iloc[joined:], ":", color=COLORS[i])
+            # its own baseline: the curves' G_0 differ (held-out vs in-sample), so each compares with its own
+            ax.loglog(f.d, f.no_decay_factor, "--", color=COLORS[i], lw=0.9, label=f"{label}, no decay (G_k = G_0)")
             tables.append(f.assign(curve=label))
         widest = max(frames.values(), key=len)
-        ax.loglog(widest.d, widest.no_decay_factor, "--", color="0.2", label="same bound, no decay (G_k = G_0)")
         ax.loglog(widest.d, widest.classical_factor, "-.", color="0.6", lw=1.0, label="G_0 √d (constants omitted)")
         if d_run and d_run <= widest.d.max():
             ax.axvline(d_run, color="0.5", lw=0.8)

@@ -81,16 +81,30 @@ class Sources:
         return _read_csv(self.analysis / layout.SPECTRUM)
 
     @functools.cached_property
-    def curves(self) -> dict:
-        """The restricted-Lipschitz curves: in-sample read up to n/2 (components fitted on the same n
-        steps explain them exactly at k = n: G_k -> 0 there is overfitting, not decay), held-out whole."""
+    def all_curves(self) -> dict:
+        """The restricted-Lipschitz curves as the analyse stage wrote them, every k."""
         curves = {}
         for label, name in (("in-sample", layout.RLC_IN_SAMPLE), ("held-out", layout.RLC_HELD_OUT)):
             c = _read_csv(self.analysis / name)
             if c is not None:
-                n = self.summary.get("n")
-                curves[label] = c[c.k <= n // 2] if label == "in-sample" and n else c
+                curves[label] = c
         return curves
+
+    @property
+    def fitted_to(self) -> dict:
+        """The last k each curve is read to: n/2 for the in-sample one (components fitted on the same n
+        steps explain them exactly at k = n: G_k -> 0 there is overfitting, not decay)."""
+        n = self.summary.get("n")
+        return {"in-sample": n // 2} if n and "in-sample" in self.all_curves else {}
+
+    @property
+    def curves(self) -> dict:
+        """The curves up to the k they are read to (fits, the dimension factor, the batch figure)."""
+        last = self.fitted_to
+        return {label: c[c.k <= last[label]] if label in last else c for label, c in self.all_curves.items()}
+
+
+TAIL_FROM = 10  # Fig. 1's second fit starts past the knee the spectra show near k = 10
 
 
 # Each section: load(sources) -> data, or None when its inputs are missing; draw(data, sources, out) ->
@@ -102,9 +116,12 @@ def load_spectrum(src: Sources):
 def draw_spectrum(spectrum: pd.DataFrame, src: Sources, out: Path):
     sv, d, n = spectrum.singular_value.to_numpy(), src.summary.get("d"), src.summary.get("n")
     fit, ranges = fits.spectrum_fit(sv, tuple(src.config.fit_range)), fits.range_table(sv)
+    # past the knee near k = 10: a second fit from there to the first fit's end (when 3+ ranks remain)
+    tail = fits.spectrum_fit(sv, (TAIL_FROM, fit["range"][1])) if fit["range"][1] >= TAIL_FROM + 2 else None
     title = f"Spectrum of the {src.config.stream} gradients ({src.run.root.name}, n={n}, d={d:,})" if d else ""
-    paths = figures.spectrum_figure(spectrum, fit, out / "fig1_spectrum", title, ranges=ranges)
-    return {"spectrum": fit, "spectrum_ranges": ranges.to_dict(orient="records")}, paths
+    paths = figures.spectrum_figure(spectrum, fit, out / "fig1_spectrum", title, ranges=ranges, n=n, tail=tail)
+    result = {"spectrum": fit, "spectrum_ranges": ranges.to_dict(orient="records")}
+    return {**result, "spectrum_tail": tail} if tail else result, paths
 
 
 def load_density(src: Sources):
@@ -114,7 +131,9 @@ def load_density(src: Sources):
 
 def draw_density(tables, src: Sources, out: Path):
     kde, authors = tables
-    return {}, figures.density_figure(kde, out / "fig2_density", authors=authors)
+    lam = src.spectrum.eigenvalue if src.spectrum is not None and "eigenvalue" in src.spectrum else None
+    data_range = (float(lam[lam > 0].min()), float(lam.max())) if lam is not None and (lam > 0).any() else None
+    return {}, figures.density_figure(kde, out / "fig2_density", authors=authors, data_range=data_range)
 
 
 def load_rlc(src: Sources):
@@ -128,7 +147,7 @@ def draw_rlc(curves: dict, src: Sources, out: Path):
         "rlc": rlc_fits,
         "rlc_statistics": {label: fits.rlc_statistics(c) for label, c in curves.items()},
     }
-    paths = figures.rlc_figure(curves, rlc_fits, out / "fig3_rlc")
+    paths = figures.rlc_figure(src.all_curves, rlc_fits, out / "fig3_rlc", fitted_to=src.fitted_to)
     frames = {label: fits.dimension_curve(c, g0=g0) for label, c in curves.items()}
     if d_run:  # the bound's factor at this run's own d, however far beyond the measured k that reaches
         result["dimension_factor_at_d"] = {

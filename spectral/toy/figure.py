@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.lines
 import pandas as pd
 
 from ..plotting import COLORS, MARKERS, new_figure, save, style
@@ -33,6 +34,14 @@ def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
         for i, (mode, g) in enumerate(main.groupby("mode", sort=False)):
             kw = dict(marker=MARKERS[i], ms=4, color=COLORS[i], label=MODE_LABELS.get(mode, mode))
             axes[0].loglog(g.d, g.train_excess_mean, **kw)
+            if "rlc_factor" in g and g.train_excess_mean.iloc[0] > 0:
+                # the bound's d-dependence, scaled to meet the measurement at the smallest d: compare shapes
+                scale = g.train_excess_mean.iloc[0] / g.rlc_factor.iloc[0]
+                axes[0].loglog(g.d, g.rlc_factor * scale, ":", color=COLORS[i], lw=1.0)
+            if "T" in g:  # the chosen number of steps at each point
+                for d, y, T in zip(g.d, g.train_excess_mean, g["T"]):
+                    axes[0].annotate(f"{T:g}", (d, y), xytext=(3, -2 - 3 * i), textcoords="offset points",
+                                     fontsize=5.5, color=COLORS[i])  # fmt: skip
             axes[1].errorbar(g.d, g.test_mean, yerr=g.test_std, capsize=2, **kw)
         axes[0].set_ylabel("train excess loss F(β̄) − F(β*) (mean over seeds)")
         axes[0].set_title("excess empirical loss")
@@ -41,7 +50,12 @@ def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
         axes[1].set_title("test loss")
         for ax in axes[:2]:
             ax.set_xlabel("dimension d")
-        axes[0].legend(title="coefficient decay", loc="upper left")
+        handles, _ = axes[0].get_legend_handles_labels()
+        bound = matplotlib.lines.Line2D(
+            [], [], color="0.4", ls=":", label="the bound's d-dependence (rlc_factor, scaled)"
+        )
+        axes[0].legend(handles=handles + [bound], title="coefficient decay (numbers: chosen T)", loc="upper left",
+                       fontsize=7)  # fmt: skip
         if len(extra):
             ax = axes[2]
             for i, (mode, g) in enumerate(
