@@ -96,6 +96,7 @@ def main(argv=None):
         held = held_out_curve(G, part, k)
         sv = np.sqrt(np.clip(lam, 0, None))
         spec = fits.spectrum_fit(sv, args.fit_range)
+        inside = inside[inside.k <= rlc.in_sample_readable(len(part))]  # past n/2: the collapse at k = n
         c_in, c_out = fits.rlc_fit(inside), fits.rlc_fit(held)
         rows.append(
             {
@@ -124,17 +125,18 @@ def main(argv=None):
     with style(**{"figure.figsize": (10.0, 4.0)}):
         fig, (a, b) = new_figure(1, 2)
         for i, (label, sp) in enumerate(spectra.groupby("part", sort=False)):
-            a.loglog(sp["rank"], sp.singular_value, color=COLORS[i], lw=1.2, label=f"{label} (n={len(sp)})")
+            n = len(sp)  # σ_k/√n: parts of different length compare
+            a.loglog(sp["rank"], sp.singular_value / np.sqrt(n), color=COLORS[i], lw=1.2, label=f"{label} (n={n})")
             for style_, (name, c) in zip(("-", "--"), curves[curves.part == label].groupby("curve", sort=False)):
                 c = c[c.k >= 1]
                 b.loglog(c.k, c.rms, style_, marker=MARKERS[i], ms=2.5, color=COLORS[i], label=f"{label}, {name}")
         a.set_xlabel("rank k")
-        a.set_ylabel("singular value σ_k")
+        a.set_ylabel("σ_k/√n")
         a.set_title("Spectrum by stored steps")
         a.legend(fontsize=7.5)
         b.set_xlabel("k")
         b.set_ylabel("rms G_k")
-        b.set_title("G_k by stored steps (solid: in-sample, dashed: held-out)")
+        b.set_title("G_k by stored steps (solid: in-sample to k = n/2, dashed: held-out)", fontsize=9)
         b.legend(fontsize=6.5, ncol=2)
     table.to_csv(out / "scale_study.csv", index=False)
     (out / "scale_study.json").write_text(

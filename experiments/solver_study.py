@@ -1,7 +1,7 @@
 """Study: how much of a printed spectrum slope is the eigensolver's? The authors' solver (orthogonal
 iteration, ml-swissknife) at 10 and 50 iterations against the exact eigenvalues, on one trajectory, at
-several k < n (the authors: k = 1,000 of n = 4,000; at k = n one iteration is already exact, so the
-solver's effect only shows below n). Every k starts from the first k of the same Gaussian columns.
+several k < n (the authors: k = 1,000 of n = 4,000; at k = n the iterate spans everything after one
+iteration, so subspace errors only show below n). Every k starts from the first k of the same Gaussian columns.
 
 The exact spectrum and the authors' iteration both run on the trajectory's Gram matrix (the analyse
 stage's checkpoint is reused), so the study costs one pass over the data: H V₀ for the Gaussian start.

@@ -49,3 +49,20 @@ def test_parts_are_named_and_bad_ones_refused():
     }
     with pytest.raises(SpectralError, match="unknown part"):
         scale_study.parts_of(10, ["last:3"])
+
+
+def test_the_whole_runs_in_sample_c_agrees_with_the_report(tmp_path):
+    """The study's in-sample exponent for "all" is read to k = n/2, as the report reads the analyse stage's
+    curve (a fit through the collapse at k = n gave 0.680 against the report's 0.134)."""
+    from spectral.analyse import AnalyseConfig, analyse
+    from spectral.report import ReportConfig, report
+
+    H = power_law_trajectory(n=40, d=900, slope=0.8, seed=5)
+    write_store(tmp_path / "run", H)
+    analyse(tmp_path / "run", AnalyseConfig(k=40), progress=False, device="cpu")
+    fitted = report(tmp_path / "run", ReportConfig(fit_range=(1, 40)), out=tmp_path / "fig")["fits"]["rlc"]
+    scale_study.main([str(tmp_path / "run"), "--parts", "all", "--k", "40", "--fit-range", "1", "40"])
+    row = pd.read_csv(tmp_path / "run" / "studies" / "scale" / "scale_study.csv").iloc[0]
+    assert row.c_in_sample == pytest.approx(fitted["in-sample"]["c"], rel=1e-6)
+    curves = pd.read_csv(tmp_path / "run" / "studies" / "scale" / "scale_study_curves.csv")
+    assert curves[curves.curve == "in-sample"].k.max() <= 20  # nothing past n/2 drawn: no 1e-10 collapse

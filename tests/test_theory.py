@@ -72,14 +72,14 @@ def test_bound_and_curve_as_data():
     scale = math.sqrt(math.log(1e5)) / 1000
     direct = direct_factor(1.0 * np.maximum(np.arange(2**20 + 1), 1.0) ** -0.8, 10**6)
     assert b["rlc"] == pytest.approx(scale * direct) and b["classical"] == pytest.approx(scale * 1.0 * 1000)
-    assert b["ratio"] == pytest.approx(direct / 1000)
+    assert b["ratio_to_classical"] == pytest.approx(direct / 1000)
     frame = theory.dimension_curve(theory.PowerLaw(1.0, 0.8), [10, 10**3, 10**6])
-    assert list(frame.columns) == ["d", "rlc_factor", "no_decay_factor", "classical_factor", "ratio"]
+    assert list(frame.columns) == ["d", "rlc_factor", "no_decay_factor", "classical_factor", "ratio_to_no_decay"]
     # the comparison is the same bound with G_k = G_0 (a direct sum), whose ratio to G_0 √d tends to
     # √2 / (√2 − 1) ≈ 3.4 (up to the rounding of log₂ d)
     np.testing.assert_allclose(frame.no_decay_factor, [direct_factor(np.ones(2**20 + 1), d) for d in frame.d])
     assert 2.4 < frame.no_decay_factor.iloc[-1] / frame.classical_factor.iloc[-1] < 4.9
-    assert frame.ratio.is_monotonic_decreasing  # decay at c = 0.8 buys more the larger d is
+    assert frame.ratio_to_no_decay.is_monotonic_decreasing  # decay at c = 0.8 buys more the larger d is
 
 
 def test_bad_input_is_a_clear_error():

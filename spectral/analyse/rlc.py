@@ -60,6 +60,13 @@ def in_sample(spectrum: Spectrum, ks=None) -> pd.DataFrame:
     return residual_norms(np.asarray(spectrum.scores), spectrum.row_sq_norms, ks)
 
 
+def in_sample_readable(n: int) -> int:
+    """The last k at which an in-sample curve over n steps says something about decay: n // 2.
+    Components fitted on the same n steps explain them exactly at k = n, so G_k -> 0 there (to 1e-10)
+    is overfitting, not decay; fits and figures read the in-sample curve up to here."""
+    return n // 2
+
+
 def split_rows(n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(fit rows, held-out rows): ``half`` = first half / second half; ``alternate`` = even / odd steps."""
     idx = np.arange(n)

@@ -63,7 +63,7 @@ def main(argv=None):
     for label, r in f.get("dimension_factor_at_d", {}).items():
         print(
             f"bound factor at d={int(r['d']):,} ({label}): {r['rlc_factor']:.3g} vs {r['no_decay_factor']:.3g} "
-            f"without decay (G_k = G_0; ratio {r['ratio']:.3f}); G_k extrapolated {r['decades_beyond']:.1f} "
+            f"without decay (G_k = G_0; ratio {r['ratio_to_no_decay']:.3f}); G_k extrapolated {r['decades_beyond']:.1f} "
             "decades beyond the measured k"
         )
     for m in result["missing"]:

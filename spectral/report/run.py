@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .. import jsonio, layout
+from ..analyse import rlc
 from ..errors import SpectralError
 from ..layout import RunDir
 from . import figures, fits
@@ -95,7 +96,7 @@ class Sources:
         """The last k each curve is read to: n/2 for the in-sample one (components fitted on the same n
         steps explain them exactly at k = n: G_k -> 0 there is overfitting, not decay)."""
         n = self.summary.get("n")
-        return {"in-sample": n // 2} if n and "in-sample" in self.all_curves else {}
+        return {"in-sample": rlc.in_sample_readable(n)} if n and "in-sample" in self.all_curves else {}
 
     @property
     def curves(self) -> dict:
