@@ -216,3 +216,48 @@ def test_the_plan_at_the_start_of_a_run_leaves_the_page_cache_alone(tmp_path, mo
     analyse(tmp_path / "run", AnalyseConfig(k=5), progress=True, device="cpu")
     assert dropped == [] and "read (page cache as it stands)" in capsys.readouterr().err
     assert "cold read" in "\n".join(plan(tmp_path / "run", AnalyseConfig(k=5)).lines()) and dropped == ["clipped"]
+
+
+# ---------------------------------------------------------------------- rlc against brute force
+def test_summarize_equals_a_loop_over_steps():
+    G = pd.DataFrame(np.random.default_rng(3).random((23, 4)) ** 2, columns=pd.Index([0, 1, 5, 9], name="k"))
+    got = rlc.summarize(G).set_index("k")
+    for k in G.columns:
+        col = G[k].to_numpy()
+        assert got.loc[k, "mean"] == pytest.approx(sum(col) / len(col), rel=1e-12)
+        assert got.loc[k, "rms"] == pytest.approx(math.sqrt(sum(v * v for v in col) / len(col)), rel=1e-12)
+        assert got.loc[k, "max"] == max(col)
+        for q in (10, 50, 90):
+            assert got.loc[k, f"q{q}"] == pytest.approx(np.quantile(col, q / 100), rel=1e-12)
+    assert list(got.index) == [0, 1, 5, 9]
+
+
+def test_held_out_from_gram_defaults_index_and_rank_cap():
+    H = power_law_trajectory(n=30, d=300, slope=0.5)
+    G = H.astype(np.float64) @ H.T.astype(np.float64)
+    default, _ = rlc.held_out_from_gram(G, 5)
+    half, _ = rlc.held_out_from_gram(G, 5, split="half", centered=False)
+    pd.testing.assert_frame_equal(default, half)
+    fit, test = rlc.split_rows(30, "half")
+    assert default.index.name == "step" and list(default.index) == list(test)
+    np.testing.assert_allclose(
+        default.to_numpy(), reference_held_out(H, 5, "half", False, default.columns).to_numpy(), rtol=1e-10
+    )
+    _, centered = rlc.held_out_from_gram(G, 40, centered=True)  # k past the fit rows: centring leaves len(fit) - 1
+    assert len(centered.eigenvalues) == len(fit) - 1
+
+
+@pytest.mark.parametrize("method", ["auto", "gram", "randomized", "lanczos"])
+def test_held_out_by_every_method_equals_a_dense_refit(tmp_path, method):
+    H = power_law_trajectory(n=36, d=400, slope=0.7)
+    s = write_store(tmp_path / "run", H)
+    ks = [0, 1, 4, 8]
+    kwargs = {} if method == "auto" else {"method": method}
+    got, spectrum = rlc.held_out(s, 8, ks=ks, **kwargs)  # default split: half
+    ref = reference_held_out(s.rows("clipped"), 8, "half", False, ks)
+    assert got.index.name == "step" and list(got.index) == list(ref.index)
+    np.testing.assert_allclose(got[ks].to_numpy(), ref[ks].to_numpy(), rtol=2e-4)
+    if method == "auto":  # small n: auto takes the exact Gram path
+        assert spectrum.method == "gram"
+    grid, _ = rlc.held_out(s, 8, **kwargs)  # no ks: the k grid up to the fitted rank
+    assert list(grid.columns) == list(rlc.k_grid(8))
