@@ -116,6 +116,7 @@ def density_figure(
             if panel == "authors":
                 ax.loglog(authors.value, authors.density, color=COLORS[0], label="bandwidth σ = 0.00100 (theirs)")
                 ax.set_ylim(1e-10, 2e2)
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # a narrow range: labels collide
                 ax.set_xlabel("singular value σ_k = λ(HᵀH)^(1/2)")
                 ax.set_ylabel("density of KDE")
                 ax.set_title("authors' presentation: top-500 σ_k, linear-space KDE", fontsize=10)
