@@ -470,3 +470,33 @@ def test_controls_refuse_what_they_cannot_do(analysed_run, tmp_path):
     assert proc.returncode == 2 and "rank 0" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_main("spectral.retrain", analysed_run, "--subspace-from", tmp_path / "nowhere", "--out", tmp_path / "y")
     assert proc.returncode == 2 and "nor a collect run directory" in proc.stderr
+
+
+def test_subspace_basis_products_and_loading(tmp_path):
+    from spectral.errors import SpectralError
+
+    Q = _basis(50, 6, seed=2)
+    np.save(tmp_path / "components.npy", Q.astype(np.float32))
+    sub = Subspace.from_analysis(tmp_path, 4)
+    assert (sub.d, sub.rank) == (50, 4) and sub.V.dtype == torch.float32
+    np.testing.assert_array_equal(sub.V.numpy(), Q[:, :4].astype(np.float32))  # the first r columns, as stored
+    g = torch.from_numpy(np.random.default_rng(0).standard_normal(50))
+    P = sub.V.double().numpy()
+    projected = sub.project(g)
+    assert projected.dtype == g.dtype  # the gradient's dtype is kept
+    np.testing.assert_allclose(projected.numpy(), P @ (P.T @ g.numpy()), rtol=1e-5, atol=1e-6)
+    G = torch.from_numpy(np.random.default_rng(1).standard_normal((3, 50)))
+    np.testing.assert_allclose(sub.coordinates(G).numpy(), G.numpy() @ P, rtol=1e-5, atol=1e-6)
+    assert sub.to("cpu") is sub
+    for bad_rank in (0, 7):
+        with pytest.raises(SpectralError, match=f"rank {bad_rank} is not available"):
+            Subspace.from_analysis(tmp_path, bad_rank)
+    with pytest.raises(SpectralError, match="has no components.npy"):
+        Subspace.from_analysis(tmp_path / "nowhere", 2)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "components.npy").write_bytes(b"not an array")
+    with pytest.raises(SpectralError, match="not a readable .npy"):
+        Subspace.from_analysis(tmp_path / "bad", 2)
+    for shape in ((5,), (3, 5)):  # a basis is (d, r) with r <= d
+        with pytest.raises(SpectralError, match="shape \\(d, r\\)"):
+            Subspace(np.zeros(shape))

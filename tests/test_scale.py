@@ -261,3 +261,59 @@ def test_held_out_by_every_method_equals_a_dense_refit(tmp_path, method):
         assert spectrum.method == "gram"
     grid, _ = rlc.held_out(s, 8, **kwargs)  # no ks: the k grid up to the fitted rank
     assert list(grid.columns) == list(rlc.k_grid(8))
+
+
+def test_k_grid_split_error_and_in_sample_limit():
+    grid = rlc.k_grid(10**6)
+    assert grid.dtype.kind == "i" and len(grid) == 31 and grid[0] == 0 and grid[1] == 1 and grid[-1] == 10**6
+    assert len(rlc.k_grid(10**6, points=12)) == 13
+    assert rlc.in_sample_readable(41) == 20 and isinstance(rlc.in_sample_readable(41), int)
+    with pytest.raises(SpectralError, match="unknown split 'thirds'; choose half or alternate"):
+        rlc.split_rows(10, "thirds")
+
+
+def test_held_out_from_gram_rank_ks_and_the_fitted_spectrum():
+    H = power_law_trajectory(n=20, d=300, slope=0.5)
+    G = H.astype(np.float64) @ H.T.astype(np.float64)
+    fit, _ = rlc.split_rows(20, "half")
+    got, fitted = rlc.held_out_from_gram(G, 50, ks=[0, 3, 7])  # k past the fit rows: their rank, all of it
+    assert list(got.columns) == [0, 3, 7] and len(fitted.eigenvalues) == len(fit)
+    G_fit = G[np.ix_(fit, fit)]
+    assert fitted.total_energy == pytest.approx(np.trace(G_fit), rel=1e-12)
+    assert (fitted.method, fitted.centered, fitted.passes, fitted.seconds) == ("gram", False, 0, 0.0)
+    np.testing.assert_array_equal(fitted.residuals, np.zeros(len(fit)))
+    np.testing.assert_allclose(fitted.row_sq_norms, np.diag(G_fit), rtol=1e-12)
+
+
+def _two_stream_store(root, H, P):
+    layout = [{"name": "w", "shape": [H.shape[1]], "offset": 0, "numel": H.shape[1]}]
+    w = store_mod.StoreWriter.create(
+        root, layout=layout, streams=["clipped", "private"], dtype="float32", shard_rows=7, meta={}, tile_cols=128
+    )
+    for t in range(len(H)):
+        w.append(t, {"clipped": H[t], "private": P[t]}, {"loss": 0.0})
+    w.commit(status="complete")
+    w.close()
+    return store_mod.open(root)
+
+
+@pytest.mark.parametrize("method", ["gram", "randomized"])
+def test_held_out_passes_its_options_on(tmp_path, monkeypatch, method):
+    """stream, centered and ks change the result as the dense reference says; max_memory and device reach
+    the passes over the data (spied), and auto asks choose_method with the source's n, d and k."""
+    H = power_law_trajectory(n=30, d=300, slope=0.6)
+    P = H + np.random.default_rng(7).standard_normal(H.shape).astype(np.float32) * 0.05
+    s = _two_stream_store(tmp_path / "run", H, P)
+    ks = [0, 2, 6]
+    got, _ = rlc.held_out(s, 6, stream="private", split="alternate", centered=True, ks=ks, method=method)
+    ref = reference_held_out(s.rows("private"), 6, "alternate", True, ks)
+    assert list(got.columns) == ks
+    np.testing.assert_allclose(got[ks].to_numpy(), ref[ks].to_numpy(), rtol=5e-4)
+    seen, real = [], rlc.trajectory_matrix
+    monkeypatch.setattr(rlc, "trajectory_matrix", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    rlc.held_out(s, 6, method=method, max_memory=10**6, device="cpu")
+    assert seen and all(kw["max_memory"] == 10**6 and str(kw["device"]) == "cpu" for kw in seen)
+    asked = []
+    monkeypatch.setattr(rlc, "choose_method", lambda *a: asked.append(a) or ("gram", "spied"))
+    rlc.held_out(s, 6, max_memory=10**6)
+    assert asked == [(30, 300, 6, 10**6)]
