@@ -155,3 +155,23 @@ def test_log_log_fit_intervals_against_their_definitions():
     assert three["points"] == 3 and three["slope"] == pytest.approx(expected_slope, rel=1e-12)
     with pytest.raises(Exception, match="at least 3 positive points"):
         fits.log_log_fit([1, 2, 3], [1.0, 0.0, -1.0])
+
+
+def test_the_authors_density_takes_the_largest_500_with_their_settings():
+    from spectral.analyse import density
+
+    values = np.random.default_rng(4).lognormal(-3, 1, 620)  # more than 500: which 500 matters
+    got = density.authors_density(values, thin=30)
+    top = np.sort(values)[::-1][:500]
+    lo, hi = top.min() - 3e-4, top.max() + 3e-4  # the authors' grid_expand
+    grid = np.linspace(lo, hi, 300_000)  # their grid length
+    assert list(got.columns) == ["value", "density"] and len(got) == 10_000  # every 30th of 300,000
+    np.testing.assert_allclose(got.value, grid[::30], rtol=1e-12)
+    var = 1e-6 * max(1.0, hi - lo)  # their kernel variance rule
+    idx = [0, 4321, 9999]
+    raw = np.exp(-((grid[:, None] - top) ** 2) / (2 * var)).sum(1)
+    expected = raw / (raw.sum() * (grid[1] - grid[0]))
+    np.testing.assert_allclose(got.density.iloc[idx], expected[::30][idx], rtol=1e-9)
+    defaults = density.linear_kde(top[:5])  # the signature's defaults are the authors' constants
+    explicit = density.linear_kde(top[:5], variance=1e-6, grid_len=300_000, grid_expand=3e-4)
+    pd.testing.assert_frame_equal(defaults, explicit)

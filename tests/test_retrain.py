@@ -500,3 +500,20 @@ def test_subspace_basis_products_and_loading(tmp_path):
     for shape in ((5,), (3, 5)):  # a basis is (d, r) with r <= d
         with pytest.raises(SpectralError, match="shape \\(d, r\\)"):
             Subspace(np.zeros(shape))
+
+
+def test_subspace_rank_bounds_messages_and_device_moves(tmp_path):
+    from spectral.errors import SpectralError
+
+    np.save(tmp_path / "components.npy", _basis(30, 6).astype(np.float32))
+    assert Subspace.from_analysis(tmp_path, 1).rank == 1 and Subspace.from_analysis(tmp_path, 6).rank == 6
+    with pytest.raises(SpectralError, match="holds 6 components"):
+        Subspace.from_analysis(tmp_path, 7)
+    (tmp_path / "flat").mkdir()
+    np.save(tmp_path / "flat" / "components.npy", np.zeros(30, dtype=np.float32))
+    with pytest.raises(SpectralError, match="holds 0 components"):
+        Subspace.from_analysis(tmp_path / "flat", 1)
+    sub = Subspace.from_analysis(tmp_path, 3)
+    moved = sub.to("meta")  # another device: a new subspace with its basis there, the original untouched
+    assert moved is not sub and moved.V.device.type == "meta" and sub.V.device.type == "cpu"
+    assert moved.V.shape == sub.V.shape
