@@ -517,3 +517,54 @@ def test_subspace_rank_bounds_messages_and_device_moves(tmp_path):
     moved = sub.to("meta")  # another device: a new subspace with its basis there, the original untouched
     assert moved is not sub and moved.V.device.type == "meta" and sub.V.device.type == "cpu"
     assert moved.V.shape == sub.V.shape
+
+
+RETRAIN_ELSEWHERE = {  # RetrainConfig fields and the tests that set them and check the effect
+    "ranks": "test_cli_retrains_every_variant_with_identical_accounting, test_cli_controls_…",
+    "seeds": "test_cli_retrains_every_variant_with_identical_accounting (two seeds), test_cli_controls_… (more seeds)",
+    "mode": "test_cli_public_subspace (coordinates, signal+noise)",
+    "subspace_from": "test_cli_public_subspace, test_cli_controls_… (random, another run)",
+    "steps": "test_cli_retrains_every_variant_with_identical_accounting (evaluations at 0, 2, 4)",
+    "eval_every": "test_cli_retrains_every_variant_with_identical_accounting",
+    "full": "test_cli_public_subspace (--no-full: no full variant)",
+    "public_size": "test_public_examples_stay_out_of_private_training_and_its_accounting",
+    "settings": "test_cli_non_private_setting_has_its_own_directory (noise_multiplier 0)",
+    "public_steps": "below",
+    "analysis": "below",
+}
+
+
+def test_every_retrain_field_is_covered():
+    import dataclasses
+
+    from spectral.retrain import RetrainConfig
+
+    assert set(RETRAIN_ELSEWHERE) == {f.name for f in dataclasses.fields(RetrainConfig)}
+
+
+def test_public_steps_and_analysis_reach_the_computation(analysed_run, tmp_path, monkeypatch):
+    import shutil
+
+    import spectral.retrain.run as retrain_run
+    from spectral.retrain import RetrainConfig, retrain
+
+    steps_seen, real_public = [], retrain_run.public_subspace
+    monkeypatch.setattr(
+        retrain_run, "public_subspace", lambda *a, **kw: steps_seen.append(a[4]) or real_public(*a, **kw)
+    )
+    config = RetrainConfig(ranks=(2,), seeds=1, steps=1, eval_every=1, full=False, subspace_from="public",
+                           public_size=40, public_steps=3)  # fmt: skip
+    retrain(analysed_run, config, tmp_path / "public", progress=False, device="cpu")
+    assert steps_seen == [3]
+
+    other = tmp_path / "other-analysis"  # the same store's analysis, elsewhere, with its components permuted
+    shutil.copytree(analysed_run / "analysis" / "clipped", other)
+    components = np.load(other / "components.npy")
+    np.save(other / "components.npy", components[:, ::-1].copy())
+    loaded, real_load = [], Subspace.from_analysis
+    monkeypatch.setattr(
+        retrain_run.Subspace, "from_analysis", classmethod(lambda cls, d, r: loaded.append((d, r)) or real_load(d, r))
+    )
+    retrain(analysed_run, RetrainConfig(ranks=(2,), seeds=1, steps=1, eval_every=1, full=False, analysis=str(other)),
+            tmp_path / "analysis", progress=False, device="cpu")  # fmt: skip
+    assert loaded == [(other, 2)]
