@@ -175,3 +175,30 @@ def test_the_authors_density_takes_the_largest_500_with_their_settings():
     defaults = density.linear_kde(top[:5])  # the signature's defaults are the authors' constants
     explicit = density.linear_kde(top[:5], variance=1e-6, grid_len=300_000, grid_expand=3e-4)
     pd.testing.assert_frame_equal(defaults, explicit)
+
+
+def test_density_edges_one_value_zeros_and_bandwidth():
+    from scipy.stats import gaussian_kde
+
+    from spectral.analyse import density
+    from spectral.errors import SpectralError
+
+    one = density.linear_kde([0.5], variance=1e-3, grid_len=50_001, grid_expand=0.1)  # one value; > 20k points
+    dx = one.value[1] - one.value[0]
+    assert one.density.sum() * dx == pytest.approx(1.0, rel=1e-9)
+    assert one.value.iloc[one.density.idxmax()] == pytest.approx(0.5, abs=dx)  # peak at the value
+    with pytest.raises(SpectralError, match="at least one value"):
+        density.linear_kde([])
+    lam = np.array([1e-4, 3e-3, 0.02, 0.5])
+    base = density.eigenvalue_kde(lam)
+    assert len(base) == 200
+    pd.testing.assert_frame_equal(density.eigenvalue_kde(np.r_[lam, 0.0, -1e-9]), base)  # non-positive: left out
+    two = density.eigenvalue_kde(lam[:2], points=7)  # two positive eigenvalues are enough
+    assert len(two) == 7 and np.isfinite(two.density).all()
+    with pytest.raises(SpectralError, match="at least two positive eigenvalues"):
+        density.eigenvalue_kde([0.3, 0.0])
+    wide = density.eigenvalue_kde(lam, points=9, bandwidth=0.5)
+    logs = np.log10(lam)
+    ref = gaussian_kde(logs, bw_method=0.5)
+    assert wide.bandwidth.iloc[0] == pytest.approx(0.5 * logs.std(ddof=1), rel=1e-12)
+    np.testing.assert_allclose(wide.density, ref(np.log10(wide.eigenvalue)), rtol=1e-9)
