@@ -317,3 +317,22 @@ def test_held_out_passes_its_options_on(tmp_path, monkeypatch, method):
     monkeypatch.setattr(rlc, "choose_method", lambda *a: asked.append(a) or ("gram", "spied"))
     rlc.held_out(s, 6, max_memory=10**6)
     assert asked == [(30, 300, 6, 10**6)]
+
+
+def test_residual_norms_against_a_loop_with_and_without_energies():
+    rng = np.random.default_rng(8)
+    scores, sq = rng.standard_normal((5, 4)), rng.random(5) * 10 + 20
+    ks = [0, 1, 3, 4]
+    got = rlc.residual_norms(scores, sq, ks)
+    assert got.index.name == "step" and got.columns.name == "k" and list(got.columns) == ks
+    for t in range(5):
+        for k in ks:
+            assert got.loc[t, k] == pytest.approx(
+                math.sqrt(sq[t] - sum(scores[t, j] ** 2 for j in range(k))), rel=1e-12
+            )
+    energies = rng.random((5, 4))  # a predicted trajectory's own energies replace scores²
+    given = rlc.residual_norms(scores, sq, ks, energies=energies)
+    for t in range(5):
+        assert given.loc[t, 3] == pytest.approx(math.sqrt(sq[t] - energies[t, :3].sum()), rel=1e-12)
+    with pytest.raises(SpectralError, match=r"k values must lie in \[0, 4\]"):
+        rlc.residual_norms(scores, sq, [0, 5])
