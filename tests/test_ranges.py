@@ -166,6 +166,7 @@ def test_the_authors_density_takes_the_largest_500_with_their_settings():
     lo, hi = top.min() - 3e-4, top.max() + 3e-4  # the authors' grid_expand
     grid = np.linspace(lo, hi, 300_000)  # their grid length
     assert list(got.columns) == ["value", "density"] and len(got) == 10_000  # every 30th of 300,000
+    assert len(density.authors_density(values)) == 10_000  # 30 by default
     np.testing.assert_allclose(got.value, grid[::30], rtol=1e-12)
     var = 1e-6 * max(1.0, hi - lo)  # their kernel variance rule
     idx = [0, 4321, 9999]
@@ -191,7 +192,12 @@ def test_density_edges_one_value_zeros_and_bandwidth():
         density.linear_kde([])
     lam = np.array([1e-4, 3e-3, 0.02, 0.5])
     base = density.eigenvalue_kde(lam)
+    logs = np.log10(lam)
+    pad = 3 * base.bandwidth.iloc[0] * logs.std() / logs.std(ddof=1)  # the grid reaches 3 kernel widths past the data
     assert len(base) == 200
+    np.testing.assert_allclose(
+        np.log10(base.eigenvalue.iloc[[0, -1]]), [logs.min() - pad, logs.max() + pad], rtol=1e-12
+    )
     pd.testing.assert_frame_equal(density.eigenvalue_kde(np.r_[lam, 0.0, -1e-9]), base)  # non-positive: left out
     two = density.eigenvalue_kde(lam[:2], points=7)  # two positive eigenvalues are enough
     assert len(two) == 7 and np.isfinite(two.density).all()

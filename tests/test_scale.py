@@ -297,6 +297,9 @@ def _two_stream_store(root, H, P):
     return store_mod.open(root)
 
 
+real_pca = rlc.principal_components
+
+
 @pytest.mark.parametrize("method", ["gram", "randomized"])
 def test_held_out_passes_its_options_on(tmp_path, monkeypatch, method):
     """stream, centered and ks change the result as the dense reference says; max_memory and device reach
@@ -310,9 +313,16 @@ def test_held_out_passes_its_options_on(tmp_path, monkeypatch, method):
     assert list(got.columns) == ks
     np.testing.assert_allclose(got[ks].to_numpy(), ref[ks].to_numpy(), rtol=5e-4)
     seen, real = [], rlc.trajectory_matrix
-    monkeypatch.setattr(rlc, "trajectory_matrix", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
-    rlc.held_out(s, 6, method=method, max_memory=10**6, device="cpu")
+
+    def spy(*a, **kw):
+        seen.append(kw)
+        return real(*a, **{**kw, "client": None})  # the client is only recorded: no cluster in this test
+
+    monkeypatch.setattr(rlc, "trajectory_matrix", spy)
+    monkeypatch.setattr(rlc, "principal_components", lambda *a, client=None, **kw: real_pca(*a, **kw))
+    rlc.held_out(s, 6, method=method, max_memory=10**6, device="cpu", client="a client")
     assert seen and all(kw["max_memory"] == 10**6 and str(kw["device"]) == "cpu" for kw in seen)
+    assert all(kw["client"] == "a client" for kw in seen)
     asked = []
     monkeypatch.setattr(rlc, "choose_method", lambda *a: asked.append(a) or ("gram", "spied"))
     rlc.held_out(s, 6, max_memory=10**6)
