@@ -267,14 +267,14 @@ def _panel(setting: str) -> str:
     return "-".join([parts[0], "trajectory", *parts[2:]])
 
 
-def _panel_title(panel: str) -> str:
-    """``signal-public-nonprivate`` -> ``non-private; signal mode; subspace from public data``."""
+def _panel_title(panel: str, controls: bool = False) -> str:
+    """``signal-public-nonprivate`` -> ``non-private, signal mode: public subspace``."""
     parts = panel.split("-")
     if len(parts) < 2:
         return panel
     privacy = "non-private" if "nonprivate" in parts[2:] else "DP"
-    source = "public data" if parts[1] == "public" else "the trajectory (and controls)"
-    return f"{privacy}; {parts[0]} mode; subspace from {source}"
+    source = "public subspace" if parts[1] == "public" else "the run's subspace" + (" and controls" if controls else "")
+    return f"{privacy}, {parts[0]} mode: {source}"
 
 
 def _variant_style(variant: str, rank: int, source: str, ranks: list) -> dict:
@@ -336,9 +336,11 @@ def retrain_figure(
             if show_majority:
                 ax.axhline(majority, color="0.5", ls=(0, (1, 3)), lw=0.9, label=f"majority class ({majority:.3f})")
             ax.set_xlabel("training step")
-            ax.set_title(_panel_title(panel))
+            noise_only = (in_panel["rank"] == 0) & (in_panel.variant != "full")
+            controls = bool(((in_panel.subspace_from != "trajectory") | noise_only).any())
+            ax.set_title(_panel_title(panel, controls), fontsize=10)
             legend_title = None if show_majority or majority is None else f"majority class: {majority:.3f} (below)"
-            ax.legend(loc="lower right", title=legend_title, fontsize="small")
+            ax.legend(loc="best", title=legend_title, fontsize="small")
         axes[0][0].set_ylim((min(low, majority) if show_majority else low) - pad, high + pad)
         for row in axes:
             row[0].set_ylabel(f"dev {metric}\n(thin: each seed; line ± band: mean ± std)")
