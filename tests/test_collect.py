@@ -148,7 +148,11 @@ def test_ctrl_c_keeps_the_last_commit_and_resume_completes(tiny_model, tiny_data
         "-m",
         *map(str, collect_args(tiny_model, tiny_data, out, "--steps", "60", "--checkpoint-every", "4")),
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job ignores SIGINT and its children inherit that: give the run Python's handler
+    interruptible = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
+    )
     deadline = time.time() + 300
     while _manifest_steps(out) < 8 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
