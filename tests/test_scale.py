@@ -257,10 +257,21 @@ def test_held_out_by_every_method_equals_a_dense_refit(tmp_path, method):
     ref = reference_held_out(s.rows("clipped"), 8, "half", False, ks)
     assert got.index.name == "step" and list(got.index) == list(ref.index)
     np.testing.assert_allclose(got[ks].to_numpy(), ref[ks].to_numpy(), rtol=2e-4)
-    if method == "auto":  # small n: auto takes the exact Gram path
-        assert spectrum.method == "gram"
+    assert spectrum.method == ("gram" if method == "auto" else method)  # small n: auto takes the exact Gram path
     grid, _ = rlc.held_out(s, 8, **kwargs)  # no ks: the k grid up to the fitted rank
     assert list(grid.columns) == list(rlc.k_grid(8))
+
+
+@pytest.mark.parametrize("method", ["auto", "randomized"])
+def test_held_out_of_an_array_reads_n_and_d_from_its_shape(method):
+    """An in-memory (n, d) array is a source like a store: its rows are the steps, its columns the
+    parameters (n ≠ d here, so swapping them fails)."""
+    H = power_law_trajectory(n=24, d=90, slope=0.6).astype(np.float64)
+    kwargs = {} if method == "auto" else {"method": method}
+    got, spectrum = rlc.held_out(H, 6, ks=[0, 2, 6], **kwargs)
+    ref = reference_held_out(H, 6, "half", False, [0, 2, 6])
+    assert list(got.index) == list(range(12, 24)) and spectrum.method == ("gram" if method == "auto" else method)
+    np.testing.assert_allclose(got.to_numpy(), ref.to_numpy(), rtol=2e-4)
 
 
 def test_k_grid_split_error_and_in_sample_limit():
