@@ -13,7 +13,6 @@ Retraining at equal ε with and without the public projection is ``spectral.retr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spectral import layout
+from spectral import jsonio, layout
 from spectral.analyse import rlc
 from spectral.analyse.matrix import TrajectoryMatrix
 from spectral.dp.config import CollectConfig
@@ -44,7 +43,7 @@ def projector_curve(store, V: np.ndarray, ks, stream: str = "clipped") -> pd.Dat
 
 def summary_table(curves: dict) -> pd.DataFrame:
     """Per projector: rms G_0, G_k at the grid points nearest below 10 and 100, the energy fraction
-    left outside the top ~10 directions, and the RLC exponent c with its interval."""
+    left outside the top ~10 directions, and the RLC exponent c with its interval and fitted k range."""
     rows = []
     for label, c in curves.items():
         f = fits.rlc_fit(c)
@@ -60,6 +59,8 @@ def summary_table(curves: dict) -> pd.DataFrame:
                 "c": f["c"],
                 "c_low": f["c_low"],
                 "c_high": f["c_high"],
+                "fit_k_min": f["k_range"][0],
+                "fit_k_max": f["k_range"][1],
             }
         )
     return pd.DataFrame(rows)
@@ -79,11 +80,16 @@ def main(argv=None):
     p.add_argument("--public-steps", type=int, default=100)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--out", type=Path)
+    p.add_argument("--redraw", action="store_true", help="table and figure from the saved curves, no recomputing")
     args = p.parse_args(argv)
     store, run = open_store(args.run_dir), RunDir(args.run_dir)
     analysis = run.analysis("clipped")
     out = args.out or args.run_dir / "studies" / "public"
     out.mkdir(parents=True, exist_ok=True)
+    if args.redraw:
+        saved = pd.read_csv(out / "public_subspace_curves.csv")
+        curves = {label: c.drop(columns="projector") for label, c in saved.groupby("projector", sort=False)}
+        return write(curves, out, store.n_steps, args.public_steps, args.k)
     cfg = CollectConfig.from_dict(store.manifest["config"])
     head = store.attachment("head") if "head" in store.manifest.get("attachments", []) else None
     train, dev, _ = load_data(cfg.data, cfg.text_column, cfg.label_column, cfg.seed)
@@ -98,13 +104,20 @@ def main(argv=None):
             replace(cfg, eval_every=0), train.rows(0, size), dev.head(0), args.k, args.public_steps, True, head
         )
         curves[f"public projector, {size} examples"] = projector_curve(store, sub.V.numpy(), ks)
+    write(curves, out, store.n_steps, args.public_steps, args.k)
+
+
+def write(curves: dict, out: Path, n: int, public_steps: int, k: int) -> None:
+    """The table (printed and saved as CSV/JSON) and the figure with its curves. The in-sample curve of
+    the n stored steps is kept to ``rlc.in_sample_readable(n)``: past it finite n bends it to 0 (the
+    report reads it as far)."""
+    last = rlc.in_sample_readable(n)
+    curves = {label: c[c.k <= last] if "in-sample" in label else c for label, c in curves.items()}
     table = summary_table(curves)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-
     table.to_csv(out / "public_subspace.csv", index=False)
-    (out / "public_subspace.json").write_text(
-        json.dumps({"public_steps": args.public_steps, "k": args.k, "table": table.to_dict(orient="records")}, indent=1)
-    )
+    record = {"public_steps": public_steps, "k": k, "n": n, "table": table.to_dict(orient="records")}
+    (out / "public_subspace.json").write_text(jsonio.dumps(record, indent=1))
     print("figure:", plot(curves, out / "public_subspace")[0])
 
 

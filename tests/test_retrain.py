@@ -11,6 +11,7 @@ import torch
 from conftest import run_cli, run_main
 from helpers import brute_force_clipped_sum, per_example_gradients, text_chunks, tiny_model_of
 
+from spectral import store
 from spectral.dp.engine import DPEngine
 from spectral.retrain import CoordinateEngine, Subspace
 
@@ -307,6 +308,13 @@ def test_public_subspace_study_command(analysed_run, tmp_path):
     for _, c in curves.groupby("projector"):  # the norm outside a growing subspace never grows
         assert (np.diff(c.sort_values("k").rms) <= 1e-12).all()
     assert (out / "public_subspace.png").stat().st_size > 10_000
+    n = store.open(analysed_run).n_steps
+    in_sample = curves[curves.projector == "private, in-sample"]
+    assert len(in_sample) and in_sample.k.max() <= n // 2  # past n/2 finite n bends it to 0: not drawn or fitted
+    table = pd.read_csv(out / "public_subspace.csv")
+    (out / "public_subspace.csv").unlink()
+    assert run_cli("experiments.public_subspace", *args, "--redraw").returncode == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "public_subspace.csv"), table)  # the same table, not recomputed
 
 
 # ---------------------------------------------------------------------- the update each mode applies
