@@ -126,3 +126,20 @@ def test_json_written_by_the_toolkit_is_strict():
 
     text = jsonio.dumps({"nan": float("nan"), "inf": [np.float32(np.inf)], "x": np.float64(1.5), "a": np.arange(2)})
     assert text == '{"nan": null, "inf": [null], "x": 1.5, "a": [0, 1]}'
+
+
+def test_committed_json_is_strict():
+    """Every JSON file committed beside the figures and benchmarks parses without NaN or Infinity (which
+    strict parsers such as jq and browsers reject); the toolkit writes null there."""
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    files = [p for d in ("figures", "benchmarks") for p in (SPECTRAL.parent / d).rglob("*.json")]
+    assert files
+    for path in files:
+        try:
+            json.loads(path.read_text(), parse_constant=refuse)
+        except ValueError as exc:
+            raise AssertionError(f"{path.relative_to(SPECTRAL.parent)}: {exc}") from None
