@@ -13,6 +13,7 @@ Retraining at equal ε with and without the public projection is ``spectral.retr
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -86,19 +87,25 @@ def main(argv=None):
     analysis = run.analysis("clipped")
     out = args.out or args.run_dir / "studies" / "public"
     out.mkdir(parents=True, exist_ok=True)
-    if args.redraw:
-        saved = pd.read_csv(out / "public_subspace_curves.csv")
+    if args.redraw:  # the settings the curves were computed with, not this call's defaults
+        saved, record = (
+            pd.read_csv(out / "public_subspace_curves.csv"),
+            json.loads((out / "public_subspace.json").read_text()),
+        )
         curves = {label: c.drop(columns="projector") for label, c in saved.groupby("projector", sort=False)}
-        return write(curves, out, store.n_steps, args.public_steps, args.k)
+        return write(curves, out, record["n"], record["public_steps"], record["k"])
     cfg = CollectConfig.from_dict(store.manifest["config"])
     head = store.attachment("head") if "head" in store.manifest.get("attachments", []) else None
     train, dev, _ = load_data(cfg.data, cfg.text_column, cfg.label_column, cfg.seed)
     ks = rlc.k_grid(args.k)
 
+    # the in-sample curve only to rlc.in_sample_readable(n), as the report reads it: past it finite n bends it to 0
+    last = {layout.RLC_IN_SAMPLE: rlc.in_sample_readable(store.n_steps), layout.RLC_HELD_OUT: np.inf}
     curves = {}
     for label, name in (("private, in-sample", layout.RLC_IN_SAMPLE), ("private, held-out", layout.RLC_HELD_OUT)):
         if (analysis / name).is_file():
-            curves[label] = pd.read_csv(analysis / name)
+            curve = pd.read_csv(analysis / name)
+            curves[label] = curve[curve.k <= last[name]]
     for size in args.public_size:
         sub = public_subspace(
             replace(cfg, eval_every=0), train.rows(0, size), dev.head(0), args.k, args.public_steps, True, head
@@ -108,11 +115,7 @@ def main(argv=None):
 
 
 def write(curves: dict, out: Path, n: int, public_steps: int, k: int) -> None:
-    """The table (printed and saved as CSV/JSON) and the figure with its curves. The in-sample curve of
-    the n stored steps is kept to ``rlc.in_sample_readable(n)``: past it finite n bends it to 0 (the
-    report reads it as far)."""
-    last = rlc.in_sample_readable(n)
-    curves = {label: c[c.k <= last] if "in-sample" in label else c for label, c in curves.items()}
+    """The table (printed and saved as CSV/JSON, with the n stored steps) and the figure with its curves."""
     table = summary_table(curves)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     table.to_csv(out / "public_subspace.csv", index=False)
