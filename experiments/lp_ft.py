@@ -1,22 +1,24 @@
 """Study: DP linear probing vs fine-tuning vs LP-then-FT under one privacy budget (Ke, Hou, Fanti, Oh 2024).
 
-For a total budget ε over T steps, one noise multiplier σ is calibrated so that T steps of the
-subsampled Gaussian mechanism spend ε. The first round(f·T) steps train the classification head
-only (linear probing, LP); the remaining steps fine-tune the encoder's attention q/v and the head
-(FT) starting from the LP weights (``init_from``). Both phases subsample the same data with the
-same σ and q, so f is exactly LP's share of the RDP budget at every order, and the accountant
-composes the two phases: the FT store's final ε is the total. f = 0 is FT alone, f = 1 LP alone.
+Both phases start from one collect configuration (``--config``, default the learning run's ``cpu``:
+the similarity head, attention q/v, DP-Adam lr 1e-3, batch 128, C = 0.1). For a total budget ε over
+T steps, one noise multiplier σ is calibrated so that T steps of the subsampled Gaussian mechanism
+spend ε. The first round(f·T) steps train the head only (linear probing, LP: the similarity head's
+label rows, starting from the zero-shot prompt embeddings; a fresh head with ``--objective
+classifier``); the remaining steps fine-tune the configuration's parameters (FT) starting from the LP
+weights (``init_from``). Both phases subsample the same data with the same σ and q, so f is exactly
+LP's share of the RDP budget at every order, and the accountant composes the two phases: the FT
+store's final ε is the total. f = 0 is FT alone, f = 1 LP alone.
 
 Every phase is a collect run with its gradients stored, so the spectra of LP and FT gradients
 come from the analyse stage (top components, held-out G_k) and the report stage's fits.
 
-Optimizers: LP uses DP-SGD (lr 100), FT the paper's DP-Adam (lr 5e-4). With C = 0.1 every
-example's head gradient (norm ~3.6) is clipped, so LP descends along normalized gradients whose
-size never shrinks; Adam then keeps stepping lr per coordinate and overshoots (dev accuracy 0.52-0.57
-for lr 1e-3 to 1e-2, even without noise), while SGD with lr·C = 10 reaches 0.77 in 20 steps at
-ε = 7.4 (the commands are in paper_repro.md).
+LP uses DP-SGD: with C = 0.1 every example's head gradient (norm ~10 on the similarity head) is
+clipped, so DP-Adam, which steps lr per coordinate whatever the gradient's size, moves all 768 rows'
+coordinates alike, noise-dominated ones included (lr 1e-3 took the zero-shot head from 0.714 to 0.647
+dev accuracy in 30 steps at ε = 8; the probes are in paper_repro.md).
 
-    SPECTRAL_DATA=../shared/data python experiments/lp_ft.py runs/lp-ft      # CPU scale, ~40 min
+    SPECTRAL_DATA=../shared/data python experiments/lp_ft.py runs/lp-ft      # CPU scale
 
 Rerunning continues: finished phases are kept, an interrupted one resumes.
 """
@@ -34,6 +36,7 @@ import pandas as pd
 
 from spectral.analyse import principal_components, rlc
 from spectral.collect import CollectConfig, collect
+from spectral.collect.__main__ import load_toml
 from spectral.dp.data import load_data
 from spectral.dp.privacy import compose_epsilon, plan_privacy
 from spectral.errors import SpectralError, cli_entry
@@ -237,42 +240,35 @@ def plot(utility: pd.DataFrame, spectra: pd.DataFrame, curves: pd.DataFrame, tab
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="study directory (one collect run per phase and point)")
+    p.add_argument("--config", type=Path, default=Path("cpu"), help="the collect settings both phases start from")
     p.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0], help="total budgets")
     p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="shares of the budget for LP")
-    p.add_argument("--steps", type=int, default=40, help="total steps T of both phases")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--physical-batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=100, help="total steps T of both phases")
     p.add_argument("--lp-optimizer", default="sgd", help="optimizer of the LP phase (sgd or adam)")
-    p.add_argument("--lp-lr", type=float, default=100.0, help="learning rate of the LP phase")
-    p.add_argument("--ft-optimizer", default="adam", help="optimizer of the FT phase (adam or sgd)")
-    p.add_argument("--ft-lr", type=float, default=5e-4, help="learning rate of the FT phase")
-    p.add_argument("--ft-params", default="attention-qv+classifier", help="parameters of the FT phase (e.g. all)")
+    p.add_argument("--lp-lr", type=float, default=0.05, help="learning rate of the LP phase")
+    p.add_argument("--ft-optimizer", help="optimizer of the FT phase [the config's]")
+    p.add_argument("--ft-lr", type=float, help="learning rate of the FT phase [the config's]")
+    p.add_argument("--ft-params", help="parameters of the FT phase, e.g. all [the config's]")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--spectra-epsilon", type=float, help="ε whose phases' spectra are compared [the largest]")
-    p.add_argument("--model", default=CollectConfig.model)
-    p.add_argument("--data")
-    p.add_argument("--train-size", type=int)
-    p.add_argument("--eval-size", type=int)
-    p.add_argument("--max-length", type=int, default=128)
+    for name in ("model", "data", "objective"):
+        p.add_argument(f"--{name}", help=f"[the config's {name}]")
+    for name in ("train-size", "eval-size", "max-length", "batch-size", "physical-batch-size"):
+        p.add_argument(f"--{name}", type=int, help="[the config's]")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.steps < 1 or args.seeds < 1:
         raise SpectralError("--steps and --seeds must be at least 1")
-    base = CollectConfig(
-        model=args.model,
-        data=args.data,
-        train_size=args.train_size,
-        eval_size=args.eval_size,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
-        physical_batch_size=args.physical_batch_size,
-        streams=["clipped"],
+    given = {k: getattr(args, k) for k in ("model", "data", "objective", "train_size", "eval_size", "max_length")}
+    given |= {k: getattr(args, k) for k in ("batch_size", "physical_batch_size")}
+    base = CollectConfig.from_dict(
+        {**load_toml(args.config), **{k: v for k, v in given.items() if v is not None}, "streams": ["clipped"]}
     ).validate()
     train, _, _ = load_data(base.data, base.text_column, base.label_column, base.seed)
     n_train = len(train.head(base.train_size))
     split = pd.concat(
         [
-            budget_split(e, args.steps, args.fractions, n_train=n_train, batch_size=args.batch_size)
+            budget_split(e, args.steps, args.fractions, n_train=n_train, batch_size=base.batch_size)
             for e in args.epsilons
         ],
         ignore_index=True,
@@ -280,7 +276,11 @@ def main(argv=None):
     print(split.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
     lp = dict(params="classifier", optimizer=args.lp_optimizer, lr=args.lp_lr)
-    ft = dict(params=args.ft_params, optimizer=args.ft_optimizer, lr=args.ft_lr)
+    ft = dict(
+        params=args.ft_params or base.params,
+        optimizer=args.ft_optimizer or base.optimizer,
+        lr=base.lr if args.ft_lr is None else args.ft_lr,
+    )
     for phase in (lp, ft):
         replace(base, **phase).validate()  # a bad optimizer or parameter set fails before any training
     rows = []

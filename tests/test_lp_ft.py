@@ -201,7 +201,7 @@ def test_study_script_runs_and_resumes(tiny_model, tiny_data, tmp_path):
     assert half.epsilon_after_lp == pytest.approx(half.epsilon_lp, rel=1e-6) and half.epsilon_after_lp < 8
     phases = pd.read_csv(out / "lp_ft_phases.csv").set_index("phase")
     lp_d = store.open(out / "eps8" / "f1" / "seed0" / "lp").d
-    assert phases.loc["LP alone (f = 1)", "d"] == lp_d == 2 * 16 + 2
+    assert phases.loc["LP alone (f = 1)", "d"] == lp_d == 2 * 16  # the similarity head's two label rows
     assert phases.loc["FT alone (f = 0)", "d"] > lp_d
     assert (out / "lp_ft.png").is_file() and (out / "lp_ft_spectra.csv").is_file()
     # a rerun keeps every finished phase: no store is rewritten

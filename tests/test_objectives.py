@@ -43,10 +43,10 @@ def tiny_mlm(tmp_path_factory):
     return path
 
 
-def _clipping_equals_the_loop(model, tok, clipping: str, physical: int) -> None:
-    """Ghost or per-sample clipping of the q/v gradients through ``model``'s head against a loop over
-    single examples (float64; C at the median norm, so half the examples are clipped)."""
-    model = select_trainable(model.double(), "attention-qv")
+def _clipping_equals_the_loop(model, tok, clipping: str, physical: int, params: str = "attention-qv") -> None:
+    """Clipping of the ``params`` gradients through ``model``'s head against a loop over single
+    examples (float64; C at the median norm, so half the examples are clipped)."""
+    model = select_trainable(model.double(), params)
     chunks = Batcher(model, tok, TextData(TEXTS, LABELS), 32).chunks(np.arange(len(TEXTS)), physical)
     _, norms = brute_force_clipped_sum(model, chunks, C=1e9)
     C = float(np.median(norms))
@@ -126,11 +126,32 @@ def test_similarity_head_is_the_encoders_embedding_of_the_label_prompts(tiny_mod
         torch.testing.assert_close(model(**inputs).logits, 20.0 * z @ rows.T)
     # it carries no seed: two loads agree whatever the seed
     other, _ = load_model(str(tiny_model), num_labels=2, seed=5, objective="similarity")
-    torch.testing.assert_close(other.classifier.rows, model.classifier.rows)
+    torch.testing.assert_close(other.classifier.rows.weight, model.classifier.rows.weight)
 
 
 def test_similarity_clipping_equals_a_loop_over_examples(tiny_model):
     _clipping_equals_the_loop(*load_model(str(tiny_model), num_labels=2, seed=0, objective="similarity"), "ghost", 4)
+
+
+@pytest.mark.parametrize("clipping", ["ghost", "per-sample", "bookkeeping"])
+@pytest.mark.parametrize("params", ["classifier", "attention-qv+classifier"])
+def test_similarity_rows_train_as_a_linear_probe(tiny_model, clipping, params):
+    """--params classifier trains the label rows (linear probing from the zero-shot head), clipped exactly."""
+    model, tok = load_model(str(tiny_model), num_labels=2, seed=0, objective="similarity")
+    assert [n for n, p in select_trainable(model, "classifier").named_parameters() if p.requires_grad] == [
+        "classifier.rows.weight"
+    ]
+    _clipping_equals_the_loop(model, tok, clipping, 3, params)
+
+
+def test_a_similarity_head_stored_as_a_buffer_still_loads(tiny_model):
+    """Runs collected before the rows became a linear layer stored them as ``classifier.rows``."""
+    from spectral.dp.models import head_state, load_head
+
+    model, _ = load_model(str(tiny_model), num_labels=2, seed=0, objective="similarity")
+    rows = torch.randn(2, model.config.hidden_size)
+    load_head(model, {"classifier.rows": rows})
+    torch.testing.assert_close(head_state(model)["classifier.rows.weight"], rows)
 
 
 def test_the_classifier_head_comes_from_the_store_not_the_seed(tiny_model, tiny_data, tmp_path):

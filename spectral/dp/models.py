@@ -57,6 +57,9 @@ def resolve_model(name: str) -> str:
 
 # The authors' SST-2 prompt (examples/classification: template *cls**sent_0*_It_was*mask*.*sep+*)
 DEFAULT_TEMPLATE = "{sentence} It was {mask}."
+# Heads stored by earlier versions, where the similarity rows were a frozen buffer.
+LEGACY_HEAD_KEYS = {"classifier.rows": "classifier.rows.weight"}
+
 DEFAULT_LABEL_WORDS = ("terrible", "great")
 DEFAULT_LABEL_PROMPTS = ("It was terrible.", "It was great.")
 # sentence-transformers' scale for cosine-similarity logits (MultipleNegativesRankingLoss)
@@ -107,15 +110,21 @@ class MeanPooledClassifier(torch.nn.Module):
 
 
 class LabelSimilarityHead(torch.nn.Module):
-    """Frozen rows: logits = scale * cos(sentence embedding, row of each class)."""
+    """logits = scale * (normalised sentence embedding) @ rows.T, the rows starting as the unit label-prompt
+    embeddings (so the logits start as cosine similarities). The rows are a bias-free ``nn.Linear``:
+    frozen unless ``--params classifier`` trains them, a linear probe started from the zero-shot head,
+    under every clipping method."""
 
     def __init__(self, rows: torch.Tensor, scale: float = SIMILARITY_SCALE):
         super().__init__()
-        self.register_buffer("rows", torch.nn.functional.normalize(rows, dim=-1))
+        # skip_init: a random initialisation would draw from the global RNG, which seeds the run's batches
+        self.rows = torch.nn.utils.skip_init(torch.nn.Linear, rows.shape[1], rows.shape[0], bias=False)
+        with torch.no_grad():
+            self.rows.weight.copy_(torch.nn.functional.normalize(rows, dim=-1))
         self.scale = scale
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.scale * torch.nn.functional.normalize(pooled, dim=-1) @ self.rows.T
+        return self.scale * self.rows(torch.nn.functional.normalize(pooled, dim=-1))
 
 
 class SimilarityClassifier(MeanPooledClassifier):
@@ -365,6 +374,7 @@ def load_head(model: torch.nn.Module, tensors: dict) -> None:
     """Put a stored head (see :func:`head_state`) into ``model``, so retraining with any seed uses
     the head the trajectory was collected under."""
     own = model.state_dict()
+    tensors = {(k if k in own else LEGACY_HEAD_KEYS.get(k, k)): v for k, v in tensors.items()}
     missing = sorted(set(tensors) - set(own))
     if missing or any(tuple(own[k].shape) != tuple(v.shape) for k, v in tensors.items() if k in own):
         raise SpectralError(f"the stored head ({sorted(tensors)}) does not fit this model")
