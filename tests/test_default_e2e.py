@@ -32,7 +32,8 @@ def test_default_model_and_data_collect_a_store(tmp_path):
         "--no-progress",
     )
     assert result.returncode == 0, result.stderr
-    assert "1,774,080 of 22,566,144 parameters" in result.stdout  # attention q/v of MiniLM-L6 (no pooler; the frozen 2 x 384 label rows)
+    # attention q/v of MiniLM-L6 (no pooler; the frozen 2 x 384 label rows count in the total)
+    assert "1,774,080 of 22,566,144 parameters" in result.stdout
     s = store.open(out, verify=True)
     assert s.n_steps == 4 and s.d == 1_774_080
     assert s.manifest["data"]["n_train"] == 67_349 and s.manifest["data"]["n_dev"] == 872
