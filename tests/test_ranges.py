@@ -118,13 +118,28 @@ def test_spectrum_fit_passes_its_options_on_and_says_what_it_implies():
     assert wide["c_implied"] == pytest.approx(-wide["slope"] - 0.5, rel=1e-12)  # c = a − 1/2 for a > 1/2
     from spectral import theory
 
-    a_low, a_high = -wide["ci_high"], -wide["ci_low"]
-    assert wide["verdict"] == theory.regime(-wide["slope"] - 0.5).name
-    assert wide["verdict_interval"] == theory.regime_interval(a_low - 0.5, a_high - 0.5)
+    # slopes whose implied c = a - 1/2 lies in each regime: 0.4 (polynomial), 0.8 (dimension-free)
+    for fit in (wide, fits.spectrum_fit(2.0 * k**-1.3 * (1 + 0.05 * np.cos(k)), (1, 60))):
+        a, a_low, a_high = -fit["slope"], -fit["ci_high"], -fit["ci_low"]
+        assert fit["verdict"] == theory.regime(a - 0.5).name
+        assert fit["verdict_interval"] == theory.regime_interval(a_low - 0.5, a_high - 0.5)
+    assert fit["verdict"] == "dimension-free" and fit["c_implied"] == pytest.approx(a - 0.5, rel=1e-12)
     flat = fits.spectrum_fit(2.0 * k**-0.3, (1, 60))
     assert flat["c_implied"] is None and flat["verdict"].startswith("not applicable")
+    assert flat["verdict_interval"].startswith("not applicable")
     with pytest.raises(Exception, match=r"fit range \(5, 5\) does not fit 60 singular values"):
         fits.spectrum_fit(steep, (5, 5))
+
+
+def test_spectrum_fit_at_a_half_exactly_does_not_apply(monkeypatch):
+    """a = 1/2 is the edge the docstring excludes ("with a <= 1/2 the link does not apply"), for the
+    point estimate and for the interval's lower end alike."""
+    k = np.arange(1, 11)
+    edge = {"slope": -0.5, "ci_low": -0.8, "ci_high": -0.5}
+    monkeypatch.setattr(fits, "log_log_fit", lambda x, y, **kw: dict(edge))
+    got = fits.spectrum_fit(k**-0.5, (1, 10))
+    assert got["c_implied"] is None and got["verdict"].startswith("not applicable")
+    assert got["verdict_interval"].startswith("not applicable")
 
 
 def test_log_log_fit_intervals_against_their_definitions():
