@@ -142,6 +142,16 @@ def test_spectrum_fit_at_a_half_exactly_does_not_apply(monkeypatch):
     assert got["verdict_interval"].startswith("not applicable")
 
 
+def test_log_log_fit_drops_points_it_cannot_take_the_log_of():
+    """k = 0 (G_0 on an RLC curve), zero, negative and non-finite values are left out, not fitted."""
+    x = np.arange(1, 21, dtype=float)
+    y = 2.0 * x**-0.7 * np.exp(0.05 * np.cos(x))
+    ref = fits.log_log_fit(x, y)
+    bad_x, bad_y = [0.0, -1.0, np.inf, 3.0, 4.0, np.nan], [1.0, 1.0, 1.0, 0.0, np.inf, 1.0]
+    got = fits.log_log_fit(np.r_[bad_x, x], np.r_[bad_y, y])
+    assert got == ref and got["points"] == 20
+
+
 def test_log_log_fit_intervals_against_their_definitions():
     """The t interval from the closed-form standard error, and the bootstrap interval as a loop of
     per-resample least squares over the same resampled indices (seeded)."""
