@@ -36,6 +36,20 @@ def test_rank_below_k_returns_the_nonzero_pairs_and_says_so(tmp_path, method):
     assert np.isfinite(curve.drop(columns="k").to_numpy()).all()
 
 
+@pytest.mark.parametrize("centered", [False, True])
+def test_held_out_fit_of_a_rank_deficient_trajectory_says_so(centered):
+    """The held-out fit keeps the fit rows' nonzero directions only (centring removes one more) and
+    its spectrum records the rank, as principal_components does."""
+    H = _rank_deficient().astype(np.float64)
+    G = H @ H.T
+    fit, _ = rlc.split_rows(len(H), "half")
+    Hf = H[fit] - (H[fit].mean(0) if centered else 0)
+    rank = np.linalg.matrix_rank(Hf)
+    G_out, fitted = rlc.held_out_from_gram(G, 10, split="half", centered=centered)
+    assert len(fitted.eigenvalues) == rank < 10 and fitted.info["rank"] == rank
+    assert "rank" in fitted.info["warning"] and np.isfinite(G_out.to_numpy()).all()
+
+
 def test_analyse_cli_on_a_rank_deficient_store_warns_and_writes_no_nan(tmp_path):
     s = write_store(tmp_path / "run", _rank_deficient())
     with warnings.catch_warnings():

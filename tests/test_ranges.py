@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from spectral.analyse import rlc
-from spectral.analyse.density import AUTHORS_KDE, linear_kde
+from spectral.analyse.density import AUTHORS_KDE, eigenvalue_kde, linear_kde
+from spectral.errors import SpectralError
 from spectral.report import fits
 
 
@@ -140,6 +141,12 @@ def test_spectrum_fit_at_a_half_exactly_does_not_apply(monkeypatch):
     got = fits.spectrum_fit(k**-0.5, (1, 10))
     assert got["c_implied"] is None and got["verdict"].startswith("not applicable")
     assert got["verdict_interval"].startswith("not applicable")
+
+
+def test_eigenvalue_kde_needs_two_positive_eigenvalues():
+    with pytest.raises(SpectralError, match=r"^a density needs at least two positive eigenvalues$"):
+        eigenvalue_kde([3.0, 0.0, -1.0])
+    assert len(eigenvalue_kde([3.0, 0.0, 1.0], points=7)) == 7
 
 
 def test_log_log_fit_drops_points_it_cannot_take_the_log_of():
