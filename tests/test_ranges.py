@@ -143,10 +143,12 @@ def test_spectrum_fit_at_a_half_exactly_does_not_apply(monkeypatch):
     assert got["verdict_interval"].startswith("not applicable")
 
 
-def test_eigenvalue_kde_needs_two_positive_eigenvalues():
+def test_densities_say_how_many_values_they_need():
     with pytest.raises(SpectralError, match=r"^a density needs at least two positive eigenvalues$"):
         eigenvalue_kde([3.0, 0.0, -1.0])
     assert len(eigenvalue_kde([3.0, 0.0, 1.0], points=7)) == 7
+    with pytest.raises(SpectralError, match=r"^a density needs at least one value$"):
+        linear_kde([])
 
 
 def test_log_log_fit_drops_points_it_cannot_take_the_log_of():
