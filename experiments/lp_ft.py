@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spectral import cli
 from spectral.analyse import principal_components, rlc
 from spectral.collect import CollectConfig, collect
 from spectral.collect.__main__ import load_toml
@@ -257,6 +258,7 @@ def main(argv=None):
         p.add_argument(f"--{name}", type=int, help="[the config's]")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    cli.quiet_library_warnings()
     if args.steps < 1 or args.seeds < 1:
         raise SpectralError("--steps and --seeds must be at least 1")
     given = {k: getattr(args, k) for k in ("model", "data", "objective", "train_size", "eval_size", "max_length")}
