@@ -217,3 +217,33 @@ def test_repro_runs_every_stage_at_a_tiny_scale_and_a_rerun_continues(tmp_path, 
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already complete" in again.stdout
     assert (tmp_path / "run" / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_fig5_draws_every_variant_in_its_own_colour_and_line_style(tmp_path, monkeypatch):
+    """Two other runs' subspaces of the same rank used to share one colour and one dotted line."""
+    from spectral.report import figures
+
+    variants = [  # (variant, rank, subspace_from, setting)
+        ("full", 0, "trajectory", "signal-trajectory"),
+        ("rank 0 (noise only)", 0, "trajectory", "signal-trajectory"),
+        ("rank 100", 100, "trajectory", "signal-trajectory"),
+        ("rank 10", 10, "trajectory", "signal-trajectory-r10"),
+        ("random 100", 100, "random", "signal-random"),
+        ("rank 100 of run_a", 100, "run_a", "signal-run_a"),
+        ("rank 100 of run_b", 100, "run_b", "signal-run_b"),
+    ]
+    history = pd.DataFrame(
+        [
+            {"variant": v, "rank": r, "subspace_from": src, "setting": st, "seed": 0, "step": step, "accuracy": 0.7}
+            for v, r, src, st in variants
+            for step in (0, 50)
+        ]
+    )
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, stem, *a, **k: drawn.setdefault("fig", fig) and [])
+    figures.retrain_figure(history, tmp_path / "fig5")
+    mean_lines = [ln for ax in drawn["fig"].axes for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+    assert len(mean_lines) == len(variants)
+    # the dash pattern (offset, on-off sequence) tells custom patterns apart, which get_linestyle() does not
+    looks = {(ln.get_color(), str(ln._dash_pattern)) for ln in mean_lines}
+    assert len(looks) == len(variants)

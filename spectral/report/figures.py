@@ -255,7 +255,9 @@ def dimension_figure(frames: dict, stem, d_run: int | None = None, g0_label: str
 
 
 # ---------------------------------------------------------------------- 5. retraining
-SOURCE_STYLES = {"trajectory": "-", "public": "-", "random": "--"}  # another run's subspace: ":"
+SOURCE_STYLES = {"trajectory": "-", "public": "-", "random": "--"}
+# other runs' subspaces, one pattern each (dotted, dash-dot-dot, dense dots, ...)
+OTHER_RUN_STYLES = (":", (0, (4, 1.5, 1, 1.5, 1, 1.5)), (0, (1, 1)), (0, (6, 2)))
 
 
 def _panel(setting: str) -> str:
@@ -277,13 +279,18 @@ def _panel_title(panel: str, controls: bool = False) -> str:
     return f"{privacy}, {parts[0]} mode: {source}"
 
 
-def _variant_style(variant: str, rank: int, source: str, ranks: list) -> dict:
-    """Colour by rank (black: unrestricted, grey: rank 0), line style by where the subspace comes from."""
+def _variant_style(variant: str, rank: int, source: str, ranks: list, other_runs: list = ()) -> dict:
+    """Colour by rank (black: unrestricted, grey: rank 0), line style by where the subspace comes from:
+    each of ``other_runs`` (other runs' subspaces) its own pattern."""
     if variant == "full":
         return {"color": "black", "ls": "-"}
     if rank == 0:
         return {"color": "0.55", "ls": "-."}
-    return {"color": COLORS[ranks.index(rank) % 10], "ls": SOURCE_STYLES.get(source, ":")}
+    if source in SOURCE_STYLES:
+        ls = SOURCE_STYLES[source]
+    else:
+        ls = OTHER_RUN_STYLES[list(other_runs).index(source) % len(OTHER_RUN_STYLES)] if source in other_runs else ":"
+    return {"color": COLORS[ranks.index(rank) % 10], "ls": ls}
 
 
 def retrain_figure(
@@ -312,6 +319,7 @@ def retrain_figure(
     stats["std"] = stats["std"].fillna(0.0)
     panels = list(dict.fromkeys(stats.panel))
     ranks = sorted({int(r) for r in history["rank"] if r > 0})
+    other_runs = sorted({str(x) for x in history.subspace_from} - set(SOURCE_STYLES))
     low, high = history[metric].min(), history[metric].max()
     pad = 0.06 * max(high - low, 1e-3)
     show_majority = majority is not None and majority >= low - 4 * pad
@@ -325,7 +333,7 @@ def retrain_figure(
             in_panel = history[history.panel == panel]
             for variant, runs in in_panel.groupby("variant", sort=False):
                 first = runs.iloc[0]
-                look = _variant_style(variant, int(first["rank"]), str(first.subspace_from), ranks)
+                look = _variant_style(variant, int(first["rank"]), str(first.subspace_from), ranks, other_runs)
                 g = stats[(stats.panel == panel) & (stats.variant == variant)]
                 for _, run in runs.groupby("seed"):  # every seed, not only a band over few of them
                     ax.plot(run.step, run[metric], color=look["color"], ls=look["ls"], lw=0.6, alpha=0.35)
