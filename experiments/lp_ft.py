@@ -18,7 +18,7 @@ clipped, so DP-Adam, which steps lr per coordinate whatever the gradient's size,
 coordinates alike, noise-dominated ones included (lr 1e-3 took the zero-shot head from 0.714 to 0.647
 dev accuracy in 30 steps at ε = 8; the probes are in paper_repro.md).
 
-    SPECTRAL_DATA=../shared/data python experiments/lp_ft.py runs/lp-ft      # CPU scale
+    SPECTRAL_DATA=../shared/data python experiments/lp_ft.py runs/lp-ft      # CPU scale, ~1.5 h (3 budgets)
 
 Rerunning continues: finished phases are kept, an interrupted one resumes.
 """
