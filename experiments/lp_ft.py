@@ -261,11 +261,9 @@ def main(argv=None):
     cli.quiet_library_warnings()
     if args.steps < 1 or args.seeds < 1:
         raise SpectralError("--steps and --seeds must be at least 1")
-    given = {k: getattr(args, k) for k in ("model", "data", "objective", "train_size", "eval_size", "max_length")}
-    given |= {k: getattr(args, k) for k in ("batch_size", "physical_batch_size")}
-    base = CollectConfig.from_dict(
-        {**load_toml(args.config), **{k: v for k, v in given.items() if v is not None}, "streams": ["clipped"]}
-    ).validate()
+    names = ("model", "data", "objective", "train_size", "eval_size", "max_length", "batch_size", "physical_batch_size")
+    given = {k: v for k in names if (v := getattr(args, k)) is not None}
+    base = CollectConfig.from_dict({**load_toml(args.config), **given, "streams": ["clipped"]}).validate()
     train, _, _ = load_data(base.data, base.text_column, base.label_column, base.seed)
     n_train = len(train.head(base.train_size))
     split = pd.concat(

@@ -279,17 +279,14 @@ def _panel_title(panel: str, controls: bool = False) -> str:
     return f"{privacy}, {parts[0]} mode: {source}"
 
 
-def _variant_style(variant: str, rank: int, source: str, ranks: list, other_runs: list = ()) -> dict:
+def _variant_style(variant: str, rank: int, source: str, ranks: list, other_runs: list) -> dict:
     """Colour by rank (black: unrestricted, grey: rank 0), line style by where the subspace comes from:
-    each of ``other_runs`` (other runs' subspaces) its own pattern."""
+    each of ``other_runs`` (the other runs' subspaces drawn) its own pattern."""
     if variant == "full":
         return {"color": "black", "ls": "-"}
     if rank == 0:
         return {"color": "0.55", "ls": "-."}
-    if source in SOURCE_STYLES:
-        ls = SOURCE_STYLES[source]
-    else:
-        ls = OTHER_RUN_STYLES[list(other_runs).index(source) % len(OTHER_RUN_STYLES)] if source in other_runs else ":"
+    ls = SOURCE_STYLES.get(source) or OTHER_RUN_STYLES[other_runs.index(source) % len(OTHER_RUN_STYLES)]
     return {"color": COLORS[ranks.index(rank) % 10], "ls": ls}
 
 
