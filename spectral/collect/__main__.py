@@ -66,6 +66,9 @@ HELP = {
     "eval_size": "evaluate on the first N dev examples",
     "checkpoint_every": "commit rows and a resumable checkpoint every N steps",
     "shard_mb": "target shard size in MiB",
+    "probe_batches": "increasing batch sizes, e.g. 128,256,512,1000: every step also stores the mean clipped gradient "
+    "of the first m examples of one extra random sample of the largest size (streams probe<m>; no noise: a "
+    "measurement of private data, not a DP release)",
     "init_from": "a finished run to start from (its trained weights; its privacy spending composes into this "
     "run's epsilon, so --epsilon is then the total budget)",
 }
@@ -82,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store in RUN_DIR")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="commit and stop after N steps, keeping the full run's schedule and noise (e.g. the first 250 of "
+        "1000); --resume continues",
+    )
     cli.add_common(p)
     cli.add_config(
         p,
@@ -137,10 +147,12 @@ def main(argv=None):
     interrupt_on_sigterm()
     out, resume = args.run_dir, args.resume
     given = {**(load_toml(args.config) if args.config else {}), **cli.config_values(args, CollectConfig)}
+    if args.stop_after is not None and args.stop_after < 1:
+        raise SpectralError(f"--stop-after must be at least 1, got {args.stop_after}")
     cfg = None if resume else CollectConfig.from_dict(given).validate()  # a resumed run: its stored settings
     collect(
         cfg, out, resume=resume, overwrite=args.overwrite, progress=not args.no_progress, device=args.device,
-        requested=given,
+        requested=given, stop_after=args.stop_after,
     )  # fmt: skip
     if launched_rank() == 0:
         print(f"stored in {out}; open with spectral.store.open({str(out)!r})")

@@ -52,7 +52,8 @@ def prepare_out(out: Path, overwrite: bool) -> None:
 def check_disk(out: Path, cfg: CollectConfig, d: int) -> int:
     """Projected bytes of the run; refuse to start when the disk cannot hold them."""
     itemsize = np.dtype(STORAGE_DTYPES[cfg.dtype]).itemsize
-    projected = cfg.steps * d * itemsize * len(cfg.streams) + 2 * 3 * d * 4  # rows + two checkpoints
+    n_streams = len(cfg.stored_streams)
+    projected = cfg.steps * d * itemsize * n_streams + 2 * 3 * d * 4  # rows + two checkpoints
     probe = out
     while not probe.exists():
         probe = probe.parent
@@ -60,7 +61,7 @@ def check_disk(out: Path, cfg: CollectConfig, d: int) -> int:
     if projected > free:
         raise SpectralError(
             f"the run needs about {projected / 2**30:.2f} GiB ({cfg.steps} steps x d={d:,} x {itemsize} B x "
-            f"{len(cfg.streams)} stream(s)) but only {free / 2**30:.2f} GiB is free at {probe}; "
+            f"{n_streams} stream(s)) but only {free / 2**30:.2f} GiB is free at {probe}; "
             "use fewer steps, --dtype float16, or another --out"
         )
     return projected
@@ -113,6 +114,18 @@ def run_metadata(t: Training) -> dict:
         "data": {**t.data_info, "n_train_used": t.n_train, "n_dev_used": t.n_dev},
         "dp": t.plan.to_dict(),
         "clipping": {"method": cfg.clipping, "reason": getattr(t.model, "clipping_reason", "requested")},
+        **(
+            {
+                "probes": {
+                    "batch_sizes": cfg.probe_batches,
+                    "streams": cfg.stored_streams[len(cfg.streams) :],
+                    "privacy": "a measurement of private data, not a DP release: no noise is added to probe rows "
+                    "and they are outside the privacy accounting (spectral.dp.probes)",
+                }
+            }
+            if cfg.probe_batches
+            else {}
+        ),
         "world_size": t.group.world_size,  # ranks of the launch that created the run; each launch: table "launches"
     }
 
@@ -125,7 +138,7 @@ def open_writer(t: Training, out: Path, resumed: bool) -> tuple[StoreWriter, Pri
         writer = StoreWriter.create(
             out,
             layout=t.layout,
-            streams=t.cfg.streams,
+            streams=t.cfg.stored_streams,
             dtype=t.cfg.dtype,
             shard_rows=shard_rows_for(t.d, t.cfg.dtype, t.cfg.shard_mb, t.cfg.checkpoint_every),
             meta=run_metadata(t),
@@ -183,12 +196,15 @@ def collect(
     progress: bool = True,
     device="auto",
     requested: dict | None = None,
+    stop_after: int | None = None,
 ) -> Path:
     """Run (or continue) DP fine-tuning and log every step's gradient to a store at ``out``.
 
     resume : continue the store in ``out`` with its stored settings (``cfg`` is ignored and may be
         None); ``requested`` settings (e.g. those given on the command line) must equal the stored ones
     device : where to train (``auto``: CUDA when available); the stored rows are the same either way.
+    stop_after : commit and stop after this many steps (status ``stopped``; ``--resume`` continues), e.g. the
+        first 250 steps of a 1000-step recipe, whose learning-rate schedule and noise stay the 1000-step run's
     Under ``torchrun`` each process is one rank of a data-parallel job (:mod:`spectral.dp.distributed`):
     rank 0 writes the store; a job can be resumed with any number of ranks.
     Returns the store path; open it with :func:`spectral.store.open`.
@@ -196,12 +212,14 @@ def collect(
     out = Path(out)
     group, device = join(resolve_device(device))  # a missing GPU is an error before anything is loaded
     try:
-        return _collect(cfg, out, resume, overwrite, progress and group.is_writer, device, group, requested or {})
+        return _collect(
+            cfg, out, resume, overwrite, progress and group.is_writer, device, group, requested or {}, stop_after
+        )
     finally:
         leave()
 
 
-def _collect(cfg, out, resume, overwrite, progress, device, group, requested) -> Path:
+def _collect(cfg, out, resume, overwrite, progress, device, group, requested, stop_after=None) -> Path:
     settings = None
     if group.is_writer:
         try:
@@ -228,7 +246,7 @@ def _collect(cfg, out, resume, overwrite, progress, device, group, requested) ->
         state, start = share((engine.state(), start) if group.is_writer else None, group)
         if not group.is_writer:
             engine.load_state(state)
-    host_rows = HostRows(t.device, cfg.streams, t.d, slots=8)
+    host_rows = HostRows(t.device, cfg.stored_streams, t.d, slots=8)
 
     def commit(status="running"):
         writer.commit(engine.state(), {"accountant": ledger.state(), "epsilon": ledger.epsilon()}, status=status)
@@ -242,9 +260,10 @@ def _collect(cfg, out, resume, overwrite, progress, device, group, requested) ->
 
     if writer is not None and cfg.eval_every and start == 0:  # the starting point, before any update (step -1)
         writer.log("eval", {"step": -1, **engine.evaluate(t.dev_chunks)})
-    bar = tqdm(total=cfg.steps, initial=start, desc="collect", unit="step", disable=not progress)
+    end = cfg.steps if stop_after is None else min(cfg.steps, max(stop_after, start))
+    bar = tqdm(total=end, initial=start, desc="collect", unit="step", disable=not progress)
     try:
-        for step, lr, res, seconds in t.steps(engine, start):
+        for step, lr, res, seconds in t.steps(engine, start, end):
             peak = res.stats["peak"]
             if storage_overflow([peak], cfg.dtype) is not None:  # checked here: the host copy is asynchronous
                 raise stop(
@@ -256,10 +275,10 @@ def _collect(cfg, out, resume, overwrite, progress, device, group, requested) ->
                 continue
             ledger.record_step(step)
             last = step + 1 == cfg.steps
-            committing = (step + 1) % cfg.checkpoint_every == 0 or last
+            committing = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end
             # RDP every step (cached); PRV (up to a second) at commits and the last step only
             record = step_record(res, lr, ledger.epsilon(exact=committing), seconds)
-            rows, ready = host_rows({s: getattr(res, s) for s in cfg.streams})
+            rows, ready = host_rows({s: res.row(s) for s in cfg.stored_streams})
             writer.append(step, rows, record, ready)
             if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
                 writer.log("eval", {"step": step, **engine.evaluate(t.dev_chunks)})
@@ -284,5 +303,7 @@ def _collect(cfg, out, resume, overwrite, progress, device, group, requested) ->
     finally:
         bar.close()
     if writer is not None:
-        writer.close()
+        writer.close(status=None if end == cfg.steps else "stopped")
+        if end < cfg.steps:
+            print(f"stopped after {end} of {cfg.steps} steps as asked; continue with --resume")
     return out

@@ -14,6 +14,7 @@ ACCOUNTANTS = ("rdp", "prv")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("linear", "constant")
 STREAMS = ("clipped", "private", "sampling")  # sampling: see spectral.dp.sampling
+PROBE_PREFIX = "probe"  # probe streams: probe128, probe1000, ... (see spectral.dp.probes)
 DTYPES = ("float32", "float16", "bfloat16")
 POOLING = ("auto", "mean", "cls")
 OBJECTIVES = ("auto", "prompt", "similarity", "classifier")
@@ -64,6 +65,14 @@ class CollectConfig:
     # start from the weights a finished run trained (e.g. linear probing, then fine-tuning); that
     # run's privacy spending composes into this run's epsilon (it trained on the same data)
     init_from: str | None = None
+    # probe batches: at every step, one extra sample of the largest size, its clipped per-example gradients
+    # averaged over nested prefixes (streams probe<m>); a measurement of private data, not a DP release
+    probe_batches: list | None = None
+
+    @property
+    def stored_streams(self) -> list[str]:
+        """The streams the store holds: ``streams``, then one ``probe<m>`` per probe batch size."""
+        return list(self.streams) + [f"{PROBE_PREFIX}{m}" for m in self.probe_batches or []]
 
     def learning_rate(self, step: int) -> float:
         """The learning rate of step ``step`` (linear decay to 0 over ``steps``, or constant)."""
@@ -125,6 +134,8 @@ class CollectConfig:
         for name in ("train_size", "eval_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SpectralError(f"{name.replace('_', '-')} must be at least 1")
+        if self.probe_batches is not None:
+            self.probe_batches = parse_probe_batches(self.probe_batches)
         if self.eval_every < 0:
             raise SpectralError("eval-every must be >= 0 (0 disables evaluation)")
         return self
@@ -139,3 +150,16 @@ class CollectConfig:
         if unknown:
             raise SpectralError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**values)
+
+
+def parse_probe_batches(values) -> list[int] | None:
+    """``[128, 256, 1000]`` from ``"128,256,1000"``, ``["128", "256"]`` or a list of ints; an increasing
+    list of positive sizes, or None when empty."""
+    text = ",".join(str(v) for v in ([values] if isinstance(values, (str, int)) else values))
+    try:
+        sizes = [int(part) for part in text.replace(" ", ",").split(",") if part]
+    except ValueError:
+        raise SpectralError(f"probe-batches must be batch sizes such as 128,256,512,1000; got {text!r}") from None
+    if any(m < 1 for m in sizes) or any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise SpectralError(f"probe-batches must be increasing positive sizes (e.g. 128,256,512,1000); got {text!r}")
+    return sizes or None

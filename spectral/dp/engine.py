@@ -46,6 +46,12 @@ class StepOutput:
     # host numbers of the step, from one device-to-host copy: clipped_norm, private_norm,
     # frac_clipped, mean_example_norm, peak (the largest |value| of either row)
     stats: dict = field(default_factory=dict)
+    # {"probe<m>": (d,) mean clipped gradient of the first m probe examples} (spectral.dp.probes)
+    probes: dict = field(default_factory=dict)
+
+    def row(self, stream: str) -> torch.Tensor:
+        """The (d,) row of ``stream`` (clipped, private, sampling or a probe stream)."""
+        return self.probes[stream] if stream in self.probes else getattr(self, stream)
 
 
 def needs_explicit_positions(model) -> bool:
@@ -255,6 +261,26 @@ class DPEngine(StepEngine):
             return self.module.per_sample_gradient_norms.detach()
         per_param = [g.reshape(len(g), -1).norm(dim=1) for g in self.optimizer.grad_samples]
         return torch.stack(per_param, dim=1).norm(dim=1)
+
+    def probe_sums(self, segments) -> list[torch.Tensor]:
+        """Clipped sums of nested prefixes, parameters untouched: ``segments`` is a list of chunk lists;
+        returns, after each segment, the (d,) sum of clipped per-example gradients of every chunk so far
+        (over all ranks in a data-parallel job). The run's clipping method, no noise, no update, no
+        optimizer state kept (:mod:`spectral.dp.probes`)."""
+        opt, sums = self.optimizer, []
+        for chunks in segments:
+            for inputs, labels in self._on_device(chunks):
+                self.criterion(self.module(**inputs).logits, labels).backward()
+                opt.signal_skip_step(True)  # clip and accumulate only
+                opt.step()
+                opt.zero_grad()
+            total = flatten(
+                torch.zeros_like(p) if getattr(p, "summed_grad", None) is None else p.summed_grad for p in self.params
+            )
+            sums.append(sum_over_ranks_tensor(total) if self.data_parallel else total.clone())
+        for p in self.params:  # the step that follows starts its own sum
+            p.summed_grad = None
+        return sums
 
     def step(self, chunks, lr: float, split_at: int | None = None) -> StepOutput:
         """One DP update from ``chunks``: a list of ``(inputs: dict of tensors, labels)``.

@@ -17,6 +17,7 @@ from ..errors import SpectralError
 from ..store import open as open_store
 from .config import CollectConfig
 from .data import TextData, load_split
+from . import probes
 from .distributed import SINGLE, Group, share_of
 from .engine import DPEngine, NonFiniteGradient, trained_weights
 from .models import head_state, load_head, load_model, parameter_layout, resolve_model, select_trainable, tokenize
@@ -148,13 +149,31 @@ class Training:
             t0, lr = time.perf_counter(), self.cfg.learning_rate(step)
             if self.group.world_size > 1:
                 seed_dropout(self.cfg.seed, step, self.group)
+            probe_rows = self.probe(engine, step) if self.cfg.probe_batches else {}  # before the update
             chunks, split_at = self.step_chunks(step)
             try:
                 out = engine.step(chunks, lr, split_at=split_at) if split_at is not None else engine.step(chunks, lr)
             except NonFiniteGradient as exc:
                 exc.step = step  # which step: the caller reports how many are complete
                 raise
+            out.probes = probe_rows
             yield step, lr, out, time.perf_counter() - t0
+
+    def probe(self, engine, step: int) -> dict:
+        """``{"probe<m>": (d,) mean clipped gradient of the first m examples of the step's probe sample}``
+        at the current parameters (:mod:`spectral.dp.probes`); the training's RNG is left as it was."""
+        sizes = self.cfg.probe_batches
+        sample = probes.draw(self.n_train, sizes[-1], self.cfg.seed, step)
+        lengths, size = self.train_batches.lengths, self.cfg.physical_batch_size
+        segments = [
+            self.train_batches.chunks(share_of(part, lengths, self.group), size)
+            for part in probes.segments(sample, sizes)
+        ]
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(probes.dropout_seed(self.cfg.seed, step, self.group.rank))
+            sums = engine.probe_sums(segments)
+        return {probes.stream_name(m): s / m for m, s in zip(sizes, sums)}
 
     def step_chunks(self, step: int) -> tuple[list, int | None]:
         """``(chunks, split_at)`` for :meth:`DPEngine.step`: split in halves when the ``sampling``
@@ -231,6 +250,10 @@ def prepare(
         train, dev, data_info = load_split(cfg)
     else:
         (train, dev), data_info = split, {"classes": sorted({int(x) for x in split[0].labels})}
+    if cfg.probe_batches and cfg.probe_batches[-1] > len(train):
+        raise SpectralError(
+            f"the largest probe batch ({cfg.probe_batches[-1]}) exceeds the {len(train)} training examples"
+        )
     if len(dev) == 0 and cfg.eval_every:
         raise SpectralError("the dev split is empty; pass --eval-every 0 to train without evaluation")
     model, tokenizer = load_model(
