@@ -15,9 +15,9 @@ import torch
 from ..device import CPU
 from ..errors import SpectralError
 from ..store import open as open_store
+from . import probes
 from .config import CollectConfig
 from .data import TextData, load_split
-from . import probes
 from .distributed import SINGLE, Group, share_of
 from .engine import DPEngine, NonFiniteGradient, trained_weights
 from .models import head_state, load_head, load_model, parameter_layout, resolve_model, select_trainable, tokenize
