@@ -1,25 +1,34 @@
-"""Is the flat tail the gradients' or the batch's? Measured spectra and G_k at the run's batch, the
-same steps predicted at larger batches from the ``sampling`` stream, and runs collected at a larger
-batch to check the prediction against.
+"""The batch question measured on one trajectory: a ladder of probe batches at every step.
 
-    python experiments/batch_study.py runs/b128 --check runs/b512 [--batches 512 1000 inf]
+    python experiments/batch_study.py runs/ladder-s1 runs/ladder-s2 --out figures/batch
 
-For each run given (collected with ``--streams clipped sampling``) and each part of it (all steps, and
-the first n' steps where n' is the check run's length, so the comparison is at equal n), the table has:
-the fitted slope of σ_k over 1…min(500, n), the top-10 energy share, and the held-out exponent c of
-G_k (rms and max, components fitted on the first half), measured (the run's batch) and predicted at each
-batch by :mod:`spectral.analyse.batch` (``steps`` estimator: H Hᵀ − f diag(‖Δ_t‖²)), with the
-prediction's resolution. A model-free cross-check: averages of m consecutive rows (m = 2, 4, 8), whose
-sampling noise is m times smaller (and whose signal is smoothed over m steps), from the same Gram matrix.
+Each run is collected with ``--streams clipped sampling --probe-batches 128,256,512,1000``: at every step
+the training row (batch B̄ = 128, Poisson), the halves' difference Δ (so H ± Δ are the same steps at batch
+64), and the means of nested prefixes of one extra sample of 1,000 examples at the same parameters
+(:mod:`spectral.dp.probes`). Every rung is a trajectory of the same n steps, so the rungs differ only in
+how much sampling noise each row carries.
 
-Everything comes from one Gram pass over [H; Δ] per run (the analyse stage's checkpoint is reused when
-``analyse --batch-size`` ran). Writes studies/batch/ (batch_study.csv, .json, figure with its data).
+Per run and rung: the slope of σ_k (ranks 1…n, positive eigenvalues), the top-10 energy share, the
+held-out exponent c of G_k (rms and max; components fitted on the first half, measured on the second),
+the in-sample c (rms and max, read to k = n/2 as the report does), and the rung's mean row norm.
+
+The prediction, validated on the ladder: per rank, λ_k(B) = a_k + b_k/B fitted by least squares on the
+rungs 128, 256, 512 and compared with the measured rung 1000, rank by rank (relative error, max and
+median per rank range) and per rank range's energy. For comparison, the two predictions from the run
+alone: ``halves`` (the same line through 64 and 128) and ``steps`` (H Hᵀ − f diag‖Δ‖²).
+
+The mean-gradient path ("B = ∞"): a_k, the per-rank line through all four probe rungs at 1/B = 0; its
+error is estimated by the same fit's error at 1,000 when 1,000 is left out. The exponent c at ∞ is
+extrapolated the same way (linear in 1/B through the four rungs' c).
+
+Everything comes from one Gram pass over the six streams (checkpointed in RUN/studies/batch). Writes
+``--out``: batch_ladder.csv (rungs), batch_validation.csv (prediction errors), batch_spectra.csv
+(eigenvalues per rung, and at ∞), batch_study.json, fig7_batch.png with its data.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
@@ -28,145 +37,237 @@ import pandas as pd
 from spectral import jsonio
 from spectral.analyse import batch, rlc
 from spectral.analyse.matrix import TrajectoryMatrix
+from spectral.dp.probes import probe_sizes, stream_name
 from spectral.errors import SpectralError, cli_entry
 from spectral.layout import RunDir
 from spectral.plotting import COLORS, new_figure, save, style
 from spectral.report import fits
 from spectral.store import open as open_store
 
-
-def stacked_gram(run: RunDir, store) -> np.ndarray:
-    """K = [H; Δ][H; Δ]ᵀ (2n × 2n), from the prediction's checkpoint when ``analyse --batch-size`` ran."""
-    for candidate in sorted((run.root / "analysis").glob("clipped@B*/checkpoints/gram.npy")):
-        M = TrajectoryMatrix(store, ("clipped", batch.NOISE_STREAM), progress=True)
-        return M.gram(checkpoint=candidate.with_suffix(""))
-    return TrajectoryMatrix(store, ("clipped", batch.NOISE_STREAM), progress=True).gram()
+PAPER_BATCH = 1000
+RANK_RANGES = ((1, 10), (11, 100), (101, 250))
 
 
-def describe(G: np.ndarray, fit_range=(1, 500)) -> tuple[dict, np.ndarray, pd.DataFrame]:
-    """Slope, top-10 energy and held-out c (rms, max) of the trajectory whose Gram matrix is G."""
+def joint_gram(run: RunDir, store, streams) -> np.ndarray:
+    """The Gram matrix of all ``streams`` stacked (len(streams)·n square), from one pass (checkpointed)."""
+    out = run.root / "studies" / "batch"
+    out.mkdir(parents=True, exist_ok=True)
+    return TrajectoryMatrix(store, tuple(streams), progress=True).gram(checkpoint=out / "gram")
+
+
+def in_sample_curve(G: np.ndarray) -> pd.DataFrame:
+    """In-sample G_k summary of the trajectory whose Gram matrix is G (components fitted on all its steps)."""
+    lam, U = np.linalg.eigh(G)
+    lam, U = lam[::-1], U[:, ::-1]
+    scores = U * np.sqrt(np.clip(lam, 0, None))
+    return rlc.summarize(rlc.residual_norms(scores, np.diag(G).copy(), rlc.k_grid(len(G))))
+
+
+def describe(G: np.ndarray) -> tuple[dict, np.ndarray, pd.DataFrame]:
+    """(numbers of the rung, its eigenvalues descending, its held-out curve)."""
     n = len(G)
-    theta = np.sort(np.linalg.eigvalsh(G))[::-1]
+    theta = np.linalg.eigvalsh(G)[::-1]
     positive = theta[theta > 0]
-    sv = np.sqrt(positive)
-    hi = min(fit_range[1], len(sv))
-    slope = fits.spectrum_fit(sv, (fit_range[0], hi))
+    slope = fits.spectrum_fit(np.sqrt(positive), (1, len(positive)))
     held, _ = rlc.held_out_from_gram(G, n // 2, split="half")
-    summary = rlc.summarize(held)
-    k_max = summary.k.max()
-    rms, mx = fits.rlc_fit(summary, "rms", (1, k_max)), fits.rlc_fit(summary, "max", (1, k_max))
+    held = rlc.summarize(held)
+    inside = in_sample_curve(G)
+    read_to = rlc.in_sample_readable(n)
+    c = {f"c_held_{s}": fits.rlc_fit(held, s, (1, n // 2))["c"] for s in ("rms", "max")}
+    c.update({f"c_in_{s}": fits.rlc_fit(inside, s, (1, read_to))["c"] for s in ("rms", "max")})
     row = {
         "n": n,
         "slope": slope["slope"],
         "slope_ci": [slope["ci_low"], slope["ci_high"]],
-        "fit_range": slope["range"],
         "top10_energy": float(theta[:10].sum() / np.trace(G)),
-        "c_rms": rms["c"],
-        "c_rms_ci": [rms["c_low"], rms["c_high"]],
-        "c_max": mx["c"],
-        "c_max_ci": [mx["c_low"], mx["c_high"]],
-        "negative_eigenvalues": int((theta < 0).sum()),
+        **c,
+        "row_norm": float(np.sqrt(np.clip(np.diag(G), 0, None)).mean()),
+        "mean_sq_norm": float(np.trace(G) / n),
     }
-    return row, theta, summary
+    return row, theta, held
 
 
-def averaged(G: np.ndarray, m: int) -> np.ndarray:
-    """Gram matrix of the means of m consecutive rows (the last incomplete group dropped)."""
-    groups = len(G) // m
-    A = np.kron(np.eye(groups), np.full((1, m), 1.0 / m))
-    return A @ G[: groups * m, : groups * m] @ A.T
+def range_errors(predicted: np.ndarray, measured: np.ndarray, n: int) -> list[dict]:
+    """Relative errors of a predicted spectrum against a measured one, per rank range: rank by rank
+    (max, median) and of the range's energy."""
+    out = []
+    for lo, hi in [*RANK_RANGES, (1, 100)]:
+        hi = min(hi, n)
+        if lo > hi:
+            continue
+        p, m = predicted[lo - 1 : hi], measured[lo - 1 : hi]
+        rel = np.abs(p - m) / np.abs(m)
+        out.append(
+            {
+                "ranks": f"{lo}-{hi}",
+                "max_rel_error": float(rel.max()),
+                "median_rel_error": float(np.median(rel)),
+                "energy_rel_error": float(abs(p.sum() - m.sum()) / m.sum()),
+            }
+        )
+    return out
+
+
+def exponent_line(batches, values) -> tuple[float, float]:
+    """(value at B = inf, slope in 1/B) of a least-squares line in 1/B."""
+    a, b = batch.linear_in_inverse_batch(batches, np.asarray(values)[:, None])
+    return float(a[0]), float(b[0])
+
+
+def study_run(run_dir: Path) -> dict:
+    run = RunDir(run_dir)
+    store = open_store(run.store)
+    sizes = probe_sizes(store.streams)
+    if batch.NOISE_STREAM not in store.streams or sizes[-1:] != [PAPER_BATCH] or len(sizes) < 3:
+        raise SpectralError(
+            f"{run_dir}: collect with --streams clipped sampling --probe-batches 128,256,512,1000 for this study"
+        )
+    streams = ["clipped", batch.NOISE_STREAM, *map(stream_name, sizes)]
+    n = store.n_steps
+    K = joint_gram(run, store, streams)
+
+    def block(i):
+        return K[i * n : (i + 1) * n, i * n : (i + 1) * n]
+
+    dp = store.manifest["dp"]
+    B_run, q = float(dp["batch_size"]), float(dp["sample_rate"])
+    KH, KD, KX = block(0), block(1), K[:n, n : 2 * n]
+    rungs = {"half batch (H + Δ)": (B_run / 2, KH + KD + KX + KX.T), "run (clipped)": (B_run, KH)}
+    rungs.update({f"probe {m}": (float(m), block(2 + j)) for j, m in enumerate(sizes)})
+    rows, spectra, held = [], {}, {}
+    for label, (b, G) in rungs.items():
+        row, theta, curve = describe(G)
+        rows.append({"run": run.root.name, "rung": label, "batch": b, **row})
+        spectra[label], held[label] = theta, curve
+
+    probe_b = np.array(sizes, dtype=float)
+    probe_eigs = np.array([spectra[f"probe {m}"] for m in sizes])
+    top = probe_eigs[-1]
+    a3, b3 = batch.linear_in_inverse_batch(probe_b[:-1], probe_eigs[:-1])
+    run_eigs, half_eigs = batch.half_batch_eigenvalues(K[: 2 * n, : 2 * n], n)
+    f = batch.factor(B_run, PAPER_BATCH, q)
+    predictions = {
+        "ladder (probes 128-512, per rank linear in 1/B)": a3 + b3 / PAPER_BATCH,
+        "halves (run's 64 and 128, per rank linear in 1/B)": run_eigs - f * (half_eigs - run_eigs),
+        "steps (H Hᵀ − f diag‖Δ‖²)": np.linalg.eigvalsh(batch.steps_gram(K[: 2 * n, : 2 * n], n, f))[::-1],
+        "no correction (the run's own spectrum)": run_eigs,
+    }
+    validation = [
+        {"run": run.root.name, "estimator": name, "target": f"probe {PAPER_BATCH}", **err}
+        for name, pred in predictions.items()
+        for err in range_errors(np.sort(pred)[::-1], top, n)
+    ]
+    # B = inf: the line through all probe rungs; its error estimated by leaving the top rung out (above)
+    a_inf, _ = batch.linear_in_inverse_batch(probe_b, probe_eigs)
+    positive = a_inf[a_inf > 0]
+    inf_slope = fits.spectrum_fit(np.sqrt(np.sort(positive)[::-1]), (1, len(positive)))
+    tail = np.clip(np.sort(a_inf)[::-1], 0, None)
+    G2 = (np.cumsum(tail[::-1])[::-1] - tail) / n  # Σ_{j>k} λ_j / n, k = 1..n
+    ks = np.arange(1, n // 2 + 1)
+    c_in_inf = fits.log_log_fit(ks, np.sqrt(G2[ks - 1]))["slope"]
+    probe_rows = [r for r in rows if r["rung"].startswith("probe")]
+    inf = {
+        "run": run.root.name,
+        "negative_eigenvalues": int((a_inf < 0).sum()),
+        "slope": inf_slope["slope"],
+        "fit_range": inf_slope["range"],
+        "top10_energy": float(np.sort(a_inf)[::-1][:10].sum() / a_inf.sum()),
+        "mean_sq_norm": float(a_inf.sum() / n),
+        "c_in_rms_from_eigenvalues": -c_in_inf,
+    }
+    for key in ("c_held_rms", "c_held_max", "c_in_rms", "c_in_max", "top10_energy"):
+        values = [r[key] for r in probe_rows]
+        inf[f"{key}_extrapolated"], _ = exponent_line(probe_b, values)
+        at_top, _ = exponent_line(probe_b[:-1], values[:-1])
+        slope3 = batch.linear_in_inverse_batch(probe_b[:-1], np.asarray(values[:-1])[:, None])[1][0]
+        inf[f"{key}_leave_top_out_error"] = float(at_top + slope3 / PAPER_BATCH - values[-1])
+    return {
+        "rows": rows,
+        "validation": validation,
+        "inf": inf,
+        "spectra": spectra,
+        "inf_spectrum": np.sort(a_inf)[::-1],
+        "held": held,
+        "n": n,
+    }
+
+
+def figure(results: list, out: Path) -> None:
+    table = pd.DataFrame([r for res in results for r in res["rows"]])
+    with style(**{"figure.figsize": (11.5, 4.4)}):
+        fig, (a, b) = new_figure(1, 2)
+        for i, (key, label) in enumerate(
+            [("c_held_rms", "held-out c (rms)"), ("c_held_max", "held-out c (max)"), ("c_in_rms", "in-sample c (rms)")]
+        ):
+            for j, res in enumerate(results):
+                t = pd.DataFrame(res["rows"]).sort_values("batch")
+                t = t[t.rung != "run (clipped)"]
+                a.semilogx(t.batch, t[key], "o-" if j == 0 else "s--", color=COLORS[i], ms=4, lw=1.2,
+                           label=f"{label}, {res['inf']['run']}")  # fmt: skip
+        for j, res in enumerate(results):
+            t = pd.DataFrame(res["rows"]).sort_values("batch")
+            t = t[t.rung != "run (clipped)"]
+            a.semilogx(t.batch, t.top10_energy, "o-" if j == 0 else "s--", color=COLORS[3], ms=4, lw=1.2,
+                       label=f"top-10 energy, {res['inf']['run']}")  # fmt: skip
+        a.axhline(0.5, color="0.4", lw=0.8, ls=":")
+        a.text(70, 0.51, "c = 1/2 (dimension-free)", fontsize=7, color="0.3")
+        a.axvline(PAPER_BATCH, color="0.5", lw=0.8, ls="--")
+        a.text(PAPER_BATCH * 1.03, 0.02, "paper's batch", fontsize=7, color="0.3", rotation=90)
+        a.set_xlabel("batch B (rows: means of B clipped per-example gradients)")
+        a.set_ylabel("exponent c / energy share")
+        a.set_title("G_k exponent and top-10 energy against the batch")
+        a.legend(fontsize=6, loc="center right")
+        res = results[0]
+        for i, (label, theta) in enumerate(res["spectra"].items()):
+            keep = theta > 0
+            k = np.arange(1, len(theta) + 1)
+            b.loglog(k[keep], np.sqrt(theta[keep] / res["n"]), color=COLORS[i % 10], lw=1.2, label=label)
+        lam = res["inf_spectrum"]
+        k = np.arange(1, len(lam) + 1)
+        b.loglog(k[lam > 0], np.sqrt(lam[lam > 0] / res["n"]), "k--", lw=1.2, label="B = ∞ (per-rank line in 1/B)")
+        b.set_xlabel("rank k")
+        b.set_ylabel("σ_k / √n")
+        b.set_title(f"spectrum of each rung ({res['inf']['run']})")
+        b.legend(fontsize=6.5, loc="lower left")
+        fig.suptitle("One trajectory, five batches: how much of the spectrum is the batch's?")
+    save(fig, out / "fig7_batch", {"": table})
 
 
 @cli_entry
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a run collected with --streams clipped sampling")
-    p.add_argument("--check", type=Path, nargs="*", default=[], help="runs at larger batches (same recipe)")
-    p.add_argument("--batches", nargs="+", default=["512", "1000", "inf"], help="batch sizes to predict")
-    p.add_argument("--out", type=Path)
+    p.add_argument("run_dirs", type=Path, nargs="+", help="runs collected with --probe-batches 128,256,512,1000")
+    p.add_argument("--out", type=Path, help="default: the first run's studies/batch")
     args = p.parse_args(argv)
-    batches = [math.inf if b == "inf" else float(b) for b in args.batches]
-    main_run = RunDir(args.run_dir)
-    out = args.out or main_run.root / "studies" / "batch"
+    out = args.out or RunDir(args.run_dirs[0]).root / "studies" / "batch"
     out.mkdir(parents=True, exist_ok=True)
-
-    rows, curves, spectra = [], {}, {}
-
-    def record(label, run_label, G, kind, b, resolution=None):
-        row, theta, summary = describe(G)
-        rows.append(
-            {
-                "run": run_label,
-                "part": label,
-                "batch": "inf" if math.isinf(b) else b,
-                "kind": kind,
-                "resolution": resolution,
-                **row,
-            }
-        )
-        key = f"{run_label} {label}: {kind} at {'inf' if math.isinf(b) else int(b)}"
-        spectra[key] = theta / len(G)  # σ_k² / n: runs of different length compare
-        curves[key] = summary
-
-    for run_dir in [args.run_dir, *args.check]:
-        run = RunDir(run_dir)
-        store = open_store(run.store)
-        if batch.NOISE_STREAM not in store.streams:
-            raise SpectralError(f"{run_dir} has no sampling stream (collect with --streams clipped sampling)")
-        dp = store.manifest["dp"]
-        B, q, n = float(dp["batch_size"]), float(dp["sample_rate"]), store.n_steps
-        K = stacked_gram(run, store)
-        parts = {"all": np.arange(n)}
-        if run_dir == args.run_dir:
-            for check in args.check:
-                m = open_store(RunDir(check).store).n_steps
-                if m < n:
-                    parts[f"first {m}"] = np.arange(m)
-        for label, part in parts.items():
-            idx = np.r_[part, part + n]
-            Kp = K[np.ix_(idx, idx)]
-            npart = len(part)
-            record(label, run.root.name, Kp[:npart, :npart], "measured", B)
-            for b in batches:
-                if b <= B:
-                    continue
-                f = batch.factor(B, b, q)
-                record(
-                    label, run.root.name, batch.steps_gram(Kp, npart, f), "predicted", b, batch.resolution(Kp, npart, f)
-                )
-            if run_dir == args.run_dir and label == "all":
-                for m in (2, 4, 8):
-                    record(f"means of {m}", run.root.name, averaged(Kp[:npart, :npart], m), "averaged", B * m)
-
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "batch_study.csv", index=False)
-    (out / "batch_study.json").write_text(jsonio.dumps(rows, indent=1))
-    with style(**{"figure.figsize": (11.0, 4.2)}):
-        fig, (a, b) = new_figure(1, 2)
-        for i, (key, lam) in enumerate(spectra.items()):
-            if "averaged" in key:
-                continue
-            ls = "-" if "measured" in key else "--"
-            k = np.arange(1, len(lam) + 1)
-            keep = lam > 0
-            a.loglog(k[keep], np.sqrt(lam[keep]), ls, color=COLORS[i % 10], label=key, lw=1.2)
-            c = curves[key]
-            b.loglog(c.k[c.k >= 1], c["rms"][c.k >= 1], ls, color=COLORS[i % 10], label=key, lw=1.2)
-        a.set_xlabel("rank k")
-        a.set_ylabel("σ_k / √n")
-        a.set_title("spectrum: measured (solid) and predicted (dashed)")
-        b.set_xlabel("k")
-        b.set_ylabel("held-out G_k (rms)")
-        b.set_title("held-out G_k, components from the first half")
-        a.legend(fontsize=6.5, loc="lower left")
-        fig.suptitle("Is the flat tail the gradients' or the batch's?")
-    save(fig, out / "batch_study", {"": table})
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(
-            table[["run", "part", "kind", "batch", "n", "slope", "top10_energy", "c_rms", "c_max", "resolution"]].round(
-                3
-            )
-        )
+    results = [study_run(r) for r in args.run_dirs]
+    ladder = pd.DataFrame([r for res in results for r in res["rows"]])
+    validation = pd.DataFrame([v for res in results for v in res["validation"]])
+    spectra = pd.DataFrame(
+        [
+            {"run": res["inf"]["run"], "rung": label, "rank": k + 1, "eigenvalue": float(v)}
+            for res in results
+            for label, theta in [*res["spectra"].items(), ("B = inf (per-rank line)", res["inf_spectrum"])]
+            for k, v in enumerate(theta)
+        ]
+    )
+    ladder.to_csv(out / "batch_ladder.csv", index=False)
+    validation.to_csv(out / "batch_validation.csv", index=False)
+    spectra.to_csv(out / "batch_spectra.csv", index=False)
+    held = pd.concat(
+        [c.assign(run=res["inf"]["run"], rung=label) for res in results for label, c in res["held"].items()]
+    )
+    held.to_csv(out / "batch_held_out.csv", index=False)
+    (out / "batch_study.json").write_text(
+        jsonio.dumps({"inf": [res["inf"] for res in results], "rank_ranges": RANK_RANGES}, indent=1)
+    )
+    figure(results, out)
+    with pd.option_context("display.width", 220, "display.max_columns", 20):
+        cols = ["run", "rung", "batch", "slope", "top10_energy", "c_held_rms", "c_held_max", "c_in_rms", "c_in_max"]
+        print(ladder[cols + ["row_norm"]].round(4).to_string(index=False))
+        print(validation.round(3).to_string(index=False))
+        print(pd.DataFrame([res["inf"] for res in results]).round(4).T.to_string())
     print(f"written to {out}")
 
 

@@ -42,8 +42,9 @@ HELP = {
     "dask": "run the passes on a dask cluster: local:N (N worker processes here) or tcp://HOST:PORT",
     "batch_size": "predict the spectrum and G_k at this batch size (a number or inf) from the run's sampling "
     "stream; writes analysis/STREAM@B<size>",
-    "batch_estimator": "steps: the steps' Gram matrix at that batch (noise of high rank, the gradient case); "
-    "matrix: the d x d second moment H^T H - f D^T D",
+    "batch_estimator": "halves: per rank, linear in 1/B through the run's batch and its half batch (validated "
+    "on probe ladders); steps (H H^T - f diag|D|^2) and matrix (H^T H - f D^T D): for comparison only, they "
+    "fail where the sampling noise is concentrated (see spectral.analyse.batch)",
 }
 
 

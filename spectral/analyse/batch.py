@@ -3,16 +3,24 @@
 A run stored with ``--streams clipped sampling`` holds, per step, the clipped row h_t = m_t + ε_t (the
 mean gradient plus the batch's sampling noise) and the halves' difference Δ_t, with E[Δ_t] = 0 and
 E[Δ_t Δ_tᵀ] = D_t, where the row's noise covariance is (1 − q) D_t at the run's batch B̄ and
-(B̄/B − q) D_t at batch B (:mod:`spectral.dp.sampling`). So, with f = 1 − B̄/B (B = inf, every example
-every step: f = 1 − q), E[h hᵀ at B] = E[h hᵀ at B̄] − f D_t. Two estimators follow:
+(B̄/B − q) D_t at batch B (:mod:`spectral.dp.sampling`). The two halves' own means are h_t ± Δ_t: the
+same trajectory at batch B̄/2, for free. Three estimators, with f = 1 − B̄/B (B = inf: f = 1 − q):
 
-``steps`` (default)  the n × n Gram matrix the steps would have at B:  K_B = H Hᵀ − f diag(‖Δ_t‖²).
-                     E[h_t·h_s at B] = m_t·m_s + δ_ts tr(Cov ε_t at B): the noise enters a trajectory's
-                     Gram matrix through its diagonal, so this is unbiased entry by entry, and its
-                     eigenvalues are what a trajectory at B shows when the noise of different steps is
-                     nearly orthogonal (effective rank of the noise ≫ n: the flat tail of a gradient
-                     trajectory, d = 10⁶–10⁸). The predicted rows keep their directions; their noise
-                     shrinks. Components are v = Hᵀ u / ‖Hᵀ u‖.
+``halves`` (default)  per rank, linear in 1/B through the run's batch and its half batch:
+                     λ_k(B) = λ_k(B̄) − f·[λ_k(B̄/2) − λ_k(B̄)], with λ_k(B̄/2) the mean of the k-th
+                     eigenvalues of the two half-batch trajectories' Gram matrices (H ± Δ)(H ± Δ)ᵀ. Each
+                     rank's eigenvalue is a real trajectory's, so the noise's shape (concentrated or
+                     flat, its off-diagonal terms included) is measured, not assumed; what is assumed is
+                     that each rank's eigenvalue moves linearly in 1/B, exact for rows that are pure
+                     noise. Validated on probe ladders (``collect --probe-batches``: fit 128…512, predict
+                     1000; ``experiments/batch_study.py``, paper_repro.md). The predicted Gram matrix is
+                     U diag(λ(B)) Uᵀ with U the run's own eigenvectors, so the components are the run's.
+``steps``            H Hᵀ − f diag(‖Δ_t‖²): unbiased entry by entry, but it removes the noise from the
+                     diagonal only, which is right when the noise of different steps is nearly orthogonal
+                     (effective rank ≫ n). Where the noise is concentrated (gradients of a fine-tuning
+                     run: rows that are pure synthetic noise of low effective rank give 218 negative
+                     eigenvalues of 250) its correction shifts every eigenvalue by about f·mean‖Δ‖²:
+                     known to fail there, kept for comparison only.
 ``matrix``           the d × d second moment M_B = HᵀH − f ΔᵀΔ, solved in step space through the Gram
                      matrix of Z = [H; Δ]: with K = Z Zᵀ = Q Λ Qᵀ and S = diag(1ₙ, −f 1ₙ), M_B = ZᵀSZ
                      has the eigenvalues of Λ^½ QᵀSQ Λ^½ = W Θ Wᵀ and eigenvectors v = Zᵀ Q Λ^-½ w.
@@ -21,17 +29,11 @@ every step: f = 1 − q), E[h hᵀ at B] = E[h hᵀ at B̄] − f D_t. Two estim
                      and adds as many negative eigenvalues: use it where d (or the noise's rank) is
                      below n.
 
-What one run cannot give: the steps' noise also enters the off-diagonal of their Gram matrix (ε_t·ε_s,
-zero-mean, of size ‖ε‖²·√(n/r) for noise of effective rank r), which spreads the flat tail's eigenvalues
-by about ‖offdiag‖₂ around its level (Marchenko–Pastur). That spread is the run's, at batch B̄; a run at B
-has it B̄/B times smaller, and no estimator from one trajectory removes it. Δ's Gram matrix has the same
-off-diagonal statistics, so ``resolution`` = f·‖offdiag(Δ Δᵀ)‖₂ (summary.json) says how far below the run's
-floor the prediction can resolve: predicted tail eigenvalues within ±resolution of zero are not resolved.
-
-Both are unbiased estimates, not second moments: they can have negative eigenvalues, which are kept and
-counted (``negative_eigenvalues`` in summary.json; their singular values are NaN), never clipped.
-G_k per step follows from the same matrices (in-sample: ‖h̃_t‖² − Σ_{j≤k} θ_j u_tj²; held-out: the
-components of the fit steps, measured on the others), as in :mod:`spectral.analyse.rlc`.
+``resolution`` = f·‖offdiag(Δ Δᵀ)‖₂ (summary.json) is the size of the off-diagonal noise the ``steps``
+and ``matrix`` estimators keep. All estimates can have negative eigenvalues, which are kept and counted
+(``negative_eigenvalues`` in summary.json; their singular values are NaN), never clipped. G_k per step
+follows from the same matrices (in-sample: ‖h̃_t‖² − Σ_{j≤k} θ_j u_tj²; held-out: the components of the
+fit steps, measured on the others), as in :mod:`spectral.analyse.rlc`.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from .matrix import NpyRowWriter, TrajectoryMatrix
 from .pca import Spectrum
 
 NOISE_STREAM = "sampling"
-ESTIMATORS = ("steps", "matrix")
+ESTIMATORS = ("halves", "steps", "matrix")  # the first is the default
 
 
 def factor(run_batch: float, batch: float, sample_rate: float) -> float:
@@ -101,6 +103,33 @@ def steps_gram(K: np.ndarray, n: int, f: float) -> np.ndarray:
     return K[:n, :n] - f * np.diag(np.diag(K)[n:])
 
 
+def half_batch_eigenvalues(K: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(λ(B̄), λ(B̄/2)), each (n,) descending: the eigenvalues of H Hᵀ and the mean over the two halves of
+    those of (H ± Δ)(H ± Δ)ᵀ, from the Gram matrix K of [H; Δ] (2n × 2n)."""
+    KH, KD, KX = K[:n, :n], K[n:, n:], K[:n, n:]
+    run = np.linalg.eigvalsh(KH)[::-1]
+    halves = [np.linalg.eigvalsh(KH + KD + sign * (KX + KX.T))[::-1] for sign in (1, -1)]
+    return run, (halves[0] + halves[1]) / 2
+
+
+def linear_in_inverse_batch(batches, eigenvalues) -> tuple[np.ndarray, np.ndarray]:
+    """Per rank, λ_k(B) = a_k + b_k / B fitted by least squares over the rungs: ``batches`` (m,) and
+    ``eigenvalues`` (m, r), rank k in column k. Returns (a (r,), b (r,)); a is the B = inf limit."""
+    x = 1 / np.asarray(batches, dtype=float)
+    X = np.c_[np.ones_like(x), x]
+    (a, b), *_ = np.linalg.lstsq(X, np.asarray(eigenvalues, dtype=float), rcond=None)
+    return a, b
+
+
+def halves_gram(K: np.ndarray, n: int, f: float) -> np.ndarray:
+    """U diag(λ(B̄) − f·[λ(B̄/2) − λ(B̄)]) Uᵀ, U the eigenvectors of H Hᵀ (``halves`` estimator)."""
+    run, half = half_batch_eigenvalues(K, n)
+    _, U = np.linalg.eigh(K[:n, :n])
+    U = U[:, ::-1]
+    predicted = run - f * (half - run)
+    return (U * predicted) @ U.T
+
+
 def steps_solve(G: np.ndarray, k: int):
     """Top-k eigenpairs of a predicted Gram matrix (may be indefinite): (θ (k,), U (n, k), all θ)."""
     theta, U = scipy.linalg.eigh(G)
@@ -132,7 +161,7 @@ def predict(
     *,
     stream="clipped",
     split="half",
-    estimator="steps",
+    estimator="halves",
     max_memory=None,
     progress=False,
     components_out=None,
@@ -160,8 +189,8 @@ def predict(
     M = TrajectoryMatrix(store, (stream, NOISE_STREAM), max_memory=max_memory, progress=progress, ops=ops)
     K = M.gram(checkpoint=checkpoint)
     steps = np.arange(n)
-    if estimator == "steps":
-        G = steps_gram(K, n, f)
+    if estimator in ("halves", "steps"):
+        G = halves_gram(K, n, f) if estimator == "halves" else steps_gram(K, n, f)
         theta, U, all_theta = steps_solve(G, min(k, n))
         # v = Hᵀ u / ‖Hᵀ u‖, ‖Hᵀ u‖² = uᵀ (H Hᵀ) u; as a combination of [H; Δ]'s rows: A = [U / norm; 0]
         scale = 1 / np.sqrt(np.einsum("ij,ij->j", U, K[:n, :n] @ U))
@@ -212,7 +241,7 @@ def predict(
     G_out = None
     if split != "none":
         fit, test = rlc.split_rows(n, split)
-        if estimator == "steps":
+        if estimator in ("halves", "steps"):
             G_out, _ = rlc.held_out_from_gram(G, min(k, len(fit)), split=split)
         else:
             idx = np.r_[fit, fit + n]
