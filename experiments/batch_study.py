@@ -37,9 +37,8 @@ import pandas as pd
 from spectral import jsonio
 from spectral.analyse import batch, rlc
 from spectral.analyse.matrix import TrajectoryMatrix
-from spectral.dp.probes import probe_sizes, stream_name
 from spectral.errors import SpectralError, cli_entry
-from spectral.layout import RunDir
+from spectral.layout import RunDir, probe_sizes, probe_stream
 from spectral.plotting import COLORS, new_figure, save, style
 from spectral.report import fits
 from spectral.store import open as open_store
@@ -122,7 +121,7 @@ def study_run(run_dir: Path) -> dict:
         raise SpectralError(
             f"{run_dir}: collect with --streams clipped sampling --probe-batches 128,256,512,1000 for this study"
         )
-    streams = ["clipped", batch.NOISE_STREAM, *map(stream_name, sizes)]
+    streams = ["clipped", batch.NOISE_STREAM, *map(probe_stream, sizes)]
     n = store.n_steps
     K = joint_gram(run, store, streams)
 

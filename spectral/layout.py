@@ -33,6 +33,18 @@ RETRAIN_HISTORY = "retrain_history.csv"
 RETRAIN_SUMMARY = "retrain_summary.json"
 TOY_BEST = "toy_best.csv"
 FITS = "fits.json"
+# probe streams (collect --probe-batches): probe128, probe1000, ... (see spectral.dp.probes)
+PROBE_PREFIX = "probe"
+
+
+def probe_stream(size: int) -> str:
+    """``probe1000``: the stream of the mean over the first ``size`` probe examples of each step."""
+    return f"{PROBE_PREFIX}{size}"
+
+
+def probe_sizes(streams) -> list[int]:
+    """The probe batch sizes among store ``streams``, increasing (``[]`` when there are none)."""
+    return sorted(int(s[len(PROBE_PREFIX) :]) for s in streams if s.startswith(PROBE_PREFIX))
 
 
 class RunDir:

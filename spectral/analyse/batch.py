@@ -45,12 +45,13 @@ import pandas as pd
 import scipy.linalg
 
 from ..errors import SpectralError
+from ..layout import probe_sizes, probe_stream
 from . import rlc
 from .matrix import NpyRowWriter, TrajectoryMatrix
 from .pca import Spectrum
 
 NOISE_STREAM = "sampling"
-ESTIMATORS = ("halves", "steps", "matrix")  # the first is the default
+ESTIMATORS = ("ladder", "halves", "steps", "matrix")  # the first is the default
 
 
 def factor(run_batch: float, batch: float, sample_rate: float) -> float:
@@ -154,27 +155,44 @@ def curves(K, n, f, A, steps, basis_idx, ks) -> pd.DataFrame:
     return G
 
 
-def predict(
-    store,
-    k: int,
-    batch: float,
-    *,
-    stream="clipped",
-    split="half",
-    estimator="halves",
-    max_memory=None,
-    progress=False,
-    components_out=None,
-    checkpoint=None,
-    ops=None,
-):
-    """The spectrum and G_k curves of ``stream`` predicted at ``batch`` (see the module docstring).
+def ladder_gram(K: np.ndarray, n: int, sizes, batch: float) -> tuple[np.ndarray, dict]:
+    """The ``ladder`` estimate at ``batch`` from the Gram matrix K of the probe rungs stacked (sizes
+    increasing, rung j in rows [j n, (j + 1) n)): per rank, the line in 1/B through every rung, evaluated
+    at ``batch`` (inf: its intercept), on the top rung's eigenvectors. Also returns the line's
+    leave-top-rung-out error (fit the others, predict the top one) per rank range."""
+    eigs, vecs = zip(*(np.linalg.eigh(K[j * n : (j + 1) * n, j * n : (j + 1) * n]) for j in range(len(sizes))))
+    eigs = np.array([e[::-1] for e in eigs])
+    a, b = linear_in_inverse_batch(sizes, eigs)
+    predicted = a if math.isinf(batch) else a + b / batch
+    U = vecs[-1][:, ::-1]
+    validation = {}
+    if len(sizes) >= 3:
+        a3, b3 = linear_in_inverse_batch(sizes[:-1], eigs[:-1])
+        held = np.sort(a3 + b3 / sizes[-1])[::-1]
+        rel = np.abs(held - eigs[-1]) / np.abs(eigs[-1])
+        for lo, hi in ((1, 10), (11, 100), (1, 100), (101, n)):
+            if lo <= min(hi, n):
+                part = rel[lo - 1 : min(hi, n)]
+                validation[f"{lo}-{min(hi, n)}"] = {"max": float(part.max()), "median": float(np.median(part))}
+    return (U * predicted) @ U.T, {"rungs": list(map(int, sizes)), "leave_top_out_rel_error": validation}
 
-    Returns (Spectrum, in-sample G (step × k), held-out G or None for ``split="none"``, info).
-    Two passes over each of the two streams: the Gram matrix of [H; Δ], then the components.
-    """
-    if estimator not in ESTIMATORS:
-        raise SpectralError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
+
+def _predicted_gram(store, stream, estimator, batch, M_args, checkpoint) -> tuple:
+    """(G predicted n × n, the TrajectoryMatrix of the streams read, index of the block whose rows give
+    the components, its Gram block, K, info) for the Gram-route estimators."""
+    n = store.n_steps
+    if estimator == "ladder":
+        sizes = probe_sizes(store.streams)
+        if len(sizes) < 2:
+            raise SpectralError(
+                f"{store.root} has {len(sizes)} probe stream(s): collect with --probe-batches (e.g. 128,256,512,1000) "
+                "to predict other batch sizes (module docstring of spectral.analyse.batch)"
+            )
+        M = TrajectoryMatrix(store, tuple(map(probe_stream, sizes)), **M_args)
+        K = M.gram(checkpoint=checkpoint)
+        G, info = ladder_gram(K, n, sizes, batch)
+        top = len(sizes) - 1
+        return G, M, top, K[top * n :, top * n :], K, {**info, "run_batch_size": float(sizes[-1])}
     if NOISE_STREAM not in store.streams:
         raise SpectralError(
             f"{store.root} has no {NOISE_STREAM!r} stream: collect with --streams {stream} {NOISE_STREAM} to "
@@ -185,43 +203,71 @@ def predict(
         raise SpectralError("batch-size predictions assume Poisson sampling; this run used shuffled batches")
     run_batch, q = float(dp["batch_size"]), float(dp["sample_rate"])
     f = factor(run_batch, batch, q)
-    n = store.n_steps
-    M = TrajectoryMatrix(store, (stream, NOISE_STREAM), max_memory=max_memory, progress=progress, ops=ops)
+    M = TrajectoryMatrix(store, (stream, NOISE_STREAM), **M_args)
     K = M.gram(checkpoint=checkpoint)
+    info = {
+        "run_batch_size": run_batch,
+        "factor": f,
+        "noise_trace_fraction": float(f * np.trace(K[n:, n:]) / np.trace(K[:n, :n])),
+        "resolution": resolution(K, n, f),
+    }
+    if estimator == "matrix":
+        return None, M, 0, K[:n, :n], K, info
+    return (halves_gram if estimator == "halves" else steps_gram)(K, n, f), M, 0, K[:n, :n], K, info
+
+
+def predict(
+    store,
+    k: int,
+    batch: float,
+    *,
+    stream="clipped",
+    split="half",
+    estimator="ladder",
+    max_memory=None,
+    progress=False,
+    components_out=None,
+    checkpoint=None,
+    ops=None,
+):
+    """The spectrum and G_k curves of ``stream`` predicted at ``batch`` (see the module docstring).
+
+    Returns (Spectrum, in-sample G (step × k), held-out G or None for ``split="none"``, info).
+    Two passes over the streams read: their Gram matrix, then the components.
+    """
+    if estimator not in ESTIMATORS:
+        raise SpectralError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
+    if not batch > 0:
+        raise SpectralError(f"batch size must be positive or inf, got {batch}")
+    n = store.n_steps
+    M_args = dict(max_memory=max_memory, progress=progress, ops=ops)
+    G, M, block, K_rows, K, info = _predicted_gram(store, stream, estimator, batch, M_args, checkpoint)
     steps = np.arange(n)
-    if estimator in ("halves", "steps"):
-        G = halves_gram(K, n, f) if estimator == "halves" else steps_gram(K, n, f)
+    if estimator == "matrix":
+        theta, A, all_theta, scores, norms, residuals, G_in, G_out = _matrix_route(K, n, info["factor"], k, split)
+    else:
         theta, U, all_theta = steps_solve(G, min(k, n))
-        # v = Hᵀ u / ‖Hᵀ u‖, ‖Hᵀ u‖² = uᵀ (H Hᵀ) u; as a combination of [H; Δ]'s rows: A = [U / norm; 0]
-        scale = 1 / np.sqrt(np.einsum("ij,ij->j", U, K[:n, :n] @ U))
-        A = np.r_[U * scale, np.zeros_like(U)]
-        scores, norms = K[:n, :n] @ U * scale, np.diag(G)  # h_t·v; the predicted ‖h̃_t‖²
+        # v = Hᵀ u / ‖Hᵀ u‖ over the rows of ``block``; ‖Hᵀ u‖² = uᵀ (H Hᵀ) u
+        scale = 1 / np.sqrt(np.einsum("ij,ij->j", U, K_rows @ U))
+        A = np.zeros((M.shape[0], len(theta)))
+        A[block * n : (block + 1) * n] = U * scale
+        scores, norms = K_rows @ U * scale, np.diag(G)  # h_t·v; the predicted ‖h̃_t‖²
         residuals = np.zeros(len(theta))  # exact eigenpairs of the n × n estimate (float64 eigh)
         G_in = steps_curves(G, theta, U, steps, rlc.k_grid(len(theta)))
-    else:
-        theta, A, all_theta = solve(K, n, f, k)
-        # certificate: M_B v − θ v = Zᵀ r with r = S K a − θ a, so its norm² is rᵀ K r
-        s = np.r_[np.ones(n), -f * np.ones(n)]
-        R = s[:, None] * (K @ A) - A * theta
-        residuals = np.sqrt(np.clip(np.einsum("ij,ij->j", R, K @ R), 0, None)) / np.abs(theta)
-        scores, _, norms = step_energies(K, n, f, A, steps, np.arange(2 * n))
-        G_in = curves(K, n, f, A, steps, np.arange(2 * n), rlc.k_grid(len(theta)))
+        fit, _ = rlc.split_rows(n, split) if split != "none" else (None, None)
+        G_out = rlc.held_out_from_gram(G, min(k, len(fit)), split=split)[0] if split != "none" else None
     if components_out is not None:
         out = NpyRowWriter(components_out, (M.d, len(theta)), np.float32)
         M.rmatmat(A, out=out, dtype=np.float32)
         V = out.close()
     else:
         V = M.rmatmat(A, dtype=np.float32)
-    negative = int((all_theta < 0).sum())
     info = {
         "batch_size": batch if not math.isinf(batch) else "inf",
-        "run_batch_size": run_batch,
-        "factor": f,
         "estimator": estimator,
-        "negative_eigenvalues": negative,
+        **info,
+        "negative_eigenvalues": int((all_theta < 0).sum()),
         "min_eigenvalue": float(all_theta.min()),
-        "noise_trace_fraction": float(f * np.trace(K[n:, n:]) / np.trace(K[:n, :n])),
-        "resolution": resolution(K, n, f),
     }
     spectrum = Spectrum(
         eigenvalues=theta,
@@ -231,21 +277,33 @@ def predict(
         residuals=residuals,
         total_energy=float(norms.sum()),
         method="gram",
-        reason=f"predicted at batch {label(batch)[1:]} from the {NOISE_STREAM} stream (run batch {run_batch:g}, "
-        f"{estimator} estimator)",
+        reason=f"predicted at batch {label(batch)[1:]} ({estimator} estimator, from "
+        + (
+            f"probe rungs {info['rungs']})" if estimator == "ladder" else f"the run's batch {info['run_batch_size']:g})"
+        ),
         centered=False,
         passes=M.passes,
         seconds=M.io["pass_seconds"],
         info=info,
     )
+    return spectrum, G_in, G_out, info
+
+
+def _matrix_route(K, n, f, k, split):
+    """The ``matrix`` estimator's eigenpairs, scores, certificate and curves (module docstring)."""
+    steps = np.arange(n)
+    theta, A, all_theta = solve(K, n, f, k)
+    # certificate: M_B v − θ v = Zᵀ r with r = S K a − θ a, so its norm² is rᵀ K r
+    s = np.r_[np.ones(n), -f * np.ones(n)]
+    R = s[:, None] * (K @ A) - A * theta
+    residuals = np.sqrt(np.clip(np.einsum("ij,ij->j", R, K @ R), 0, None)) / np.abs(theta)
+    scores, _, norms = step_energies(K, n, f, A, steps, np.arange(2 * n))
+    G_in = curves(K, n, f, A, steps, np.arange(2 * n), rlc.k_grid(len(theta)))
     G_out = None
     if split != "none":
         fit, test = rlc.split_rows(n, split)
-        if estimator in ("halves", "steps"):
-            G_out, _ = rlc.held_out_from_gram(G, min(k, len(fit)), split=split)
-        else:
-            idx = np.r_[fit, fit + n]
-            # K_fit indexes [H_fit; Δ_fit]: its own n is len(fit)
-            theta_f, A_f, _ = solve(K[np.ix_(idx, idx)], len(fit), f, min(k, len(fit)))
-            G_out = curves(K, n, f, A_f, test, idx, rlc.k_grid(len(theta_f)))
-    return spectrum, G_in, G_out, info
+        idx = np.r_[fit, fit + n]
+        # K_fit indexes [H_fit; Δ_fit]: its own n is len(fit)
+        theta_f, A_f, _ = solve(K[np.ix_(idx, idx)], len(fit), f, min(k, len(fit)))
+        G_out = curves(K, n, f, A_f, test, idx, rlc.k_grid(len(theta_f)))
+    return theta, A, all_theta, scores, norms, residuals, G_in, G_out

@@ -35,8 +35,9 @@ class AnalyseConfig:
     dask : run the passes on a dask cluster, ``local:N`` or ``tcp://HOST:PORT``
     batch_size : predict what these steps would show at this batch size (or ``inf``) from the run's
         ``sampling`` stream (:mod:`spectral.analyse.batch`); outputs in ``analysis/<stream>@B<b>``
-    batch_estimator : ``halves`` (the default: per rank, linear in 1/B through the run's batch and its
-        half batch), or, for comparison only, ``steps`` or ``matrix``; see :mod:`spectral.analyse.batch`
+    batch_estimator : ``ladder`` (the default: per rank, linear in 1/B through the run's probe rungs,
+        ``collect --probe-batches``), or, known to fail where the sampling noise is concentrated and kept
+        for comparison, ``halves``, ``steps`` or ``matrix``; see :mod:`spectral.analyse.batch`
     """
 
     stream: str = "clipped"
@@ -49,7 +50,7 @@ class AnalyseConfig:
     dask: str | None = None
     iterations: int = 10  # orthiter / seedcode: the authors used 10 (final code) and 50 (May 2022)
     batch_size: float | None = None
-    batch_estimator: str = "halves"
+    batch_estimator: str = "ladder"
 
     def validate(self) -> AnalyseConfig:
         if self.method not in METHODS:

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import SpectralError
+from ..layout import probe_stream
 
 PARAM_SETS = ("all", "attention-qv", "classifier", "lora")
 CLIPPING = ("ghost", "per-sample", "bookkeeping", "auto")  # auto: see spectral.dp.training.choose_clipping
@@ -14,7 +15,6 @@ ACCOUNTANTS = ("rdp", "prv")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("linear", "constant")
 STREAMS = ("clipped", "private", "sampling")  # sampling: see spectral.dp.sampling
-PROBE_PREFIX = "probe"  # probe streams: probe128, probe1000, ... (see spectral.dp.probes)
 DTYPES = ("float32", "float16", "bfloat16")
 POOLING = ("auto", "mean", "cls")
 OBJECTIVES = ("auto", "prompt", "similarity", "classifier")
@@ -72,7 +72,7 @@ class CollectConfig:
     @property
     def stored_streams(self) -> list[str]:
         """The streams the store holds: ``streams``, then one ``probe<m>`` per probe batch size."""
-        return list(self.streams) + [f"{PROBE_PREFIX}{m}" for m in self.probe_batches or []]
+        return list(self.streams) + [probe_stream(m) for m in self.probe_batches or []]
 
     def learning_rate(self, step: int) -> float:
         """The learning rate of step ``step`` (linear decay to 0 over ``steps``, or constant)."""

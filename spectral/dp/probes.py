@@ -25,19 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import PROBE_PREFIX
+from ..layout import probe_sizes, probe_stream
+
+__all__ = ["draw", "dropout_seed", "probe_sizes", "probe_stream", "segments"]
 
 PROBE_KEY = 0x70726F6265  # "probe": keeps the probe draws apart from the batches' and the halves' streams
-
-
-def stream_name(size: int) -> str:
-    """``probe1000``: the stream of the mean over the first ``size`` probe examples."""
-    return f"{PROBE_PREFIX}{size}"
-
-
-def probe_sizes(streams) -> list[int]:
-    """The probe batch sizes among store ``streams``, increasing (``[]`` when there are none)."""
-    return sorted(int(s[len(PROBE_PREFIX) :]) for s in streams if s.startswith(PROBE_PREFIX))
 
 
 def draw(n_train: int, size: int, seed: int, step: int) -> np.ndarray:

@@ -173,7 +173,7 @@ class Training:
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(probes.dropout_seed(self.cfg.seed, step, self.group.rank))
             sums = engine.probe_sums(segments)
-        return {probes.stream_name(m): s / m for m, s in zip(sizes, sums)}
+        return {probes.probe_stream(m): s / m for m, s in zip(sizes, sums)}
 
     def step_chunks(self, step: int) -> tuple[list, int | None]:
         """``(chunks, split_at)`` for :meth:`DPEngine.step`: split in halves when the ``sampling``
