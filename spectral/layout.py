@@ -33,6 +33,9 @@ RETRAIN_HISTORY = "retrain_history.csv"
 RETRAIN_SUMMARY = "retrain_summary.json"
 TOY_BEST = "toy_best.csv"
 FITS = "fits.json"
+GROUPS = "groups.csv"  # analyse --groups: per-group eigenvalues (spectral.analyse.groups)
+GROUPS_SUMMARY = "groups_summary.csv"
+GROUPS_RLC = "groups_rlc_in_sample.csv"
 # probe streams (collect --probe-batches): probe128, probe1000, ... (see spectral.dp.probes)
 PROBE_PREFIX = "probe"
 

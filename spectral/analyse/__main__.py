@@ -25,6 +25,7 @@ import json
 from .. import cli
 from ..errors import cli_entry
 from .batch import ESTIMATORS
+from .groups import GROUPINGS
 from .pca import METHODS
 from .run import HOLDOUTS, AnalyseConfig, analyse, analysis_dir, plan
 
@@ -42,6 +43,8 @@ HELP = {
     "dask": "run the passes on a dask cluster: local:N (N worker processes here) or tcp://HOST:PORT",
     "batch_size": "predict the spectrum and G_k at this batch size (a number or inf) from the run's sampling "
     "stream; writes analysis/STREAM@B<size>",
+    "groups": "also one spectrum per group of parameters, from the same Gram pass: layer (transformer blocks) or "
+    "param (each tensor); writes groups.csv and groups_summary.csv",
     "batch_estimator": "halves: per rank, linear in 1/B through the run's batch and its half batch (validated "
     "on probe ladders); steps (H H^T - f diag|D|^2) and matrix (H^T H - f D^T D): for comparison only, they "
     "fail where the sampling noise is concentrated (see spectral.analyse.batch)",
@@ -61,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_run_dir(p, "a store written by python -m spectral.collect")
     cli.add_common(p)
     cli.add_config(
-        p, AnalyseConfig, HELP, choices={"method": METHODS, "holdout": HOLDOUTS, "batch_estimator": ESTIMATORS}
+        p,
+        AnalyseConfig,
+        HELP,
+        choices={"method": METHODS, "holdout": HOLDOUTS, "batch_estimator": ESTIMATORS, "groups": GROUPINGS},
     )
     for action in p._actions:  # sizes read as 512M / 4G
         if action.dest == "max_memory":

@@ -83,6 +83,8 @@ class TrajectoryMatrix:
     progress : show a progress bar per pass
     ops : where the arithmetic runs (:func:`spectral.analyse.backends.make_ops`; default numpy)
     before_pass : called at the start of every pass (benchmarks drop the page cache there)
+    groups : ``{name: [(start, stop), ...]}`` column ranges partitioning 0…d: :meth:`gram` also keeps
+        one Gram matrix per group (:func:`spectral.analyse.groups.column_groups`)
 
     Attributes
     ----------
@@ -101,8 +103,10 @@ class TrajectoryMatrix:
         progress=False,
         ops=None,
         before_pass=None,
+        groups: dict | None = None,
     ):
         self.source, self.stream, self.progress, self.before_pass = source, stream, progress, before_pass
+        self.groups, self.group_grams = groups, None
         self.streams = (stream,) if isinstance(stream, str) else tuple(stream)
         self.ops = ops or HostOps()
         if isinstance(source, np.ndarray):
@@ -144,7 +148,9 @@ class TrajectoryMatrix:
             m = self.source.manifest
             src = f"{self.source.root.resolve()}|{m['created']}|{m['n_steps']}"
         rows = hashlib.sha256(self.rows.astype(np.int64).tobytes()).hexdigest()
-        return f"{src}|{self.stream}|{rows}|{self.d}"
+        groups = self.groups
+        tag = "|groups:" + hashlib.sha256(repr(sorted(groups.items())).encode()).hexdigest() if groups else ""
+        return f"{src}|{self.stream}|{rows}|{self.d}{tag}"
 
     # ------------------------------------------------------------------ reading
     def _spans(self, start_col: int) -> list:
@@ -212,22 +218,35 @@ class TrajectoryMatrix:
 
         With ``checkpoint`` (a path stem), the partial sum is saved every ``every_s`` seconds
         and at the end; a later call on the same data continues from it (or reuses it whole).
+        With :attr:`groups` set (``{name: [(start, stop), ...]}``, column ranges partitioning 0…d),
+        the pass accumulates one Gram matrix per group instead, keeps them in :attr:`group_grams`
+        and returns their sum: the same arithmetic and reads as without groups.
         """
-        ops = self.ops
+        ops, groups = self.ops, self.groups
         checkpoint = checkpoint if ops.checkpoints else None
-        G, start = ops.zeros((self.n, self.n)), 0
+        shape = (self.n, self.n) if not groups else (len(groups), self.n, self.n)
+        G, start = ops.zeros(shape), 0
         saved = load_checkpoint(checkpoint, self.identity) if checkpoint else None
-        if saved is not None:
+        if saved is not None and tuple(saved["array"].shape) == shape:
             G, start = ops.asarray(saved["array"]), saved["next_col"]
-        if start >= self.d:
-            return ops.to_host(G)
+        ranges = [(g, a, b) for g, spans in enumerate((groups or {}).values()) for a, b in spans]
         last = time.monotonic()
-        for _, stop, B in self.blocks("gram", start_col=start):
-            G += B @ B.T
+        for begin, stop, B in self.blocks("gram", start_col=start) if start < self.d else ():
+            if not groups:
+                G += B @ B.T
+            for g, a, b in ranges:  # the group's columns inside this block
+                lo, hi = max(a, begin) - begin, min(b, stop) - begin
+                if lo < hi:
+                    part = B[:, lo:hi]
+                    G[g] += part @ part.T
             if checkpoint and (time.monotonic() - last >= every_s or stop == self.d):
                 save_checkpoint(checkpoint, self.identity, ops.to_host(G), next_col=stop)
                 last = time.monotonic()
-        return ops.to_host(G)
+        G = ops.to_host(G)
+        if not groups:
+            return G
+        self.group_grams = dict(zip(groups, G))
+        return G.sum(0)
 
     def rmatmat(self, U: np.ndarray, out=None, scale=None, dtype=np.float64) -> np.ndarray:
         """Hᵀ U diag(scale) (d, k), written block by block into ``out`` (e.g. a memmap).

@@ -56,6 +56,7 @@ class Plan:
     flop_rate: float  # float64 FLOP per second
     block_cols: int
     compute_cols: int
+    groups: int = 0  # analyse --groups: one n × n Gram matrix per group in the pass (8 n² bytes each)
 
     @property
     def bytes_read(self) -> int:
@@ -65,7 +66,7 @@ class Plan:
     def peak_bytes(self) -> int:
         n, k = self.n, self.k
         buffers = 2 * n * self.block_cols * self.itemsize + 2 * n * self.compute_cols * 8
-        return int(16 * n * n + 48 * n * k + buffers)
+        return int(16 * n * n + 48 * n * k + buffers + 8 * n * n * self.groups)
 
     def pass_seconds(self, name: str) -> tuple[float, float]:
         """(read seconds, arithmetic seconds) of one pass; components run in float32 (about twice the rate)."""
@@ -83,7 +84,9 @@ class Plan:
             f"k = {self.k}",
             f"  passes over H: {len(self.passes)} ({', '.join(self.passes)}); {self.bytes_read / gib:.1f} GiB read",
             f"  peak memory: {self.peak_bytes / gib:.2f} GiB = 16 n^2 + 48 n k + block buffers "
-            f"(reads of {self.block_cols:,} columns, float64 sub-blocks of {self.compute_cols:,}); independent of d",
+            f"(reads of {self.block_cols:,} columns, float64 sub-blocks of {self.compute_cols:,})"
+            + (f" + 8 n^2 x {self.groups} groups" if self.groups else "")
+            + "; independent of d",
             f"  probed: {'cold read' if self.cold else 'read (page cache as it stands)'} {self.read_rate / gib:.2f} GiB/s, "
             f"float64 GEMM {self.flop_rate / 1e9:.0f} GFLOP/s",
         ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,8 @@ from ..errors import SpectralError
 from ..layout import RunDir
 from ..store import open as open_store
 from . import density, rlc
+from .backends import make_ops
+from .groups import GROUPINGS
 from .pca import METHODS, Spectrum, principal_components
 
 HOLDOUTS = ("half", "alternate", "none")
@@ -35,6 +37,8 @@ class AnalyseConfig:
     dask : run the passes on a dask cluster, ``local:N`` or ``tcp://HOST:PORT``
     batch_size : predict what these steps would show at this batch size (or ``inf``) from the run's
         ``sampling`` stream (:mod:`spectral.analyse.batch`); outputs in ``analysis/<stream>@B<b>``
+    groups : ``layer`` or ``param``: also one spectrum per group of parameters from the same Gram pass
+        (:mod:`spectral.analyse.groups`; groups.csv, groups_summary.csv); ``none`` (default) skips it
     batch_estimator : ``ladder`` (the default: per rank, linear in 1/B through the run's probe rungs,
         ``collect --probe-batches``), or, known to fail where the sampling noise is concentrated and kept
         for comparison, ``halves``, ``steps`` or ``matrix``; see :mod:`spectral.analyse.batch`
@@ -51,6 +55,7 @@ class AnalyseConfig:
     iterations: int = 10  # orthiter / seedcode: the authors used 10 (final code) and 50 (May 2022)
     batch_size: float | None = None
     batch_estimator: str = "ladder"
+    groups: str = "none"
 
     def validate(self) -> AnalyseConfig:
         if self.method not in METHODS:
@@ -61,6 +66,12 @@ class AnalyseConfig:
             raise SpectralError(f"k must be at least 1, got {self.k}")
         if self.batch_size is not None and not self.batch_size > 0:
             raise SpectralError(f"batch size must be positive or inf, got {self.batch_size}")
+        if self.groups not in GROUPINGS:
+            raise SpectralError(f"unknown groups {self.groups!r}; choose from {', '.join(GROUPINGS)}")
+        if self.groups != "none" and (self.centered or self.method not in ("auto", "gram") or self.dask):
+            raise SpectralError(
+                "--groups splits the exact Gram pass: use it with the gram method, uncentred, in one process"
+            )
         if self.batch_size is not None and (self.centered or self.method not in ("auto", "gram") or self.dask):
             raise SpectralError("--batch-size predicts with the exact Gram method, uncentred, in one process")
         return self
@@ -78,7 +89,27 @@ def plan(run, config: AnalyseConfig | None = None, cold: bool = True):
     k = config.k or min(PAPER_K, store.n_steps - (1 if config.centered else 0))
     budget = config.max_memory or default_memory()
     method = config.method if config.method != "auto" else choose_method(store.n_steps, store.d, k, budget)[0]
-    return make_plan(store, config.stream, method, k, budget, cold=cold)
+    if config.groups == "none":
+        return make_plan(store, config.stream, method, k, budget, cold=cold)
+    n_groups = check_groups_fit(store, config.groups, budget)
+    return replace(make_plan(store, config.stream, "gram", k, budget, cold=cold), groups=n_groups)
+
+
+def check_groups_fit(store, grouping: str, budget: int) -> int:
+    """The number of groups of ``grouping``; refuses when their Gram matrices (8 n² bytes each) do not
+    fit in ``budget``, naming the groupings that would."""
+    from .groups import GROUPINGS, column_groups, memory_bytes
+
+    counts = {g: len(column_groups(store.layout, g)) for g in GROUPINGS[1:]}
+    need = memory_bytes(store.n_steps, counts[grouping])
+    if need > budget:
+        fitting = [g for g, c in counts.items() if memory_bytes(store.n_steps, c) <= budget]
+        raise SpectralError(
+            f"--groups {grouping}: {counts[grouping]} groups x 8 n^2 = {need / 2**30:.2f} GiB of Gram matrices exceed "
+            f"the memory budget ({budget / 2**30:.2f} GiB); "
+            + (f"--groups {' or '.join(fitting)} would fit" if fitting else "no grouping fits: raise --max-memory")
+        )
+    return counts[grouping]
 
 
 def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool = True, device="auto") -> Spectrum:
@@ -123,10 +154,24 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
             client=client,
             device=None if client is not None else device,
         )
+        source, groups = store, None
+        if config.groups != "none":
+            # the Gram pass keeps one block-Gram per group (no extra read)
+            from .groups import column_groups
+            from .matrix import TrajectoryMatrix, default_memory
+
+            check_groups_fit(store, config.groups, config.max_memory or default_memory())
+
+            groups = column_groups(store.layout, config.groups)
+            source = TrajectoryMatrix(store, config.stream, max_memory=config.max_memory, progress=progress,
+                                      ops=make_ops(device), groups=groups)  # fmt: skip
+            kw["method"] = "gram"
         # per-pass checkpoints: an interrupted run continues; a finished Gram serves any later k
         spec = principal_components(
-            store, k, components_out=out / layout.COMPONENTS, checkpoint_dir=out / "checkpoints", **kw
+            source, k, components_out=out / layout.COMPONENTS, checkpoint_dir=out / "checkpoints", **kw
         )
+        if groups is not None:
+            write_groups(source.group_grams, groups, out)
         if "warning" in spec.info:
             print(f"warning: {spec.info['warning']}", file=sys.stderr)
         # which store (and which of its steps) this analysis describes: retrain and report check it
@@ -158,6 +203,16 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
         if client is not None:
             client.close()
     return spec
+
+
+def write_groups(grams: dict, groups: dict, out: Path) -> None:
+    """groups.csv, groups_summary.csv and the groups' in-sample G_k (:mod:`spectral.analyse.groups`)."""
+    from .groups import group_spectra
+
+    eigenvalues, summary, curves = group_spectra(grams, groups)
+    eigenvalues.to_csv(out / layout.GROUPS, index=False)
+    summary.to_csv(out / layout.GROUPS_SUMMARY, index=False)
+    curves.to_csv(out / layout.GROUPS_RLC, index=False)
 
 
 def analysis_dir(run, config: AnalyseConfig) -> Path:
