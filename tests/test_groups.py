@@ -81,7 +81,7 @@ def test_each_groups_eigenvalues_are_those_of_its_columns(tmp_path, grouping):
         dense = np.linalg.eigvalsh(Hg @ Hg.T)[::-1]
         got = eig[eig.group == name].sort_values("rank").eigenvalue.to_numpy()
         np.testing.assert_allclose(got, dense[: len(got)], rtol=1e-6)
-        assert len(got) == np.linalg.matrix_rank(Hg)  # every positive eigenvalue, no null ones
+        assert len(got) == np.linalg.matrix_rank(Hg, rtol=1e-5)  # every positive one; float32 rounding aside
         assert summary.loc[name, "d"] == Hg.shape[1]
         assert summary.loc[name, "top1_energy"] == pytest.approx(dense[0] / dense.sum(), rel=1e-6)
     if grouping == "param":  # the rank-2 tensor shows as such
