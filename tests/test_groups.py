@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 import spectral.store as store_mod
-from spectral.analyse import AnalyseConfig, analyse, plan
+from spectral.analyse import AnalyseConfig, analyse
+from spectral.analyse.run import plan
 from spectral.analyse.groups import column_groups, group_of
 from spectral.errors import SpectralError
 
