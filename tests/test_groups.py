@@ -8,8 +8,8 @@ import pytest
 
 import spectral.store as store_mod
 from spectral.analyse import AnalyseConfig, analyse
-from spectral.analyse.run import plan
 from spectral.analyse.groups import column_groups, group_of
+from spectral.analyse.run import plan
 from spectral.errors import SpectralError
 
 LAYOUT = [  # a BERT-like layout: two blocks' q/v, then a head outside any block

@@ -29,6 +29,7 @@ ALLOWED = {
     "report": BASE | {"theory", "analyse", "toy"},  # public APIs only: Spectrum, the toy's mode names
     "bench": BASE | {"dp", "collect", "store", "analyse", "retrain"},
     "repro": BASE | {"collect", "analyse", "toy", "retrain", "report"},
+    "compare": BASE | {"store", "analyse"},
 }
 
 
