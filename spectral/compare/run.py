@@ -1,4 +1,4 @@
-"""``python -m spectral.compare RUN_A RUN_B``: principal angles between two runs' top-k subspaces.
+"""Principal angles between two runs' top-k subspaces (``python -m spectral.compare``).
 
 Examples
 --------
@@ -18,19 +18,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import cli, jsonio
-from .errors import SpectralError, cli_entry
-from .layout import RunDir
+from .. import jsonio
+from ..errors import SpectralError
+from ..layout import RunDir
 
 
 def compare(run_a, run_b, stream: str = "clipped", stream_b: str | None = None, ks=(10, 100), out=None,
             max_memory=None, progress=True, device="auto") -> dict:  # fmt: skip
     """Principal angles between the top-k subspaces of ``stream`` of ``run_a`` and ``stream_b`` (default:
     the same stream) of ``run_b``; writes and returns the result (module docstring)."""
-    from .analyse.angles import principal_angles, stacked_gram
-    from .analyse.backends import make_ops
-    from .device import resolve_device
-    from .store import open as open_store
+    from ..analyse.angles import principal_angles, stacked_gram
+    from ..analyse.backends import make_ops
+    from ..device import resolve_device
+    from ..store import open as open_store
 
     stream_b = stream_b or stream
     a, b = RunDir(run_a), RunDir(run_b)
@@ -60,7 +60,7 @@ def compare(run_a, run_b, stream: str = "clipped", stream_b: str | None = None, 
 
 def draw(result: dict, stem: Path) -> None:
     """The cosines against their index, one line per k, saved with its data."""
-    from .plotting import COLORS, new_figure, save, style
+    from ..plotting import COLORS, new_figure, save, style
 
     frame = pd.DataFrame(
         [{"k": r["k"], "index": i + 1, "cosine": c} for r in result["angles"] for i, c in enumerate(r["cosines"])]
@@ -80,29 +80,3 @@ def draw(result: dict, stem: Path) -> None:
         ax.set_title(f"principal angles: {a} vs {b}", fontsize=9)
         ax.legend(fontsize=7, loc="lower left", title="energy captured", title_fontsize=7)
     save(fig, stem, {"": frame})
-
-
-@cli_entry
-def main(argv=None):
-    p = cli.parser("python -m spectral.compare", __doc__)
-    p.add_argument("run_a", type=Path, help="a run directory (its store)")
-    p.add_argument("run_b", type=Path, help="another run over the same parameters (or the same run)")
-    p.add_argument("--stream", default="clipped", help="stream of RUN_A (and of RUN_B unless --stream-b) [clipped]")
-    p.add_argument("--stream-b", help="stream of RUN_B, e.g. probe1000 [--stream]")
-    p.add_argument("--k", type=int, nargs="+", default=[10, 100], help="subspace dimensions [10 100]")
-    p.add_argument("--out", type=Path, help="output directory [RUN_A/analysis/STREAM/compare]")
-    cli.add_common(p)
-    args = p.parse_args(argv)
-    res = compare(args.run_a, args.run_b, args.stream, args.stream_b, args.k, args.out,
-                  progress=not args.no_progress, device=args.device)  # fmt: skip
-    for r in res["angles"]:
-        cos = np.asarray(r["cosines"])
-        print(
-            f"k = {r['k']}: cosines mean {cos.mean():.3f}, min {cos.min():.3f}, > 0.9: {(cos > 0.9).sum()}; "
-            f"energy of A in B's top k {r['energy_a_in_b']:.3f} (own {r['energy_a_own']:.3f}), "
-            f"of B in A's {r['energy_b_in_a']:.3f} (own {r['energy_b_own']:.3f})"
-        )
-
-
-if __name__ == "__main__":
-    main()
