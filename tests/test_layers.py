@@ -10,7 +10,16 @@ import ast
 from pathlib import Path
 
 SPECTRAL = Path(__file__).resolve().parents[1] / "spectral"
-BASE = {"errors", "layout", "device", "cli", "plotting", "configs", "jsonio"}  # leaf modules every layer may use
+BASE = {
+    "errors",
+    "layout",
+    "device",
+    "cli",
+    "plotting",
+    "configs",
+    "jsonio",
+    "entry",
+}  # leaf modules every layer may use
 ALLOWED = {
     "errors": set(),
     "layout": set(),
@@ -30,6 +39,8 @@ ALLOWED = {
     "bench": BASE | {"dp", "collect", "store", "analyse", "retrain"},
     "repro": BASE | {"collect", "analyse", "toy", "retrain", "report"},
     "compare": BASE | {"store", "analyse"},
+    "entry": set(),
+    "api": BASE | {"collect", "analyse", "retrain", "report", "toy", "store"},
 }
 
 

@@ -14,3 +14,7 @@ from .pca import METHODS, Spectrum, principal_components
 from .run import AnalyseConfig, analyse
 
 __all__ = ["AnalyseConfig", "METHODS", "Spectrum", "TrajectoryMatrix", "analyse", "principal_components", "rlc"]
+
+from ..entry import make_callable  # noqa: E402
+
+make_callable(__name__, "spectral.api:analyse")  # sp.analyse(...): see spectral.entry

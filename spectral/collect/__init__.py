@@ -8,3 +8,7 @@ from ..dp import CollectConfig
 from .run import collect
 
 __all__ = ["CollectConfig", "collect"]
+
+from ..entry import make_callable  # noqa: E402
+
+make_callable(__name__, "spectral.api:collect")  # sp.collect(...): see spectral.entry

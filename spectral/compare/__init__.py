@@ -3,3 +3,7 @@
 from .run import compare, draw
 
 __all__ = ["compare", "draw"]
+
+from ..entry import make_callable  # noqa: E402
+
+make_callable(__name__, "spectral.compare.run:compare")  # sp.compare(...): see spectral.entry

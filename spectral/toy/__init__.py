@@ -16,3 +16,7 @@ __all__ = [
     "step_privacy",
     "toy",
 ]
+
+from ..entry import make_callable  # noqa: E402
+
+make_callable(__name__, "spectral.api:toy")  # sp.toy(...): see spectral.entry

@@ -1,0 +1,66 @@
+"""The Python API: ``import spectral as sp`` stays light, stage functions take keyword settings validated
+as the CLI validates them, ``sp.open`` reads a run back as data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import run_main
+from helpers import power_law_trajectory, write_store
+
+import spectral as sp
+from spectral.errors import SpectralError
+
+
+def test_import_spectral_does_not_import_torch_or_pandas():
+    code = "import sys, spectral as sp; sp.open; print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_stages_stay_callable_after_their_submodules_are_imported():
+    import spectral.analyse.rlc  # sets spectral.analyse to the package: it must still be the stage function
+    import spectral.collect.run  # noqa: F401
+
+    assert callable(sp.analyse) and callable(sp.collect) and callable(sp.compare)
+    assert sp.analyse.rlc is spectral.analyse.rlc  # and still the package
+
+
+@pytest.fixture
+def run(tmp_path):
+    write_store(tmp_path / "run", power_law_trajectory(n=40, d=600, slope=0.8))
+    return tmp_path / "run"
+
+
+def test_keyword_settings_equal_a_config_object(run, tmp_path):
+    spec = sp.analyse(run, k=12, holdout="alternate", progress=False, device="cpu")
+    again = sp.analyse(run, sp.AnalyseConfig(k=12, holdout="alternate"), out=tmp_path / "again", progress=False,
+                       device="cpu")  # fmt: skip
+    np.testing.assert_allclose(spec.eigenvalues, again.eigenvalues)
+    r = sp.open(run)
+    assert len(r.spectrum()) == 12 and r.spectrum().eigenvalue.iloc[0] == pytest.approx(spec.eigenvalues[0])
+    assert r.rlc().k.max() <= 20 and "rms" in r.rlc("clipped", "in-sample")
+    fitted = r.fits(fit_range=(1, 12))
+    assert fitted["spectrum"]["slope"] == pytest.approx(-0.8, abs=0.05)
+    assert len(r.steps) == 40 and r.store.n_steps == 40
+
+
+def test_bad_settings_are_the_clis_error(run, capsys):
+    with pytest.raises(SpectralError) as api:
+        sp.analyse(run, k=0, progress=False)
+    cli = run_main("spectral.analyse", run, "--k", "0", "--no-progress")
+    assert cli.returncode == 2 and str(api.value) in cli.stderr
+    with pytest.raises(SpectralError, match="unknown setting.*kk"):
+        sp.analyse(run, kk=3)
+    with pytest.raises(SpectralError, match="not both"):
+        sp.analyse(run, sp.AnalyseConfig(), k=3)
+
+
+def test_open_says_what_to_run_first(run, tmp_path):
+    with pytest.raises(SpectralError, match="run sp.analyse"):
+        sp.open(run).spectrum()
+    with pytest.raises(SpectralError, match="no such run directory"):
+        sp.open(tmp_path / "nowhere")
