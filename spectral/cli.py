@@ -25,12 +25,46 @@ def add_run_dir(p: argparse.ArgumentParser, help: str = "the run directory") -> 
 
 
 def add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
-    """Flags shared by every stage (``--device`` where the stage computes with torch)."""
+    """Flags shared by every stage (``--device`` where the stage computes with torch); call
+    :func:`use_threads` with the parsed arguments."""
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch and numpy's BLAS [the cores this process may use that are not busy, at least 1: "
+        "two jobs on two cores then take one each instead of slowing each other about 4x]",
+    )
     if device:
         p.add_argument(
             "--device", default="auto", help="where to compute: auto (CUDA when available), cpu, cuda or cuda:N [auto]"
         )
+
+
+def free_cores(sample_seconds: float = 0.2) -> int:
+    """The cores this process may run on that are not busy now (under half used over ``sample_seconds``),
+    at least 1. OpenMP threads spin-wait for a core another process holds, so more threads than free
+    cores is slower than fewer (measured: ``python -m spectral.bench threads``)."""
+    import os
+
+    import psutil
+
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    busy = psutil.cpu_percent(interval=sample_seconds, percpu=True)
+    return max(1, sum(1 for c in allowed if c < len(busy) and busy[c] < 50))
+
+
+def use_threads(args: argparse.Namespace) -> int:
+    """Set torch's (and through it OpenMP's) thread count from ``--threads`` or :func:`free_cores`;
+    returns it (collect records it in the manifest)."""
+    import torch
+
+    n = args.threads if getattr(args, "threads", None) else free_cores()
+    if n < 1:
+        from .errors import SpectralError
+
+        raise SpectralError(f"--threads must be at least 1, got {n}")
+    torch.set_num_threads(n)
+    return n
 
 
 def quiet_library_warnings() -> None:

@@ -152,6 +152,7 @@ def main(argv=None):
     p.add_argument("--figures", type=Path, help="also copy the figures and their data here (e.g. figures/)")
     cli.add_common(p)
     args = p.parse_args(argv)
+    cli.use_threads(args)
     out = args.run_dir or Path("runs") / f"repro-{args.scale}"
     t0 = time.perf_counter()
     reproduce(

@@ -60,7 +60,7 @@ ANALYSE_CASES = {
 
 
 def test_every_analyse_field_is_covered():
-    covered = set(ANALYSE_CASES) | {"dask", "batch_size", "batch_estimator"}  # test_distributed, test_batch
+    covered = set(ANALYSE_CASES) | {"dask", "batch_size", "batch_estimator", "groups"}  # distributed, batch, groups
     assert covered == {f.name for f in dataclasses.fields(AnalyseConfig)}
 
 

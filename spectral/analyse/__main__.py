@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cli.use_threads(args)
     config = AnalyseConfig(**cli.config_values(args, AnalyseConfig))
     if args.plan:
         print("\n".join(plan(args.run_dir, config).lines()))

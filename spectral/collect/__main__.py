@@ -54,9 +54,10 @@ HELP = {
     "delta": "target delta (default n_train^-1.1)",
     "noise_multiplier": "use this sigma instead of calibrating to --epsilon (0: clipping only, no privacy)",
     "max_grad_norm": "per-example clipping norm C",
-    "clipping": "ghost (two backward passes, any layer), bookkeeping (one backward pass; linear layers: q/v, "
-    "classifier, lora), per-sample (per-example gradients in memory), or auto (per-sample if they fit, else "
-    "bookkeeping, else ghost; recorded in the manifest)",
+    "clipping": "auto (bookkeeping when every trained layer is linear, else per-sample if the per-example gradients "
+    "fit, else ghost; the choice and why are recorded in the manifest), ghost (two backward passes, any layer), "
+    "bookkeeping (one backward pass; linear layers: q/v, classifier, lora), per-sample (per-example gradients "
+    "in memory)",
     "sampling": "poisson (default; subsampled-Gaussian accounting) or shuffle (fixed batches; per-epoch accounting)",
     "accountant": "Opacus accountant: rdp or prv",
     "streams": "rows stored per step: clipped (before noise), private (the noised gradient), sampling (the batch halves' difference: its sampling noise); several allowed",
@@ -143,6 +144,7 @@ def interrupt_on_sigterm() -> None:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cli.use_threads(args)
     cli.quiet_library_warnings()
     interrupt_on_sigterm()
     out, resume = args.run_dir, args.resume

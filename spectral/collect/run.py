@@ -114,6 +114,7 @@ def run_metadata(t: Training) -> dict:
         "data": {**t.data_info, "n_train_used": t.n_train, "n_dev_used": t.n_dev},
         "dp": t.plan.to_dict(),
         "clipping": {"method": cfg.clipping, "reason": getattr(t.model, "clipping_reason", "requested")},
+        "threads": torch.get_num_threads(),  # --threads, or the free cores at the start (spectral.cli.free_cores)
         **(
             {
                 "probes": {

@@ -28,6 +28,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, help="output directory [RUN_A/analysis/STREAM/compare]")
     cli.add_common(p)
     args = p.parse_args(argv)
+    cli.use_threads(args)
     res = compare(args.run_a, args.run_b, args.stream, args.stream_b, args.k, args.out,
                   progress=not args.no_progress, device=args.device)  # fmt: skip
     for r in res["angles"]:

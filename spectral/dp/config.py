@@ -52,7 +52,7 @@ class CollectConfig:
     delta: float | None = None  # None: n_train ** -1.1 as in the paper
     noise_multiplier: float | None = None  # set to skip calibration (0 = clipping only, no privacy)
     max_grad_norm: float = 0.1
-    clipping: str = "ghost"
+    clipping: str = "auto"  # the fastest exact method that fits (spectral.dp.training.choose_clipping)
     sampling: str = "poisson"
     accountant: str = "rdp"
     streams: list = field(default_factory=lambda: ["clipped"])

@@ -82,6 +82,7 @@ def build_parser():
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cli.use_threads(args)
     cli.quiet_library_warnings()
     settings = {"lr": args.lr} if args.lr else {}
     if args.clipping:

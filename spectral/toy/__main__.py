@@ -49,6 +49,7 @@ def build_parser():
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cli.use_threads(args)
     config = replace(SCALES[args.scale](), **cli.config_values(args, ToyConfig))
     if args.n_seeds is not None:
         config = replace(config, seeds=tuple(range(args.n_seeds)))
