@@ -175,6 +175,7 @@ def test_toy_options_reach_the_computation(field):
 
 # ---------------------------------------------------------------------- collect (what prepare builds)
 COLLECT_ELSEWHERE = {  # fields whose effect shows in the stored run, tested in these files
+    "probe_batches": "test_probes (the probe streams, nested prefixes, the trajectory unchanged)",
     "streams": "test_collect, test_batch (the stored streams)",
     "dtype": "test_edge_cases, test_scale (float16 / bfloat16 stores)",
     "eval_every": "test_collect (eval.csv rows)",
