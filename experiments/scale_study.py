@@ -71,57 +71,93 @@ def held_out_curve(G: np.ndarray, rows: np.ndarray, k: int) -> pd.DataFrame:
     return rlc.summarize(rlc.residual_norms(scores, np.diag(G)[test].copy(), ks))
 
 
+def fit_row(label: str, n: int, sv: np.ndarray, inside: pd.DataFrame, held: pd.DataFrame, fit_range, top10) -> dict:
+    """The table row of one part: the spectrum's slope, and c of the in-sample curve read to n/2 (past it:
+    the collapse at k = n, overfitting) and of the held-out curve."""
+    spec = fits.spectrum_fit(sv, fit_range)
+    inside = inside[(inside.k <= rlc.in_sample_readable(n))]
+    c_in, c_out = fits.rlc_fit(inside), fits.rlc_fit(held)
+    return {
+        "part": label,
+        "n": n,
+        "fit_range": f"{spec['range'][0]}-{spec['range'][1]}",
+        "slope": spec["slope"],
+        "slope_ci_low": spec["ci_low"],
+        "slope_ci_high": spec["ci_high"],
+        "r2": spec["r2"],
+        "c_in_sample": c_in["c"],
+        "c_in_low": c_in["c_low"],
+        "c_in_high": c_in["c_high"],
+        "c_in_k_range": f"{c_in['k_range'][0]}-{c_in['k_range'][1]}",
+        "c_held_out": c_out["c"],
+        "c_out_low": c_out["c_low"],
+        "c_out_high": c_out["c_high"],
+        "energy_top10": top10,
+    }
+
+
+def compute(run_dir: Path, parts, k: int, fit_range, stream: str):
+    """(table, spectra, curves) from the run's Gram matrix."""
+    run = RunDir(run_dir)
+    store = open_store(run.store)
+    G = TrajectoryMatrix(store, stream, progress=True).gram(checkpoint=run.analysis(stream) / "checkpoints" / "gram")
+    rows, spectra, curves = [], [], []
+    for label, part in parts_of(store.n_steps, parts).items():
+        lam, inside = in_sample_curve(G, part, min(k, len(part)))
+        held = held_out_curve(G, part, min(k, len(part)))
+        sv = np.sqrt(np.clip(lam, 0, None))
+        inside = inside[inside.k <= rlc.in_sample_readable(len(part))]  # past n/2: the collapse at k = n
+        top10 = float(lam[:10].sum() / np.trace(G[np.ix_(part, part)]))
+        rows.append(fit_row(label, len(part), sv, inside, held, fit_range, top10))
+        spectra.append(pd.DataFrame({"part": label, "rank": np.arange(1, len(sv) + 1), "singular_value": sv}))
+        curves += [inside.assign(part=label, curve="in-sample"), held.assign(part=label, curve="held-out")]
+    return pd.DataFrame(rows), pd.concat(spectra, ignore_index=True), pd.concat(curves, ignore_index=True)
+
+
+def redraw(out: Path, fit_range):
+    """(table, spectra, curves) refitted from the study's saved data in ``out`` (no run needed)."""
+    old = pd.read_csv(out / "scale_study.csv")
+    spectra, curves = pd.read_csv(out / "scale_study_spectra.csv"), pd.read_csv(out / "scale_study_curves.csv")
+    rows = []
+    for _, r in old.iterrows():
+        c = curves[curves.part == r.part]
+        sv = spectra[spectra.part == r.part].sort_values("rank").singular_value.to_numpy()
+        inside, held = c[c.curve == "in-sample"].drop(columns=["part", "curve"]), c[c.curve == "held-out"]
+        rows.append(
+            fit_row(r.part, int(r.n), sv, inside, held.drop(columns=["part", "curve"]), fit_range, r.energy_top10)
+        )
+    cut = [c[(c.curve != "in-sample") | (c.k <= rlc.in_sample_readable(int(old.set_index("part").n[p])))]
+           for p, c in curves.groupby("part", sort=False)]  # fmt: skip
+    return pd.DataFrame(rows), spectra, pd.concat(cut, ignore_index=True)
+
+
 @cli_entry
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a collect run (analysed: its Gram checkpoint is reused)")
+    p.add_argument("run_dir", type=Path, nargs="?", help="a collect run (analysed: its Gram checkpoint is reused)")
     p.add_argument("--parts", nargs="+", default=["first:250", "first:500", "all", "drop:300"])
     p.add_argument("--k", type=int, default=1000, help="components per part (at most its number of steps)")
     p.add_argument("--fit-range", type=int, nargs=2, default=(1, 500))
     p.add_argument("--stream", default="clipped")
     p.add_argument("--out", type=Path)
+    p.add_argument("--redraw", action="store_true", help="refit and redraw from the saved data in --out (no run)")
     args = p.parse_args(argv)
-    run = RunDir(args.run_dir)
-    store = open_store(run.store)
-    out = args.out or run.root / "studies" / "scale"
-    out.mkdir(parents=True, exist_ok=True)
-    G = TrajectoryMatrix(store, args.stream, progress=True).gram(
-        checkpoint=run.analysis(args.stream) / "checkpoints" / "gram"
-    )
-
-    rows, spectra, curves = [], [], []
-    for label, part in parts_of(store.n_steps, args.parts).items():
-        k = min(args.k, len(part))
-        lam, inside = in_sample_curve(G, part, k)
-        held = held_out_curve(G, part, k)
-        sv = np.sqrt(np.clip(lam, 0, None))
-        spec = fits.spectrum_fit(sv, args.fit_range)
-        inside = inside[inside.k <= rlc.in_sample_readable(len(part))]  # past n/2: the collapse at k = n
-        c_in, c_out = fits.rlc_fit(inside), fits.rlc_fit(held)
-        rows.append(
-            {
-                "part": label,
-                "n": len(part),
-                "fit_range": f"{spec['range'][0]}-{spec['range'][1]}",
-                "slope": spec["slope"],
-                "slope_ci_low": spec["ci_low"],
-                "slope_ci_high": spec["ci_high"],
-                "r2": spec["r2"],
-                "c_in_sample": c_in["c"],
-                "c_in_low": c_in["c_low"],
-                "c_in_high": c_in["c_high"],
-                "c_held_out": c_out["c"],
-                "c_out_low": c_out["c_low"],
-                "c_out_high": c_out["c_high"],
-                "energy_top10": float(lam[:10].sum() / np.trace(G[np.ix_(part, part)])),
-            }
-        )
-        spectra.append(pd.DataFrame({"part": label, "rank": np.arange(1, len(sv) + 1), "singular_value": sv}))
-        curves += [inside.assign(part=label, curve="in-sample"), held.assign(part=label, curve="held-out")]
-    table = pd.DataFrame(rows)
+    if args.redraw:
+        if args.out is None:
+            raise SpectralError("--redraw needs --out, the directory of a saved scale study")
+        out = args.out
+        table, spectra, curves = redraw(out, args.fit_range)
+    else:
+        if args.run_dir is None:
+            raise SpectralError("give a run directory (or --redraw --out DIR)")
+        out = args.out or RunDir(args.run_dir).root / "studies" / "scale"
+        out.mkdir(parents=True, exist_ok=True)
+        table, spectra, curves = compute(args.run_dir, args.parts, args.k, args.fit_range, args.stream)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    draw(table, spectra, curves, out, args.fit_range)
 
-    spectra, curves = pd.concat(spectra, ignore_index=True), pd.concat(curves, ignore_index=True)
+
+def draw(table, spectra, curves, out: Path, fit_range) -> None:
     with style(**{"figure.figsize": (10.0, 4.0)}):
         fig, (a, b) = new_figure(1, 2)
         for i, (label, sp) in enumerate(spectra.groupby("part", sort=False)):
@@ -140,7 +176,7 @@ def main(argv=None):
         b.legend(fontsize=6.5, ncol=2)
     table.to_csv(out / "scale_study.csv", index=False)
     (out / "scale_study.json").write_text(
-        json.dumps({"table": table.to_dict(orient="records"), "fit_range": list(args.fit_range)}, indent=1)
+        json.dumps({"table": table.to_dict(orient="records"), "fit_range": list(fit_range)}, indent=1)
     )
     paths = save(fig, out / "scale_study", {"_spectra": spectra, "_curves": curves})
     print("figure:", paths[0])

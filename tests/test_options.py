@@ -250,7 +250,9 @@ def test_collect_options_reach_the_training_setup(tiny_model, tiny_data, field):
     ]
     engine = t.engine
     assert type(engine.optimizer.original_optimizer).__name__.lower() == cfg.optimizer
-    assert engine.clipping == t.cfg.clipping != "auto" and engine.max_grad_norm == cfg.max_grad_norm  # auto: decided once
+    assert (
+        engine.clipping == t.cfg.clipping != "auto" and engine.max_grad_norm == cfg.max_grad_norm
+    )  # auto: decided once
     assert engine.optimizer.noise_multiplier == pytest.approx(plan.noise_multiplier, rel=1e-9)
     trained = {n for n, p in t.model.named_parameters() if p.requires_grad}
     assert any("classifier" in n for n in trained) == ("classifier" in cfg.params)

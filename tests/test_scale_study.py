@@ -66,3 +66,21 @@ def test_the_whole_runs_in_sample_c_agrees_with_the_report(tmp_path):
     assert row.c_in_sample == pytest.approx(fitted["in-sample"]["c"], rel=1e-6)
     curves = pd.read_csv(tmp_path / "run" / "studies" / "scale" / "scale_study_curves.csv")
     assert curves[curves.curve == "in-sample"].k.max() <= 20  # nothing past n/2 drawn: no 1e-10 collapse
+
+
+def test_the_committed_scale_table_reads_the_in_sample_curve_to_n_half_as_the_report():
+    """figures/cpu/scale_study.csv: each part's in-sample c is the fit of its committed curve up to n/2
+    (past it the curve collapses at k = n), and the whole run's equals the report's (fits.json)."""
+    import json
+
+    from spectral.report import fits
+
+    out = REPO / "figures" / "cpu"
+    table = pd.read_csv(out / "scale_study.csv")
+    curves = pd.read_csv(out / "scale_study_curves.csv")
+    for _, row in table.iterrows():
+        inside = curves[(curves.part == row.part) & (curves.curve == "in-sample")]
+        assert inside.k.max() <= rlc.in_sample_readable(row.n)
+        assert row.c_in_sample == pytest.approx(fits.rlc_fit(inside)["c"], rel=1e-9)
+    report = json.loads((out / "fits.json").read_text())["rlc"]["in-sample"]["c"]
+    assert table.set_index("part").c_in_sample["all"] == pytest.approx(report, rel=1e-6)
