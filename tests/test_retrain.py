@@ -13,7 +13,8 @@ from helpers import brute_force_clipped_sum, per_example_gradients, text_chunks,
 
 from spectral import store
 from spectral.dp.engine import DPEngine
-from spectral.retrain import CoordinateEngine, Subspace
+from spectral.errors import SpectralError
+from spectral.retrain import CoordinateEngine, RetrainConfig, Subspace
 
 
 def _flat_params(model):
@@ -539,7 +540,34 @@ RETRAIN_ELSEWHERE = {  # RetrainConfig fields and the tests that set them and ch
     "settings": "test_cli_non_private_setting_has_its_own_directory (noise_multiplier 0)",
     "public_steps": "below",
     "analysis": "below",
+    "components": "test_controls_run_end_to_end_and_record_their_energy",
 }
+
+
+def test_controls_run_end_to_end_and_record_their_energy(analysed_run, tmp_path):
+    """components 2-4, span-random 3 and the complement of the top 3 on the tiny run: each trains, is named
+    apart, and records the share of the run's stored gradient energy its subspace holds, against a dense
+    projection of the stored rows."""
+    H = store.open(analysed_run).rows("clipped").astype(np.float64)
+    V = np.load(analysed_run / "analysis" / "clipped" / "components.npy").astype(np.float64)
+    share = lambda P: float(np.sum((H @ P) ** 2) / np.sum(H**2))  # noqa: E731
+    common = ["--steps", "2", "--eval-every", "2", "--seeds", "1", "--no-full", "--no-progress"]
+    cases = [
+        (["--components", "2-4"], "components 2-4", share(V[:, 1:4])),
+        (["--ranks", "3", "--subspace-from", "span-random"], "span-random 3", None),
+        (["--ranks", "3", "--subspace-from", "complement"], "complement of top 3", 1 - share(V[:, :3])),
+    ]
+    for args, variant, expected in cases:
+        out = tmp_path / variant.replace(" ", "_")
+        proc = run_main("spectral.retrain", analysed_run, *args, *common, "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads((out / "retrain_summary.json").read_text())
+        assert list(summary["final_accuracy"]) == [variant]
+        energy = summary["energy_captured"][variant]["all_steps"]
+        if expected is not None:
+            assert energy == pytest.approx(expected, rel=1e-4)
+        else:  # inside the rows' span: more than a uniformly random 3-dim subspace's 3/d
+            assert energy > 100 * 3 / H.shape[1]
 
 
 def test_every_retrain_field_is_covered():
@@ -576,3 +604,95 @@ def test_public_steps_and_analysis_reach_the_computation(analysed_run, tmp_path,
     retrain(analysed_run, RetrainConfig(ranks=(2,), seeds=1, steps=1, eval_every=1, full=False, analysis=str(other)),
             tmp_path / "analysis", progress=False, device="cpu")  # fmt: skip
     assert loaded == [(other, 2)]
+
+
+# ---------------------------------------------------------------------- the controls of issue 37
+def test_complement_signal_mode_applies_the_bulk_of_the_clipped_sum(tiny_model):
+    """``complement``: Δθ = −lr/B ((I − V Vᵀ) s + σC z); at σ = 0 the applied change has no part in span(V)
+    and equals the clipped sum minus its top-subspace part."""
+    lr, B, C = 0.1, 8.0, 0.05
+    for sigma in (0.0, 1.5):
+        model, tok = tiny_model_of(tiny_model, "attention-qv")
+        params = [p for p in model.parameters() if p.requires_grad]
+        Q = _basis(_flat_params(model).numel(), 5)
+        chunks = text_chunks(tok, 4)
+        summed, _ = brute_force_clipped_sum(model, chunks, C)
+        sub = _subspace64(Subspace(torch.from_numpy(Q))).orthogonal_complement()
+        engine = _engine(model, sigma=sigma, C=C, sub=sub, mode="signal")
+        state, before = engine.noise_generator.get_state(), _flat_params(model)
+        engine.step(chunks, lr=lr)
+        change = _flat_params(model) - before
+        Qt = torch.from_numpy(Q)
+        bulk = summed - Qt @ (Qt.T @ summed)
+        noise = _noise_replayed(state, params, sigma * C) if sigma else 0.0
+        torch.testing.assert_close(change, -lr / B * (bulk + noise), rtol=1e-6, atol=1e-12)
+        if sigma == 0:
+            assert (Qt.T @ change).norm() < 1e-6 * change.norm()
+
+
+def test_complement_signal_plus_noise_keeps_the_noise_out_of_the_top_subspace(tiny_model):
+    model, tok = tiny_model_of(tiny_model, "attention-qv")
+    Q = _basis(_flat_params(model).numel(), 5)
+    sub = _subspace64(Subspace(torch.from_numpy(Q))).orthogonal_complement()
+    engine = _engine(model, sigma=2.0, C=0.05, sub=sub, mode="signal+noise")
+    before = _flat_params(model)
+    engine.step(text_chunks(tok, 4), lr=0.1)
+    change = _flat_params(model) - before
+    assert change.norm() > 0 and (torch.from_numpy(Q).T @ change).norm() < 1e-6 * change.norm()
+
+
+def test_span_random_lies_in_the_rows_span_and_components_are_a_band(tmp_path):
+    rng = np.random.default_rng(0)
+    H = rng.standard_normal((20, 300))
+    V = Subspace.span_random(H, 6, seed=1).V.double().numpy()
+    np.testing.assert_allclose(V.T @ V, np.eye(6), atol=1e-5)
+    P = np.linalg.pinv(H) @ H  # the projector onto the rows' span
+    np.testing.assert_allclose(P @ V, V, atol=1e-5)
+    assert np.allclose(V, Subspace.span_random(H, 6, seed=1).V.numpy())
+    assert not np.allclose(V, Subspace.span_random(H, 6, seed=2).V.numpy())
+    components = np.linalg.qr(rng.standard_normal((300, 12)))[0].astype(np.float32)
+    np.save(tmp_path / "components.npy", components)
+    band = Subspace.from_analysis(tmp_path, 4, first=5).V.numpy()
+    np.testing.assert_array_equal(band, components[:, 4:8])
+    with pytest.raises(SpectralError, match="components 10-13 are not available"):
+        Subspace.from_analysis(tmp_path, 4, first=10)
+
+
+def test_captured_energy_against_a_dense_projection():
+    rng = np.random.default_rng(0)
+    H = rng.standard_normal((10, 80))
+    Q = np.linalg.qr(rng.standard_normal((80, 3)))[0]
+    sub = Subspace(torch.from_numpy(Q))
+    inside = np.sum((H @ Q) ** 2, axis=1)
+    got = sub.captured_energy(H)
+    assert got["all_steps"] == pytest.approx(inside.sum() / np.sum(H**2), rel=1e-5)
+    assert got["second_half"] == pytest.approx(inside[5:].sum() / np.sum(H[5:] ** 2), rel=1e-5)
+    assert sub.orthogonal_complement().captured_energy(H)["all_steps"] == pytest.approx(1 - got["all_steps"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "settings, variant, tag",
+    [
+        (dict(components="101-200"), "components 101-200", "signal-trajectory-c101-200"),
+        (dict(subspace_from="span-random"), "span-random 100", "signal-span-random"),
+        (dict(subspace_from="complement", mode="signal+noise"), "complement of top 100", "signal+noise-complement"),
+    ],
+)
+def test_controls_are_named_apart(settings, variant, tag):
+    config = RetrainConfig(ranks=(100,), **settings).validate()
+    rank = config.band[1] - config.band[0] + 1 if config.band else 100
+    assert config.variant(rank) == variant and config.tag == tag
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(components="200-101"), "1 <= A <= B"),
+        (dict(components="x"), "look like 101-200"),
+        (dict(components="1-10", subspace_from="random"), "subspace-from trajectory"),
+        (dict(subspace_from="complement", mode="coordinates"), "signal or signal\\+noise"),
+    ],
+)
+def test_bad_controls_are_one_clear_error(settings, message):
+    with pytest.raises(SpectralError, match=message):
+        RetrainConfig(**settings).validate()

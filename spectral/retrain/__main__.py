@@ -15,7 +15,11 @@ Modes (how the update is restricted; the privacy accounting is that of the unres
 gradients without noise). --subspace-from public estimates them from a disjoint public split.
 Controls: --ranks 0 (noise only: the clipped gradient projected to nothing, the same noise added),
 --subspace-from random (a random r-dimensional subspace), --subspace-from RUN_DIR (the top-r
-components of another run, e.g. another seed). Rerunning with more --seeds continues a setting.
+components of another run, e.g. another seed), --components 101-200 (the run's own components 101..200),
+--subspace-from span-random (a random r-dimensional subspace of the stored gradients' span),
+--subspace-from complement (updates projected onto the complement of the top r: the bulk). Each variant's
+share of the run's gradient energy is recorded beside its accuracy (energy_captured in retrain_summary.json).
+Rerunning with more --seeds continues a setting.
 
 Examples
 --------
@@ -25,6 +29,8 @@ Examples
   python -m spectral.retrain runs/demo --ranks 0 10 100 --steps 300 --seeds 3
   python -m spectral.retrain runs/demo --ranks 10 100 --no-full --subspace-from random
   python -m spectral.retrain runs/demo --ranks 100 --no-full --subspace-from runs/demo-seed2
+  python -m spectral.retrain runs/demo --components 101-200 --no-full
+  python -m spectral.retrain runs/demo --ranks 100 --no-full --subspace-from complement --mode signal+noise
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ HELP = {
     "public_size": "public examples set aside (--subspace-from public)",
     "public_steps": "non-private steps on public data that estimate its subspace",
     "analysis": "analysis directory whose components span the subspace [RUN_DIR/analysis/clipped]",
+    "components": "A-B: the run's own components A..B (e.g. 101-200: as many directions as the top 100, less "
+    "energy) instead of --ranks",
 }
 
 

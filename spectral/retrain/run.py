@@ -19,6 +19,14 @@ and the controls that say whether the top directions are what matters:
               subspace transfer?); it must train the same parameters
   rank 0      (signal mode) the clipped gradient projected to nothing, the same noise added: what
               noise alone does to the model, on the same batches and noise draws
+  components  (``components="101-200"``) the run's own components 101…200: as many directions as the
+              top 100, less energy
+  span-random a random r-dimensional subspace of the span of the stored gradients (random combinations of
+              the stored rows, orthonormalised): inside the gradients' span, not their top
+  complement  updates projected onto the orthogonal complement of the top r (the bulk; Song, Ahn & Yun,
+              arXiv 2405.16002); the noise as the mode says
+Each variant records in retrain_summary.json the share of the run's stored gradient energy its subspace
+holds (``energy_captured``: all steps, and the second half), so accuracy can be read beside energy.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ from .coordinates import CoordinateEngine
 from .subspace import Subspace
 
 MODES = ("signal", "signal+noise", "coordinates")
-SOURCES = ("trajectory", "public", "random")  # or another run's directory
+SOURCES = ("trajectory", "public", "random", "span-random", "complement")  # or another run's directory
 
 
 @dataclass
@@ -66,6 +74,7 @@ class RetrainConfig:
     public_size: int = 2000
     public_steps: int = 100
     analysis: str | None = None
+    components: str | None = None  # "A-B": the run's own components A…B instead of the top ranks
     settings: dict = field(default_factory=dict)
 
     @property
@@ -74,8 +83,21 @@ class RetrainConfig:
 
     @property
     def tag(self) -> str:
-        """A name for this setting, e.g. ``signal-trajectory`` or ``signal-trajectory-nonprivate``."""
-        return f"{self.mode}-{self.source}" + ("" if self.private else "-nonprivate")
+        """A name for this setting, e.g. ``signal-trajectory``, ``signal-trajectory-c101-200`` or
+        ``signal-trajectory-nonprivate``."""
+        band = f"-c{self.components}" if self.components else ""
+        return f"{self.mode}-{self.source}{band}" + ("" if self.private else "-nonprivate")
+
+    @property
+    def band(self) -> tuple[int, int] | None:
+        """(A, B) of ``components="A-B"``, or None."""
+        if not self.components:
+            return None
+        first, _, last = str(self.components).partition("-")
+        try:
+            return int(first), int(last)
+        except ValueError:
+            raise SpectralError(f"components must look like 101-200, got {self.components!r}") from None
 
     def validate(self) -> RetrainConfig:
         if self.mode not in MODES:
@@ -88,6 +110,12 @@ class RetrainConfig:
             raise SpectralError("ranks must be >= 0; seeds, steps and eval_every >= 1")
         if 0 in self.ranks and self.mode != "signal":
             raise SpectralError(f"rank 0 (noise only) is a control of the signal mode; {self.mode} would not update")
+        if self.band is not None and not (1 <= self.band[0] <= self.band[1]):
+            raise SpectralError(f"components {self.components}: need 1 <= A <= B")
+        if self.band is not None and self.subspace_from != "trajectory":
+            raise SpectralError("components A-B are the run's own: use them with --subspace-from trajectory")
+        if self.subspace_from == "complement" and self.mode == "coordinates":
+            raise SpectralError("the complement has d - r dimensions: use it in signal or signal+noise mode")
         return self
 
     @property
@@ -106,9 +134,11 @@ class RetrainConfig:
             return "full"
         if rank == 0:
             return "rank 0 (noise only)"
-        if self.source in ("trajectory", "public"):
-            return f"rank {rank}"
-        return f"random {rank}" if self.source == "random" else f"rank {rank} of {self.source}"
+        if self.band is not None:
+            return f"components {self.band[0]}-{self.band[1]}"
+        named = {"trajectory": "rank", "public": "rank", "random": "random", "span-random": "span-random",
+                 "complement": "complement of top"}  # fmt: skip
+        return f"{named[self.source]} {rank}" if self.source in named else f"rank {rank} of {self.source}"
 
 
 def check_analysis(run: RunDir, analysis: Path) -> None:
@@ -137,9 +167,16 @@ def public_subspace(
 
 def subspace_basis(config: RetrainConfig, run: RunDir, analysis: Path, base, public, dev, progress, head, device):
     """The ``max(config.ranks)`` directions the variants restrict to, from ``config.subspace_from``."""
+    if config.band is not None:
+        first, last = config.band
+        return Subspace.from_analysis(analysis, last - first + 1, first=first)
     rank = max(config.ranks)
-    if config.subspace_from == "trajectory":
+    if config.subspace_from in ("trajectory", "complement"):
         return Subspace.from_analysis(analysis, rank)
+    if config.subspace_from == "span-random":
+        from ..analyse.matrix import TrajectoryMatrix
+
+        return Subspace.span_random(TrajectoryMatrix(open_store(run.store), "clipped"), rank, base.seed)
     if config.subspace_from == "public":
         return public_subspace(base, public, dev, rank, config.public_steps, progress, head, device)
     if config.subspace_from == "random":
@@ -218,7 +255,7 @@ def retrain(
     store = open_store(run.store)
     d = int(store.manifest["d"])
     analysis = Path(config.analysis) if config.analysis else run.analysis("clipped")
-    if config.subspace_from == "trajectory":
+    if config.subspace_from in ("trajectory", "complement"):
         check_analysis(run, analysis)
     head = store.attachment("head") if "head" in store.manifest.get("attachments", []) else None
     out = Path(out) if out else run.retrain(config.tag)
@@ -251,13 +288,15 @@ def retrain(
             raise SpectralError(f"public_size={config.public_size} leaves no private training data ({len(train)})")
         public, train = train.rows(0, config.public_size), train.rows(config.public_size)
     majority = float(np.bincount(dev.labels).max() / len(dev)) if len(dev) else None  # the accuracy of no learning
-    variants = [(config.variant(r), r) for r in config.ranks] + ([("full", None)] if config.full else [])
+    ranks = [config.band[1] - config.band[0] + 1] if config.band else config.ranks
+    variants = [(config.variant(r), r) for r in ranks] + ([("full", None)] if config.full else [])
     bases: dict = {}
-    timing = (
-        json.loads((out / layout.RETRAIN_SUMMARY).read_text()).get("seconds_per_step", {})
+    previous = (
+        json.loads((out / layout.RETRAIN_SUMMARY).read_text())
         if (out / layout.RETRAIN_SUMMARY).is_file() and len(history)
         else {}
     )
+    timing, energies = previous.get("seconds_per_step", {}), previous.get("energy_captured", {})
     for seed in range(config.seeds):
         for name, rank in variants:
             done = len(history) and ((history.variant == name) & (history.seed == seed)).any()
@@ -268,6 +307,10 @@ def retrain(
                 if "basis" not in bases:  # the max(ranks) directions, loaded or estimated once
                     bases["basis"] = subspace_basis(config, run, analysis, base, public, dev, progress, head, device)
                 subspace = Subspace(bases["basis"].V[:, :rank])
+                if config.subspace_from == "complement":
+                    subspace = subspace.orthogonal_complement()
+            if name not in energies:  # beside accuracy: how much of the run's gradient energy the variant keeps
+                energies[name] = energy_captured(store, subspace)
             cfg = replace(base, seed=base.seed + seed)
             evals, per_step = train_variant(
                 cfg, (train, dev), subspace, config.mode, progress, f"{name} seed {seed}", head, device
@@ -290,8 +333,18 @@ def retrain(
             history = pd.concat([history, rows], ignore_index=True) if len(history) else rows
             timing.setdefault(name, []).append(per_step)
             atomic_write(history_path, lambda f: f.write(history.to_csv(index=False).encode()))
-            (out / layout.RETRAIN_SUMMARY).write_text(jsonio.dumps(summarize(history, timing, majority), indent=1))
+            summary = {**summarize(history, timing, majority), "energy_captured": energies}
+            (out / layout.RETRAIN_SUMMARY).write_text(jsonio.dumps(summary, indent=1))
     return history
+
+
+def energy_captured(store, subspace: Subspace | None) -> dict:
+    """The share of the run's stored ``clipped`` energy a variant's subspace holds (None: full, 1)."""
+    if subspace is None:
+        return {"all_steps": 1.0, "second_half": 1.0}
+    from ..analyse.matrix import TrajectoryMatrix
+
+    return subspace.captured_energy(TrajectoryMatrix(store, "clipped"))
 
 
 def summarize(history: pd.DataFrame, timing: dict, majority: float | None = None) -> dict:
