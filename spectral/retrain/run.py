@@ -265,6 +265,7 @@ def retrain(
         steps=config.steps,
         eval_every=config.eval_every,
         streams=["clipped"],  # retraining stores nothing: whole batches, never split in halves
+        probe_batches=None,  # nor measures probe batches (a collect run's measurement, not its training)
         **config.settings,
     ).validate()
     history_path, record = out / layout.RETRAIN_HISTORY, {**asdict(config), "run": str(run.store.resolve())}
