@@ -314,3 +314,24 @@ def test_report_draws_measured_and_predicted_on_the_same_axes(tmp_path):
     assert list(fitted) == ["measured (batch 20)", "predicted at 160", "predicted at inf"]
     assert fitted["predicted at inf"]["slope"] < fitted["measured (batch 20)"]["slope"]  # the floor removed: steeper
     json.loads((tmp_path / "run" / "figures" / "fits.json").read_text())
+
+
+def test_a_ladder_that_fails_its_own_check_offers_no_prediction(tmp_path):
+    """Probe rungs of concentrated noise (eigenvalues of one 120-step trajectory fluctuate by 10–20% per
+    rank): the leave-top-out check misses some rank of 1…100 by more than 20%, so ``analyse --batch-size``
+    refuses with the numbers; a rung itself is measured, not predicted."""
+    X, mu = concentrated_population(mean_scale=0.3)
+    sizes = [BATCH, 2 * BATCH, 4 * BATCH, 156]
+    rungs = ladder_rows(X, mu, sizes, seed=1)
+    layout = [{"name": "w", "shape": [X.shape[1]], "offset": 0, "numel": X.shape[1]}]
+    w = store_mod.StoreWriter.create(tmp_path / "run", layout=layout, streams=[f"probe{m}" for m in sizes],
+                                     dtype="float32", shard_rows=64, meta={}, tile_cols=256)  # fmt: skip
+    for t in range(len(mu)):
+        w.append(t, {f"probe{m}": rungs[m][t].astype(np.float32) for m in sizes}, {"loss": 0.0})
+    w.commit(status="complete")
+    w.close()
+    store = store_mod.open(tmp_path / "run")
+    with pytest.raises(SpectralError, match="the ladder's own check fails.*misses ranks 1-100 by up to"):
+        B.predict(store, 10, 1000)
+    with pytest.raises(SpectralError, match="is a probe rung: analyse it with --stream probe40"):
+        B.predict(store, 10, 40)

@@ -52,6 +52,9 @@ from .pca import Spectrum
 
 NOISE_STREAM = "sampling"
 ESTIMATORS = ("ladder", "halves", "steps", "matrix")  # the first is the default
+# the ladder's own check: predicting the top rung from the others must be within this relative error at
+# every rank 1…100 (or 1…n), else no prediction is offered (an estimator that fails is not a default)
+LADDER_TOLERANCE = 0.2
 
 
 def factor(run_batch: float, batch: float, sample_rate: float) -> float:
@@ -177,6 +180,25 @@ def ladder_gram(K: np.ndarray, n: int, sizes, batch: float) -> tuple[np.ndarray,
     return (U * predicted) @ U.T, {"rungs": list(map(int, sizes)), "leave_top_out_rel_error": validation}
 
 
+def check_ladder(info: dict, sizes, batch: float) -> None:
+    """Refuse a prediction whose own leave-top-out check fails (:data:`LADDER_TOLERANCE`), or that has
+    no check (fewer than three rungs); a batch that is a rung is measured, not predicted."""
+    if batch in sizes:
+        raise SpectralError(f"batch {batch:g} is a probe rung: analyse it with --stream probe{int(batch)}")
+    errors = info["leave_top_out_rel_error"]
+    key = next((k for k in errors if k.startswith("1-") and k != "1-10"), None)
+    if key is None:
+        raise SpectralError(f"the ladder needs three probe rungs to check itself; this run has {list(sizes)}")
+    worst = errors[key]["max"]
+    if worst > LADDER_TOLERANCE:
+        raise SpectralError(
+            f"no prediction at batch {label(batch)[1:]}: the ladder's own check fails. Predicting probe{sizes[-1]} "
+            f"from the lower rungs misses ranks {key} by up to {worst:.0%} (median {errors[key]['median']:.0%}; "
+            f"tolerance {LADDER_TOLERANCE:.0%}), so an extrapolation would be worse. Measure that batch instead: "
+            f"collect with --probe-batches ...,{label(batch)[1:]} and analyse --stream probe<B>"
+        )
+
+
 def _predicted_gram(store, stream, estimator, batch, M_args, checkpoint) -> tuple:
     """(G predicted n × n, the TrajectoryMatrix of the streams read, index of the block whose rows give
     the components, its Gram block, K, info) for the Gram-route estimators."""
@@ -191,6 +213,7 @@ def _predicted_gram(store, stream, estimator, batch, M_args, checkpoint) -> tupl
         M = TrajectoryMatrix(store, tuple(map(probe_stream, sizes)), **M_args)
         K = M.gram(checkpoint=checkpoint)
         G, info = ladder_gram(K, n, sizes, batch)
+        check_ladder(info, sizes, batch)
         top = len(sizes) - 1
         return G, M, top, K[top * n :, top * n :], K, {**info, "run_batch_size": float(sizes[-1])}
     if NOISE_STREAM not in store.streams:
