@@ -185,3 +185,19 @@ def test_the_classifier_head_comes_from_the_store_not_the_seed(tiny_model, tiny_
     np.testing.assert_array_equal(derived.model.classifier.weight.detach().numpy(), head["classifier.weight"])
     # the starting point is evaluated before the first update
     assert store.table("eval").step.tolist() == [-1, 1]
+
+
+def test_attention_qv_on_a_fused_qkv_model_says_what_to_pass():
+    """GPT-2 computes q, k and v in one Conv1D (c_attn): attention-qv cannot pick q and v alone and says so;
+    --params all selects every tensor."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from spectral.dp.models import select_trainable
+    from spectral.errors import SpectralError
+
+    config = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0)
+    model = GPT2ForSequenceClassification(config)
+    with pytest.raises(SpectralError, match="fused tensor \\(transformer.h.0.attn.c_attn.weight.*pass --params all"):
+        select_trainable(model, "attention-qv")
+    trained = select_trainable(model, "all")
+    assert all(p.requires_grad for p in trained.parameters())

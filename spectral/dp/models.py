@@ -35,6 +35,8 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 EMBEDDED_ALIASES = (DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
 
 # Query/value projections across common architectures (BERT/RoBERTa, DistilBERT, OPT/LLaMA-style, T5).
+# Fused query/key/value projections (GPT-2's c_attn, GPT-NeoX's query_key_value, ViT-style qkv, MPT's Wqkv)
+FUSED_QKV_PATTERN = re.compile(r"(^|\.)(c_attn|query_key_value|qkv|Wqkv|qkv_proj)\.weight$")
 QV_PATTERN = re.compile(r"(^|\.)(query|value|q_lin|v_lin|q_proj|v_proj|q|v)\.(weight|bias)$")
 HEAD_PATTERN = re.compile(r"^(classifier|score|pre_classifier|logits_proj)\.")
 
@@ -405,6 +407,12 @@ def select_trainable(model: torch.nn.Module, params: str, lora_rank: int = 8) ->
     keep = lambda n: any(patterns[part](n) for part in parts)  # noqa: E731
     chosen = [n for n in names if keep(n)]
     if not chosen:
+        fused = [n for n in names if FUSED_QKV_PATTERN.search(n)]
+        if "attention-qv" in parts and fused:
+            raise SpectralError(
+                f"--params attention-qv: this model computes query, key and value in one fused tensor ({fused[0]}, "
+                f"{len(fused)} such), so q and v cannot be trained alone; pass --params all (or classifier) instead"
+            )
         raise SpectralError(f"parameter set {params!r} matches no parameter of this model")
     for n, p in model.named_parameters():
         p.requires_grad_(bool(keep(n)))
