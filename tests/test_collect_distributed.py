@@ -47,11 +47,11 @@ def relative_row_error(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_two_ranks_store_what_one_process_stores(tmp_path, tiny_model, tiny_data):
-    args = settings(tiny_model, tiny_data, 8, **{"eval-every": 4, "params": "all"}) + [
+    args = settings(tiny_model, tiny_data, 8, **{"eval-every": 4, "params": "all", "probe-batches": "8,40"}) + [
         "--streams",
         "clipped",
         "private",
-    ]
+    ]  # probes: the ranks split each probe draw, and the prefix sums are the whole draw's
     two = subprocess.run(torchrun(tmp_path / "two", args), capture_output=True, text=True, env=ENV, cwd=REPO)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("stored in") == 1  # rank 0 alone reports
@@ -63,6 +63,11 @@ def test_two_ranks_store_what_one_process_stores(tmp_path, tiny_model, tiny_data
     assert b.table("launches").to_dict("records") == [{"step": 0, "world_size": 2, "device": "cpu"}]
     # the clipped mean of the whole logical batch, not of one rank's share (float32 sums in another order)
     assert relative_row_error(a.rows("clipped"), b.rows("clipped")) < 1e-5
+    for probe in ("probe8", "probe40"):  # the nested prefix means of the draw, not of one rank's share
+        x, y = a.rows(probe).astype(np.float64), b.rows(probe).astype(np.float64)
+        # against the scale of a mean of clipped gradients, C (a row can nearly cancel: its own norm is no
+        # scale); float32 sums over other chunk paddings differ by 5e-9 here
+        assert np.linalg.norm(x - y, axis=1).max() < 1e-6 * b.manifest["config"]["max_grad_norm"]
     for column in ("batch_size", "loss", "frac_clipped", "mean_example_norm", "clipped_norm"):
         np.testing.assert_allclose(a.steps[column], b.steps[column], rtol=1e-5)
     np.testing.assert_allclose(a.table("eval").accuracy, b.table("eval").accuracy)
@@ -128,6 +133,11 @@ def test_a_killed_rank_stops_the_job_and_resume_stores_each_step_once(tmp_path, 
     assert list(b.table("launches").step) == [0, stopped["n_steps"]]
     assert list(b.table("launches").world_size) == [2, 1]
     assert relative_row_error(a.rows("clipped"), b.rows("clipped")) < 1e-5
+    for probe in ("probe8", "probe40"):  # the nested prefix means of the draw, not of one rank's share
+        x, y = a.rows(probe).astype(np.float64), b.rows(probe).astype(np.float64)
+        # against the scale of a mean of clipped gradients, C (a row can nearly cancel: its own norm is no
+        # scale); float32 sums over other chunk paddings differ by 5e-9 here
+        assert np.linalg.norm(x - y, axis=1).max() < 1e-6 * b.manifest["config"]["max_grad_norm"]
 
 
 def test_two_ranks_with_bookkeeping_and_the_sampling_stream_store_what_one_process_stores(
@@ -143,5 +153,10 @@ def test_two_ranks_with_bookkeeping_and_the_sampling_stream_store_what_one_proce
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = store.open(tmp_path / "one"), store.open(tmp_path / "two")
     assert relative_row_error(a.rows("clipped"), b.rows("clipped")) < 1e-5
+    for probe in ("probe8", "probe40"):  # the nested prefix means of the draw, not of one rank's share
+        x, y = a.rows(probe).astype(np.float64), b.rows(probe).astype(np.float64)
+        # against the scale of a mean of clipped gradients, C (a row can nearly cancel: its own norm is no
+        # scale); float32 sums over other chunk paddings differ by 5e-9 here
+        assert np.linalg.norm(x - y, axis=1).max() < 1e-6 * b.manifest["config"]["max_grad_norm"]
     assert relative_row_error(a.rows("sampling"), b.rows("sampling")) < 1e-5
     assert np.abs(a.rows("sampling")).sum() > 0
