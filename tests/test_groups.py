@@ -98,3 +98,20 @@ def test_groups_that_do_not_fit_are_one_clear_error(tmp_path):
     with pytest.raises(SpectralError, match="--groups layer would fit"):
         plan(tmp_path / "run", AnalyseConfig(groups="param", max_memory=budget), cold=False)
     assert plan(tmp_path / "run", AnalyseConfig(groups="layer", max_memory=10 * 2**20), cold=False).groups == 3
+
+
+def test_the_report_fits_and_draws_each_group(tmp_path):
+    """The report's group fits: each slope is spectrum_fit of that group's σ_k, drawn as fig8 with its data."""
+    from spectral.report import ReportConfig, fits, report
+
+    grouped_store(tmp_path / "run", n=24)
+    analyse(tmp_path / "run", AnalyseConfig(k=10, groups="layer"), progress=False, device="cpu")
+    result = report(tmp_path / "run", ReportConfig(fit_range=(1, 20)))
+    table = pd.DataFrame(result["fits"]["groups"]).set_index("group")
+    eig = pd.read_csv(tmp_path / "run" / "analysis" / "clipped" / "groups.csv")
+    for name in table.index:
+        lam = eig[eig.group == name].sort_values("rank").eigenvalue.to_numpy()
+        expected = fits.spectrum_fit(np.sqrt(lam), (1, min(20, len(lam))))["slope"]
+        assert table.loc[name, "slope"] == pytest.approx(expected)
+    assert (tmp_path / "run" / "figures" / "fig8_groups.png").is_file()
+    assert (tmp_path / "run" / "figures" / "fig8_groups.csv").is_file()

@@ -10,6 +10,8 @@ redrawn or re-styled without recomputing anything. Returns the written paths.
 4. dimension_figure  the RLC bound's dimension factor vs d, against the same bound without decay
 5. retrain_figure    accuracy vs step when retraining in top-r subspaces
 6. toy_figure        geometric-median toy: train and test loss vs d per decay mode
+7. batch_figure      measured and predicted spectra at other batch sizes
+8. groups_figure     spectra per layer or tensor (analyse --groups) and their top-10 energy
 """
 
 from __future__ import annotations
@@ -393,3 +395,31 @@ def batch_figure(panels: dict, fits_by_label: dict, stem, title: str = "") -> li
             ax.legend(loc="lower left", fontsize=7.5)
         fig.suptitle(title or "The same steps at other batch sizes (from the sampling stream)")
     return save(fig, stem, tables, {"fits": fits_by_label})
+
+
+# ---------------------------------------------------------------------- 8. groups
+def groups_figure(eigenvalues: pd.DataFrame, table: pd.DataFrame, stem, n: int | None = None) -> list[Path]:
+    """Left: σ_k/√n of each group (log–log). Right: each group's share of the energy and its top-10 share.
+    ``eigenvalues``: group, rank, eigenvalue; ``table``: :func:`spectral.report.run.group_fits`."""
+    scale = 1 / np.sqrt(n) if n else 1.0
+    with style(**{"figure.figsize": (11.0, 4.4)}):
+        fig, (a, b) = new_figure(1, 2)
+        names = list(table.group)
+        for i, name in enumerate(names):
+            g = eigenvalues[eigenvalues.group == name].sort_values("rank")
+            short = name.split("encoder.")[-1]
+            a.loglog(g["rank"], np.sqrt(g.eigenvalue) * scale, color=COLORS[i % 10], lw=1.1,
+                     ls="-" if i < 10 else "--", label=short)  # fmt: skip
+        a.set_xlabel("rank k")
+        a.set_ylabel("σ_k/√n of the group's rows" if n else "σ_k")
+        a.set_title("Spectrum per group")
+        a.legend(fontsize=6, ncol=2, loc="lower left")
+        y = np.arange(len(names))
+        b.barh(y - 0.2, table.energy_share, height=0.4, color=COLORS[0], label="share of the trajectory's energy")
+        b.barh(y + 0.2, table.top10_energy, height=0.4, color=COLORS[3], label="top-10 share of the group's energy")
+        b.set_yticks(y, [nm.split("encoder.")[-1] for nm in names], fontsize=6)
+        b.invert_yaxis()
+        b.set_xlim(0, 1)
+        b.set_title("Where the energy sits")
+        b.legend(fontsize=7, loc="lower right")
+    return save(fig, stem, {"": table, "_eigenvalues": eigenvalues})

@@ -215,6 +215,37 @@ def draw_batch(panels: dict, src: Sources, out: Path):
     return {"batch": batch_fits}, figures.batch_figure(panels, batch_fits, out / "fig7_batch")
 
 
+def load_groups(src: Sources):
+    """Per-group eigenvalues, summary and in-sample curves (``analyse --groups``), or None."""
+    tables = [_read_csv(src.analysis / name) for name in (layout.GROUPS, layout.GROUPS_SUMMARY, layout.GROUPS_RLC)]
+    return None if any(t is None for t in tables) else tables
+
+
+def group_fits(eigenvalues: pd.DataFrame, summary: pd.DataFrame, curves: pd.DataFrame, fit_range, n) -> pd.DataFrame:
+    """The summary with each group's slope of σ_k over ``fit_range`` (clipped to its positive ranks) and
+    in-sample exponent c (rms, read to k = n/2)."""
+    rows = []
+    for g in summary.itertuples(index=False):
+        lam = eigenvalues[eigenvalues.group == g.group].sort_values("rank").eigenvalue.to_numpy()
+        row = {**g._asdict(), "slope": None, "slope_range": None, "c_in_sample_rms": None}
+        if len(lam) >= 3:
+            fit = fits.spectrum_fit(np.sqrt(lam), (fit_range[0], min(fit_range[1], len(lam))))
+            row.update(slope=fit["slope"], slope_range=f"{fit['range'][0]}-{fit['range'][1]}")
+        curve = curves[(curves.group == g.group) & curves.k.between(0, rlc.in_sample_readable(n) if n else 10**9)]
+        if (curve.k >= 1).sum() >= 3 and (curve[curve.k >= 1]["rms"] > 0).all():
+            row["c_in_sample_rms"] = fits.rlc_fit(curve, "rms")["c"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def draw_groups(tables, src: Sources, out: Path):
+    eigenvalues, summary, curves = tables
+    table = group_fits(eigenvalues, summary, curves, tuple(src.config.fit_range), src.summary.get("n"))
+    return {"groups": table.to_dict(orient="records")}, figures.groups_figure(
+        eigenvalues, table, out / "fig8_groups", n=src.summary.get("n")
+    )
+
+
 def load_toy(src: Sources):
     best = _read_csv(src.toy_dir / layout.TOY_BEST)
     seed_code = _read_csv(layout.seed_code_twin(src.toy_dir) / layout.TOY_BEST)
@@ -239,6 +270,7 @@ SECTIONS = (  # (name, load, draw, what is missing when load finds nothing; None
     ("rlc", load_rlc, draw_rlc, f"restricted-Lipschitz curves ({layout.RLC_IN_SAMPLE} / {layout.RLC_HELD_OUT})"),
     ("retrain", load_retrain, draw_retrain, "subspace retraining ({retrain}; run python -m spectral.retrain)"),
     ("batch", load_batch, draw_batch, None),  # only for runs analysed with --batch-size
+    ("groups", load_groups, draw_groups, None),  # only for runs analysed with --groups
     ("toy", load_toy, draw_toy, "geometric-median toy ({toy}; run python -m spectral.toy {run})"),
 )
 
