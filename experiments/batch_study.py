@@ -18,8 +18,11 @@ median per rank range) and per rank range's energy. For comparison, the two pred
 alone: ``halves`` (the same line through 64 and 128) and ``steps`` (H Hᵀ − f diag‖Δ‖²).
 
 The mean-gradient path ("B = ∞"): a_k, the per-rank line through all four probe rungs at 1/B = 0; its
-error is estimated by the same fit's error at 1,000 when 1,000 is left out. The exponent c at ∞ is
-extrapolated the same way (linear in 1/B through the four rungs' c).
+error is estimated by the same fit's error at 1,000 when 1,000 is left out (the same distance in 1/B:
+1/1000 against 1/512 − 1/1000). G_k at ∞: for a fixed subspace the held-out mean square G_k² is linear in
+1/B (the signal's part plus the noise's trace outside it over B), so it is fitted per k through the
+rungs' held-out rms curves and its exponent c read off; validated by predicting the 1,000 curve from the
+other rungs.
 
 Everything comes from one Gram pass over the six streams (checkpointed in RUN/studies/batch). Writes
 ``--out``: batch_ladder.csv (rungs), batch_validation.csv (prediction errors), batch_spectra.csv
@@ -156,30 +159,40 @@ def study_run(run_dir: Path) -> dict:
         for name, pred in predictions.items()
         for err in range_errors(np.sort(pred)[::-1], top, n)
     ]
-    # B = inf: the line through all probe rungs; its error estimated by leaving the top rung out (above)
+    # B = inf: per-rank lines through all probe rungs (the same extrapolation distance in 1/B, 1/1000, as
+    # predicting 1000 from 128…512, 1/512 − 1/1000: the leave-top-out errors above are its error)
     a_inf, _ = batch.linear_in_inverse_batch(probe_b, probe_eigs)
-    positive = a_inf[a_inf > 0]
-    inf_slope = fits.spectrum_fit(np.sqrt(np.sort(positive)[::-1]), (1, len(positive)))
-    tail = np.clip(np.sort(a_inf)[::-1], 0, None)
-    G2 = (np.cumsum(tail[::-1])[::-1] - tail) / n  # Σ_{j>k} λ_j / n, k = 1..n
-    ks = np.arange(1, n // 2 + 1)
-    c_in_inf = fits.log_log_fit(ks, np.sqrt(G2[ks - 1]))["slope"]
-    probe_rows = [r for r in rows if r["rung"].startswith("probe")]
+    positive = np.sort(a_inf[a_inf > 0])[::-1]
+    inf_slope = fits.spectrum_fit(np.sqrt(positive), (1, len(positive)))
     inf = {
         "run": run.root.name,
         "negative_eigenvalues": int((a_inf < 0).sum()),
         "slope": inf_slope["slope"],
         "fit_range": inf_slope["range"],
-        "top10_energy": float(np.sort(a_inf)[::-1][:10].sum() / a_inf.sum()),
+        "top10_energy": float(positive[:10].sum() / a_inf.sum()),
         "mean_sq_norm": float(a_inf.sum() / n),
-        "c_in_rms_from_eigenvalues": -c_in_inf,
     }
-    for key in ("c_held_rms", "c_held_max", "c_in_rms", "c_in_max", "top10_energy"):
-        values = [r[key] for r in probe_rows]
-        inf[f"{key}_extrapolated"], _ = exponent_line(probe_b, values)
-        at_top, _ = exponent_line(probe_b[:-1], values[:-1])
-        slope3 = batch.linear_in_inverse_batch(probe_b[:-1], np.asarray(values[:-1])[:, None])[1][0]
-        inf[f"{key}_leave_top_out_error"] = float(at_top + slope3 / PAPER_BATCH - values[-1])
+    # G_k at inf: for a fixed subspace the held-out mean square G_k² is linear in 1/B (signal + trace of
+    # the noise outside it / B); fitted per k through the rungs' held-out rms curves, validated the same way
+    curves = [held[f"probe {m}"].set_index("k")["rms"] ** 2 for m in sizes]
+    ks = curves[0].index.intersection(curves[-1].index)
+    sq = np.array([c.loc[ks].to_numpy() for c in curves])
+    a_k, _ = batch.linear_in_inverse_batch(probe_b, sq)
+    a3k, b3k = batch.linear_in_inverse_batch(probe_b[:-1], sq[:-1])
+    at_top = np.sqrt(np.clip(a3k + b3k / PAPER_BATCH, 0, None))
+    measured_top = np.sqrt(sq[-1])
+
+    def c_of(values):
+        keep = (ks >= 1) & (values > 0)
+        return float(-fits.log_log_fit(np.asarray(ks)[keep], values[keep])["slope"])
+
+    inf.update(
+        c_held_rms=c_of(np.sqrt(np.clip(a_k, 0, None))),
+        c_held_rms_predicted_at_top=c_of(at_top),
+        c_held_rms_measured_at_top=c_of(measured_top),
+        g_k_leave_top_out_max_rel_error=float(np.max(np.abs(at_top - measured_top) / measured_top)),
+        g_k_negative_at_inf=int((a_k < 0).sum()),
+    )
     return {
         "rows": rows,
         "validation": validation,
