@@ -327,9 +327,11 @@ def _noise_replayed(generator_state, params, std):
     return torch.cat([torch.normal(0.0, std, size=p.shape, generator=g, dtype=p.dtype).reshape(-1) for p in params])
 
 
-def test_signal_mode_applies_the_projected_clipped_sum_plus_the_replayed_noise(tiny_model):
-    """``signal``: Δθ = −lr/B (P s + σC z) with s the clipped sum and z the generator's own draw; at σ = 0
-    the applied change lies in span(V) to rounding."""
+@pytest.mark.parametrize("complement", [False, True], ids=["top", "complement"])
+def test_signal_mode_applies_the_projected_clipped_sum_plus_the_replayed_noise(tiny_model, complement):
+    """``signal``: Δθ = −lr/B (P s + σC z) with s the clipped sum and z the generator's own draw, P = V Vᵀ
+    (or I − V Vᵀ for the complement, the bulk); at σ = 0 the applied change lies in span(V) (or has no
+    part in it) to rounding."""
     lr, B, C = 0.1, 8.0, 0.05
     for sigma in (0.0, 1.5):
         model, tok = tiny_model_of(tiny_model, "attention-qv")
@@ -337,14 +339,18 @@ def test_signal_mode_applies_the_projected_clipped_sum_plus_the_replayed_noise(t
         Q = _basis(_flat_params(model).numel(), 5)
         chunks = text_chunks(tok, 4)
         summed, _ = brute_force_clipped_sum(model, chunks, C)  # per-example loop, before the engine hooks in
-        engine = _engine(model, sigma=sigma, C=C, sub=_subspace64(Subspace(torch.from_numpy(Q))), mode="signal")
+        sub = _subspace64(Subspace(torch.from_numpy(Q)))
+        engine = _engine(model, sigma=sigma, C=C, sub=sub.orthogonal_complement() if complement else sub, mode="signal")
         state = engine.noise_generator.get_state()
         before = _flat_params(model)
         engine.step(chunks, lr=lr)
         change = _flat_params(model) - before
         Qt = torch.from_numpy(Q)
         signal = Qt @ (Qt.T @ summed)
-        if sigma == 0:
+        signal = summed - signal if complement else signal
+        if sigma == 0 and complement:
+            assert (Qt.T @ change).norm() < 1e-6 * change.norm()
+        elif sigma == 0:
             assert _outside(change, Q) < 1e-6  # 2.5e-8 measured; a misplaced projection gives ~1
         noise = _noise_replayed(state, params, sigma * C) if sigma else 0.0
         torch.testing.assert_close(change, -lr / B * (signal + noise), rtol=1e-6, atol=1e-12)
@@ -607,29 +613,6 @@ def test_public_steps_and_analysis_reach_the_computation(analysed_run, tmp_path,
 
 
 # ---------------------------------------------------------------------- the controls of issue 37
-def test_complement_signal_mode_applies_the_bulk_of_the_clipped_sum(tiny_model):
-    """``complement``: Δθ = −lr/B ((I − V Vᵀ) s + σC z); at σ = 0 the applied change has no part in span(V)
-    and equals the clipped sum minus its top-subspace part."""
-    lr, B, C = 0.1, 8.0, 0.05
-    for sigma in (0.0, 1.5):
-        model, tok = tiny_model_of(tiny_model, "attention-qv")
-        params = [p for p in model.parameters() if p.requires_grad]
-        Q = _basis(_flat_params(model).numel(), 5)
-        chunks = text_chunks(tok, 4)
-        summed, _ = brute_force_clipped_sum(model, chunks, C)
-        sub = _subspace64(Subspace(torch.from_numpy(Q))).orthogonal_complement()
-        engine = _engine(model, sigma=sigma, C=C, sub=sub, mode="signal")
-        state, before = engine.noise_generator.get_state(), _flat_params(model)
-        engine.step(chunks, lr=lr)
-        change = _flat_params(model) - before
-        Qt = torch.from_numpy(Q)
-        bulk = summed - Qt @ (Qt.T @ summed)
-        noise = _noise_replayed(state, params, sigma * C) if sigma else 0.0
-        torch.testing.assert_close(change, -lr / B * (bulk + noise), rtol=1e-6, atol=1e-12)
-        if sigma == 0:
-            assert (Qt.T @ change).norm() < 1e-6 * change.norm()
-
-
 def test_complement_signal_plus_noise_keeps_the_noise_out_of_the_top_subspace(tiny_model):
     model, tok = tiny_model_of(tiny_model, "attention-qv")
     Q = _basis(_flat_params(model).numel(), 5)
