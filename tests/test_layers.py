@@ -27,7 +27,7 @@ ALLOWED = {
     "jsonio": set(),
     "configs": {"errors"},
     "device": {"errors"},
-    "cli": set(),
+    "cli": {"errors"},
     "store": {"errors", "layout", "jsonio"},
     "dp": BASE | {"store"},
     "collect": BASE | {"dp", "store"},
