@@ -228,7 +228,7 @@ def figure(results: list, out: Path) -> None:
         a.set_xlabel("batch B (rows: means of B clipped per-example gradients)")
         a.set_ylabel("exponent c / energy share")
         a.set_title("G_k exponent and top-10 energy against the batch")
-        a.legend(fontsize=6, loc="center right")
+        a.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0.0, 0.93))
         res = results[0]
         for i, (label, theta) in enumerate(res["spectra"].items()):
             keep = theta > 0
@@ -236,7 +236,9 @@ def figure(results: list, out: Path) -> None:
             b.loglog(k[keep], np.sqrt(theta[keep] / res["n"]), color=COLORS[i % 10], lw=1.2, label=label)
         lam = res["inf_spectrum"]
         k = np.arange(1, len(lam) + 1)
-        b.loglog(k[lam > 0], np.sqrt(lam[lam > 0] / res["n"]), "k--", lw=1.2, label="B = ∞ (per-rank line in 1/B)")
+        negative = int((lam <= 0).sum())
+        b.loglog(k[lam > 0], np.sqrt(lam[lam > 0] / res["n"]), "k--", lw=1.2,
+                 label=f"B = ∞ (per-rank line in 1/B; {negative} ranks ≤ 0 not drawn)")  # fmt: skip
         b.set_xlabel("rank k")
         b.set_ylabel("σ_k / √n")
         b.set_title(f"spectrum of each rung ({res['inf']['run']})")

@@ -335,3 +335,6 @@ def test_a_ladder_that_fails_its_own_check_offers_no_prediction(tmp_path):
         B.predict(store, 10, 1000)
     with pytest.raises(SpectralError, match="is a probe rung: analyse it with --stream probe40"):
         B.predict(store, 10, 40)
+    with pytest.raises(SpectralError, match="no prediction at batch inf"):
+        analyse(tmp_path / "run", AnalyseConfig(k=10, batch_size=math.inf), progress=False, device="cpu")
+    assert not (tmp_path / "run" / "analysis" / "clipped@Binf").exists()  # nothing the report would draw

@@ -194,8 +194,13 @@ def check_ladder(info: dict, sizes, batch: float) -> None:
         raise SpectralError(
             f"no prediction at batch {label(batch)[1:]}: the ladder's own check fails. Predicting probe{sizes[-1]} "
             f"from the lower rungs misses ranks {key} by up to {worst:.0%} (median {errors[key]['median']:.0%}; "
-            f"tolerance {LADDER_TOLERANCE:.0%}), so an extrapolation would be worse. Measure that batch instead: "
-            f"collect with --probe-batches ...,{label(batch)[1:]} and analyse --stream probe<B>"
+            f"tolerance {LADDER_TOLERANCE:.0%}), so an extrapolation would be worse. "
+            + (
+                "The rungs themselves are measurements: analyse --stream probe<m>"
+                if math.isinf(batch)
+                else f"Measure that batch instead: collect with --probe-batches ...,{batch:g} and analyse --stream "
+                f"probe{batch:g}"
+            )
         )
 
 

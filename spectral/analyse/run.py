@@ -4,6 +4,7 @@ written into the run directory's ``analysis/<stream>/`` (see :mod:`spectral.layo
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -236,21 +237,27 @@ def _predict(run, store, config: AnalyseConfig, out, progress: bool, device) -> 
     from .backends import make_ops
 
     out = Path(out) if out else analysis_dir(run, config)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     k = config.k or min(PAPER_K, store.n_steps)
-    spec, G_in, G_out, info = batch.predict(
-        store,
-        k,
-        config.batch_size,
-        stream=config.stream,
-        split=config.holdout,
-        estimator=config.batch_estimator,
-        max_memory=config.max_memory,
-        progress=progress,
-        components_out=out / layout.COMPONENTS,
-        checkpoint=out / "checkpoints" / "gram",
-        ops=make_ops(device),
-    )
+    try:
+        spec, G_in, G_out, info = batch.predict(
+            store,
+            k,
+            config.batch_size,
+            stream=config.stream,
+            split=config.holdout,
+            estimator=config.batch_estimator,
+            max_memory=config.max_memory,
+            progress=progress,
+            components_out=out / layout.COMPONENTS,
+            checkpoint=out / "checkpoints" / "gram",
+            ops=make_ops(device),
+        )
+    except SpectralError:
+        if created:  # no prediction: leave no directory the report would take for one
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if info["negative_eigenvalues"]:
         print(
             f"note: the estimate at batch {config.batch_size:g} has {info['negative_eigenvalues']} negative eigenvalues "

@@ -421,5 +421,5 @@ def groups_figure(eigenvalues: pd.DataFrame, table: pd.DataFrame, stem, n: int |
         b.invert_yaxis()
         b.set_xlim(0, 1)
         b.set_title("Where the energy sits")
-        b.legend(fontsize=7, loc="lower right")
+        b.legend(fontsize=7, loc="upper right")
     return save(fig, stem, {"": table, "_eigenvalues": eigenvalues})
