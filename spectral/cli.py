@@ -31,7 +31,7 @@ def add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        help="CPU threads for torch and numpy's BLAS [the cores this process may use that are not busy, at least 1: "
+        help="CPU threads for torch [the cores this process may use that are not busy, at least 1: "
         "two jobs on two cores then take one each instead of slowing each other about 4x]",
     )
     if device:
