@@ -156,7 +156,8 @@ class Training:
             except NonFiniteGradient as exc:
                 exc.step = step  # which step: the caller reports how many are complete
                 raise
-            out.probes = probe_rows
+            if probe_rows:
+                out.probes = probe_rows
             yield step, lr, out, time.perf_counter() - t0
 
     def probe(self, engine, step: int) -> dict:
