@@ -101,7 +101,8 @@ def rank_pid(parent: int, rank: int) -> int | None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the rank's process in /proc")
 def test_a_killed_rank_stops_the_job_and_resume_stores_each_step_once(tmp_path, tiny_model, tiny_data):
     steps = 100  # far more than the 5 it waits for: a fast machine must not finish before the kill
-    extra = {"params": "attention-qv", "checkpoint-every": 5, "eval-every": 0, "physical-batch-size": 32}
+    extra = {"params": "attention-qv", "checkpoint-every": 5, "eval-every": 0, "physical-batch-size": 32,
+             "probe-batches": "8,40"}  # probes resume too, from two ranks to one  # fmt: skip
     args = settings(tiny_model, tiny_data, steps, **extra)  # one chunk a step: fast
     run_dir = tmp_path / "killed"
     job = subprocess.Popen(torchrun(run_dir, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
@@ -143,10 +144,11 @@ def test_a_killed_rank_stops_the_job_and_resume_stores_each_step_once(tmp_path, 
 def test_two_ranks_with_bookkeeping_and_the_sampling_stream_store_what_one_process_stores(
     tmp_path, tiny_model, tiny_data
 ):
-    """Book-keeping clipping and the sampling stream under torch.distributed: the halves are split over
-    the whole logical batch (a function of seed and step) and half A's clipped sum is all-reduced."""
-    args = settings(tiny_model, tiny_data, 6, **{"eval-every": 0, "params": "attention-qv", "clipping": "bookkeeping"})
-    args += ["--streams", "clipped", "sampling"]
+    """Book-keeping clipping, the sampling stream and probes under torch.distributed: the halves are split
+    over the whole logical batch (a function of seed and step) and half A's clipped sum is all-reduced; each
+    probe draw is split over the ranks and its prefix sums are all-reduced."""
+    extra = {"eval-every": 0, "params": "attention-qv", "clipping": "bookkeeping", "probe-batches": "8,40"}
+    args = settings(tiny_model, tiny_data, 6, **extra) + ["--streams", "clipped", "sampling"]
     two = subprocess.run(torchrun(tmp_path / "two", args), capture_output=True, text=True, env=ENV, cwd=REPO)
     assert two.returncode == 0, two.stderr[-3000:]
     one = run_cli("spectral.collect", tmp_path / "one", *args, env=ENV)
