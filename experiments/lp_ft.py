@@ -36,7 +36,7 @@ import pandas as pd
 
 from spectral import cli
 from spectral.analyse import principal_components, rlc
-from spectral.collect import CollectConfig, collect
+from spectral.collect import CollectConfig, collect, settings_that_differ
 from spectral.collect.__main__ import load_toml
 from spectral.dp.data import load_data
 from spectral.dp.privacy import compose_epsilon, plan_privacy
@@ -103,7 +103,7 @@ def run_phase(cfg: CollectConfig, out: Path, progress: bool) -> Path:
     """One collect run: reuse a finished store with these settings, resume an interrupted one."""
     if RunDir(out).has_store():
         manifest = read_manifest(out)
-        if manifest["config"] != {**cfg.to_dict(), "init_from": manifest["config"].get("init_from")}:
+        if settings_that_differ(manifest, {**cfg.to_dict(), "init_from": manifest["config"].get("init_from")}):
             raise SpectralError(f"{out} holds a run with other settings; remove it or choose another directory")
         if manifest["status"] == "complete":
             return out

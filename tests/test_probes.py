@@ -119,3 +119,16 @@ def test_a_probed_run_resumes_to_the_uninterrupted_rows(probe_runs):
 def test_a_probe_larger_than_the_training_set_is_one_clear_error(tiny_model, tiny_data, tmp_path):
     with pytest.raises(SpectralError, match="largest probe batch"):
         collect(_config(tiny_model, tiny_data, probe_batches=[8, 100000]), tmp_path / "run", progress=False)
+
+
+def test_resume_accepts_the_settings_as_given_again(probe_runs):
+    """``--resume`` with the settings repeated as typed: "128,256" for a stored [128, 256], and
+    ``--clipping auto`` for the method auto chose, are the same settings; another value is not."""
+    from spectral.collect import settings_that_differ
+
+    _, probed, _ = probe_runs
+    manifest = {**probed.manifest, "clipping": {"method": "bookkeeping", "reason": "auto: because ..."}}
+    assert settings_that_differ(manifest, {"probe_batches": ["8,24,60"], "clipping": "auto"}) == {}
+    assert settings_that_differ(manifest, {"probe_batches": "8,24"}) == {"probe_batches": "8,24"}
+    requested = {"clipping": "auto"}
+    assert settings_that_differ({**manifest, "clipping": {"reason": "requested"}}, requested) == requested

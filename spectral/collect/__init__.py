@@ -5,9 +5,9 @@
 """
 
 from ..dp import CollectConfig
-from .run import collect
+from .run import collect, settings_that_differ
 
-__all__ = ["CollectConfig", "collect"]
+__all__ = ["CollectConfig", "collect", "settings_that_differ"]
 
 from ..entry import make_callable  # noqa: E402
 

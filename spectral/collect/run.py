@@ -166,6 +166,20 @@ def step_record(res, lr: float, epsilon: float, seconds: float) -> dict:
     }
 
 
+def settings_that_differ(manifest: dict, requested: dict) -> dict:
+    """The ``requested`` settings a stored run does not have, ``{name: requested value}``. ``clipping="auto"``
+    matches the method auto chose for the run (the manifest stores the choice, and the reason "auto: ...")."""
+    from ..dp.config import parse_probe_batches
+
+    stored = manifest.get("config", {})
+    chose_auto = str(manifest.get("clipping", {}).get("reason", "")).startswith("auto")
+    same = {  # requested spellings of a stored value
+        "clipping": lambda v: v == "auto" and chose_auto,
+        "probe_batches": lambda v: v is not None and parse_probe_batches(v) == stored.get("probe_batches"),
+    }
+    return {k: v for k, v in requested.items() if stored.get(k) != v and not same.get(k, lambda _: False)(v)}
+
+
 def run_settings(cfg: CollectConfig | None, out: Path, resume: bool, overwrite: bool, requested: dict) -> dict:
     """What the run does, decided once from ``out`` (on rank 0 alone in a data-parallel job):
     ``{"cfg", "plan", "resumed"}``, or ``{"done": message}`` when a resumed run is already complete.
@@ -178,8 +192,7 @@ def run_settings(cfg: CollectConfig | None, out: Path, resume: bool, overwrite: 
             cfg = replace(cfg, init_from=str(Path(cfg.init_from).expanduser().resolve()))
         return {"cfg": cfg, "plan": None, "resumed": False}
     manifest = read_manifest(out)  # one clear error if there is nothing to resume
-    stored = manifest.get("config", {})
-    clash = {k: v for k, v in requested.items() if stored.get(k) != v}
+    clash = settings_that_differ(manifest, requested)
     if clash:
         raise SpectralError(f"--resume keeps the stored settings; these differ: {clash}")
     if manifest["status"] == "complete":
