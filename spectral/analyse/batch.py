@@ -127,9 +127,9 @@ def linear_in_inverse_batch(batches, eigenvalues) -> tuple[np.ndarray, np.ndarra
 
 def halves_gram(K: np.ndarray, n: int, f: float) -> np.ndarray:
     """U diag(λ(B̄) − f·[λ(B̄/2) − λ(B̄)]) Uᵀ, U the eigenvectors of H Hᵀ (``halves`` estimator)."""
-    run, half = half_batch_eigenvalues(K, n)
-    _, U = np.linalg.eigh(K[:n, :n])
-    U = U[:, ::-1]
+    _, half = half_batch_eigenvalues(K, n)
+    run, U = np.linalg.eigh(K[:n, :n])  # the run's eigenvalues and vectors from one decomposition
+    run, U = run[::-1], U[:, ::-1]
     predicted = run - f * (half - run)
     return (U * predicted) @ U.T
 

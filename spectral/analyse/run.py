@@ -234,7 +234,6 @@ def _json_config(config: AnalyseConfig) -> dict:
 def _predict(run, store, config: AnalyseConfig, out, progress: bool, device) -> Spectrum:
     """``analyse --batch-size B``: the spectrum and G_k curves predicted at batch B (same outputs)."""
     from . import batch
-    from .backends import make_ops
 
     out = Path(out) if out else analysis_dir(run, config)
     created = not out.exists()
