@@ -32,6 +32,7 @@ _LAZY = {
     "compare": ("spectral.compare", None),  # callable: spectral.compare.run.compare
     "fits": ("spectral.report.fits", None),
     "theory": ("spectral.theory", None),
+    "plot": ("spectral.report.plot", None),
     "plotting": ("spectral.plotting", None),
     "SpectralError": ("spectral.errors", "SpectralError"),
 }

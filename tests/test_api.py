@@ -64,3 +64,39 @@ def test_open_says_what_to_run_first(run, tmp_path):
         sp.open(run).spectrum()
     with pytest.raises(SpectralError, match="no such run directory"):
         sp.open(tmp_path / "nowhere")
+
+
+def test_plot_functions_draw_the_data_on_the_callers_axes_and_save_nothing(run, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    sp.analyse(run, k=12, progress=False, device="cpu")
+    r = sp.open(run)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    fig = Figure()
+    ax, (a1, a2) = fig.add_subplot(2, 2, 1), (fig.add_subplot(2, 2, 3), fig.add_subplot(2, 2, 4))
+    fits = r.fits(fit_range=(1, 12))
+    assert sp.plot.spectrum(r.spectrum(), fits["spectrum"], ax=ax) is fig
+    marked = [ln for ln in ax.lines if ln.get_marker() == "o"][0]  # the measured σ_k, as given
+    np.testing.assert_allclose(marked.get_ydata(), r.spectrum().singular_value)
+    held = r.rlc()
+    assert sp.plot.rlc(held, ax=a1) is fig
+    np.testing.assert_allclose(a1.lines[0].get_ydata(), held[held.k >= 1]["rms"])
+    with pytest.raises(ValueError, match="2 panel"):
+        sp.plot.groups(r.spectrum(), r.spectrum(), axes=[a2])
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+    alone = sp.plot.spectrum(r.spectrum())  # without axes: a figure of its own
+    assert isinstance(alone, Figure) and alone is not fig
+
+
+def test_the_report_draws_its_figures_with_sp_plot(run, tmp_path, monkeypatch):
+    from spectral.report import plot
+
+    sp.analyse(run, k=12, progress=False, device="cpu")
+    drawn = []
+    for name in ("spectrum", "rlc", "dimension", "density"):
+        original = getattr(plot, name)
+        monkeypatch.setattr(plot, name, lambda *a, _f=original, _n=name, **k: drawn.append(_n) or _f(*a, **k))
+    sp.report(run, fit_range=(1, 12), out=tmp_path / "figs")
+    assert sorted(drawn) == ["density", "dimension", "rlc", "spectrum"]
+    assert (tmp_path / "figs" / "fig1_spectrum.png").is_file()

@@ -19,18 +19,25 @@ MODE_LABELS = {
 }
 
 
-def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
+def toy(best: pd.DataFrame, *, title: str = "", axes=None):
     """Per decay mode vs d, at the best (T, lr) per point: the train excess loss F(β̄) − F(β*) on log
     axes (mean over seeds; the quantity the theory bounds) and the test loss (mean ± std over seeds).
 
     Rows whose mode is not one of the five decay modes (e.g. "const as in the seed code") get a
     third panel of their own, on a log scale beside the correct const mode, so that their very
-    different scale does not flatten the others.
+    different scale does not flatten the others. ``axes``: one per panel (None: a new figure).
+    Returns the figure; saves nothing (:func:`toy_figure` saves it with its data).
     """
     main, extra = best[best["mode"].isin(MODES)], best[~best["mode"].isin(MODES)]
     panels = 3 if len(extra) else 2
     with style(**{"figure.figsize": (5.0 * panels, 4.0)}):
-        fig, axes = new_figure(1, panels)
+        own = axes is None  # a figure of our own gets the title; the caller's axes keep theirs
+        if own:
+            fig, axes = new_figure(1, panels)
+        elif len(axes) != panels:
+            raise ValueError(f"this figure has {panels} panels; got {len(axes)} axes")
+        else:
+            fig = axes[0].figure
         for i, (mode, g) in enumerate(main.groupby("mode", sort=False)):
             kw = dict(marker=MARKERS[i], ms=4, color=COLORS[i], label=MODE_LABELS.get(mode, mode))
             axes[0].loglog(g.d, g.train_excess_mean, **kw)
@@ -77,5 +84,11 @@ def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
             ax.set_ylabel("test loss F(β̄) (log scale)")
             ax.set_title("const: a_j = g0 vs the seed code's g0·j")
             ax.legend(loc="upper left")
-        fig.suptitle(title or "Private geometric median vs dimension (best T, lr per point)")
-    return save(fig, stem, {"": best})
+        if own:
+            fig.suptitle(title or "Private geometric median vs dimension (best T, lr per point)")
+    return fig
+
+
+def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
+    """:func:`toy` saved as ``<stem>.png/.pdf`` with the table it shows (``<stem>.csv``)."""
+    return save(toy(best, title=title), stem, {"": best})
