@@ -141,9 +141,11 @@ def test_notebook_executes_on_a_tiny_run(tmp_path, monkeypatch):
     ).execute()
     outputs = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
     assert "slope -0.9" in outputs and "c = " in outputs
-    # every cell that draws shows its figure inline (no library call may switch the backend to Agg)
-    plot_cells = [c for c in nb.cells if c.cell_type == "code" and ("subplots" in c.source or "plot_" in c.source)]
-    assert plot_cells
+    # every cell that draws shows its figure inline (no library call may switch the backend to Agg), and
+    # draws with sp.plot: no hand-drawn figures left in the notebook
+    plot_cells = [c for c in nb.cells if c.cell_type == "code" and "subplots" in c.source]
+    assert len(plot_cells) == 3 and all("sp.plot." in c.source for c in plot_cells)
+    assert not any(".loglog(" in c.source or ".plot(" in c.source for c in nb.cells if c.cell_type == "code")
     for cell in plot_cells:
         kinds = {k for o in cell.get("outputs", []) for k in o.get("data", {})}
         assert "image/png" in kinds, cell.source
