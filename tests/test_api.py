@@ -100,3 +100,21 @@ def test_the_report_draws_its_figures_with_sp_plot(run, tmp_path, monkeypatch):
     sp.report(run, fit_range=(1, 12), out=tmp_path / "figs")
     assert sorted(drawn) == ["density", "dimension", "rlc", "spectrum"]
     assert (tmp_path / "figs" / "fig1_spectrum.png").is_file()
+
+
+def test_the_own_model_notebook_runs_a_bert_and_a_gpt2_from_configs(tmp_path, monkeypatch):
+    """experiments/own_model.ipynb as a user runs it: both models collect, analyse and draw."""
+    nbformat = pytest.importorskip("nbformat")
+    from conftest import REPO
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("SPECTRAL_WORK", str(tmp_path))
+    nb = nbformat.read(REPO / "experiments" / "own_model.ipynb", as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
+    assert "pass --params all" in text  # GPT-2's fused q/k/v: the clear refusal of attention-qv
+    for name in ("bert", "gpt2"):
+        r = sp.open(tmp_path / f"{name}-run")
+        assert len(r.steps) == 30 and len(r.spectrum()) == 20 and f"{name}: slope" in text
+    images = [o for cell in nb.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 1

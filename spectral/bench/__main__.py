@@ -1,4 +1,4 @@
-"""``python -m spectral.bench collect|analyse|dask|retrain``: side-by-side measurements printed as tables.
+"""``python -m spectral.bench collect|analyse|dask|retrain|threads``: side-by-side measurements printed as tables.
 
 collect  seconds per step and peak memory of a non-private step, a DP step with per-sample
          clipping, with ghost clipping, and with ghost clipping plus store writes, as ratios to
@@ -8,6 +8,7 @@ analyse  our principal components vs sklearn randomized_svd, torch.svd_lowrank, 
          the seed code's orthogonal iteration on a synthetic on-disk trajectory: time, passes,
          peak RSS, accuracy against an exact reference, and our time against a lower bound.
 dask     the analyse stage single-process vs a local dask cluster (same store, same answer).
+threads  the default --threads (free cores) against all cores, alone and beside a busy process.
 retrain  seconds per DP step restricted to a top-r subspace (each mode) vs unrestricted, taking
          turns on the same batches of the embedded default.
 """
@@ -77,6 +78,10 @@ def main(argv=None):
     r.add_argument("--model", help="model to measure [the embedded all-MiniLM-L6-v2]")
     r.add_argument("--data", help="data (as collect's --data) [SST-2]")
     r.add_argument("--batch-size", type=int, help="expected logical batch [collect's default]")
+    t = sub.add_parser("threads", help="collect's default --threads vs all cores, alone and beside a busy process")
+    t.add_argument("--steps", type=int, default=6)
+    t.add_argument("--model", help="model to measure [the embedded all-MiniLM-L6-v2]")
+    t.add_argument("--data", help="data (as collect's --data) [SST-2]")
     k = sub.add_parser("dask", help="analyse single-process vs a local dask cluster on a synthetic store")
     k.add_argument("--n", type=int, default=1000)
     k.add_argument("--d", type=int, default=200_000)
@@ -89,6 +94,12 @@ def main(argv=None):
         from . import dask as bench_dask
 
         print(bench_dask.run(args.n, args.d, args.k, args.workers, args.dir))
+        return
+
+    if args.what == "threads":
+        from . import threads
+
+        print(threads.run(args.steps, model=args.model, data=args.data))
         return
 
     if args.what == "retrain":
