@@ -14,6 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 # The project's data rule: tests read SST-2 from ../shared/data unless SPECTRAL_DATA says otherwise.
 os.environ.setdefault("SPECTRAL_DATA", str((REPO.parent / "shared" / "data").resolve()))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # pytest -n N: each worker one thread (torch not imported yet); N workers x 2 threads on 2 cores
+    # spin-wait for each other (benchmarks/threads.txt: 1.85x slower)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 POSITIVE = "good great fine lovely superb moving funny charming".split()
 NEGATIVE = "bad awful dull boring weak messy tedious bland".split()
@@ -98,3 +102,54 @@ def run_cli(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO, **kwargs
     )
+
+
+# The two tiers. A test is slow when it requests one of these fixtures, directly or through another
+# fixture; the marker follows from the request, so it is never forgotten: ``pytest -m "not slow"`` keeps
+# every numerical check and leaves out what starts other processes (a CLI as a user runs it, torchrun
+# ranks, notebook kernels, dask workers, benchmarks).
+SLOW_FIXTURES = {"cli", "spawning"}
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """``python -m <module> args`` in a fresh interpreter (:func:`run_cli`): the slow tier."""
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def spawning():
+    """Requested by a test that starts other processes itself (torchrun, a kernel, a cluster): the slow tier."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model, tiny_data, tmp_path_factory) -> Path:
+    """One collected and analysed tiny run shared by the session (12 steps of batch 16 on the tiny BERT,
+    attention q/v, components k = 6), made in this process by the CLIs' own ``main``. Read it; a test
+    that writes into a run copies it first (:func:`copy_run`)."""
+    run = tmp_path_factory.mktemp("shared") / "run"
+    collect = run_main("spectral.collect", "--model", tiny_model, "--data", tiny_data, run, "--no-progress",
+                       "--batch-size", 16, "--physical-batch-size", 8, "--steps", 12, "--eval-every", 6,
+                       "--params", "attention-qv", "--lr", 0.01)  # fmt: skip
+    assert collect.returncode == 0, collect.stderr
+    analyse = run_main("spectral.analyse", run, "--k", 6, "--no-progress", "--holdout", "none")
+    assert analyse.returncode == 0, analyse.stderr
+    return run
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A private copy of ``run`` whose manifest and analysis name the copy (so derived runs point at it)."""
+    import shutil
+
+    shutil.copytree(run, to)
+    for path in to.rglob("*.json"):
+        text = path.read_text()
+        if str(run.resolve()) in text:
+            path.write_text(text.replace(str(run.resolve()), str(to.resolve())))
+    return to

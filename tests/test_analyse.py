@@ -126,14 +126,14 @@ def test_bad_requests_are_clear_errors(tmp_path):
         principal_components(s, 2, stream="private")
 
 
-def test_cli_writes_results_a_spectrum_reloads(tmp_path):
-    from conftest import run_cli
+def test_cli_writes_results_a_spectrum_reloads(cli, tmp_path):
+    
 
     from spectral.analyse import Spectrum
 
     H = power_law_trajectory()
     write_store(tmp_path / "run", H)
-    result = run_cli("spectral.analyse", tmp_path / "run", "--k", "12", "--max-memory", "1M", "--no-progress")
+    result = cli("spectral.analyse", tmp_path / "run", "--k", "12", "--max-memory", "1M", "--no-progress")
     assert result.returncode == 0, result.stderr
     out = tmp_path / "run" / "analysis" / "clipped"
     spec = Spectrum.load(out)
@@ -148,8 +148,8 @@ def test_cli_writes_results_a_spectrum_reloads(tmp_path):
     assert "gram" in result.stdout  # says which method and why
 
 
-def test_cli_bad_input_exit_2(tmp_path):
-    from conftest import run_cli
+def test_cli_bad_input_exit_2(cli, tmp_path):
+    
 
     write_store(tmp_path / "run", power_law_trajectory(n=10, d=40))
     for args, fragment in [
@@ -157,12 +157,12 @@ def test_cli_bad_input_exit_2(tmp_path):
         ((tmp_path / "run", "--k", "11"), "between 1 and"),
         ((tmp_path / "run", "--stream", "private"), "unknown stream"),
     ]:
-        result = run_cli("spectral.analyse", *args, "--no-progress")
+        result = cli("spectral.analyse", *args, "--no-progress")
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert fragment in result.stderr.strip().splitlines()[-1]
     shard = sorted((tmp_path / "run/streams/clipped").iterdir())[0]
     shard.write_bytes(shard.read_bytes()[:50])
-    result = run_cli("spectral.analyse", tmp_path / "run", "--k", "2")
+    result = cli("spectral.analyse", tmp_path / "run", "--k", "2")
     assert result.returncode == 2 and "truncated or corrupt" in result.stderr
 
 

@@ -102,7 +102,7 @@ def test_the_report_draws_its_figures_with_sp_plot(run, tmp_path, monkeypatch):
     assert (tmp_path / "figs" / "fig1_spectrum.png").is_file()
 
 
-def test_the_own_model_notebook_runs_a_bert_and_a_gpt2_from_configs(tmp_path, monkeypatch):
+def test_the_own_model_notebook_runs_a_bert_and_a_gpt2_from_configs(spawning, tmp_path, monkeypatch):
     """experiments/own_model.ipynb as a user runs it: both models collect, analyse and draw."""
     nbformat = pytest.importorskip("nbformat")
     from conftest import REPO

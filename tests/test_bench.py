@@ -15,7 +15,7 @@ def bench(*args):
     return proc.stdout
 
 
-def test_bench_collect(tiny_model, tiny_data):
+def test_bench_collect(cli, tiny_model, tiny_data):
     out = bench(
         "collect", "--params", "attention-qv", "--batch-size", 8, "--physical-batch-size", 4, "--warmup", 1,
         "--steps", 1, "--model", tiny_model, "--data", tiny_data,
@@ -26,7 +26,7 @@ def test_bench_collect(tiny_model, tiny_data):
     assert "accountant per step after 1000 steps" in out
 
 
-def test_bench_collect_nproc(tiny_model, tiny_data):
+def test_bench_collect_nproc(cli, tiny_model, tiny_data):
     out = bench(
         "collect", "--nproc", 2, "--steps", 3, "--batch-size", 16, "--physical-batch-size", 8,
         "--model", tiny_model, "--data", tiny_data,
@@ -35,7 +35,7 @@ def test_bench_collect_nproc(tiny_model, tiny_data):
     assert error < 1e-5 and "| 2 |" in out
 
 
-def test_bench_retrain(tiny_model, tiny_data):
+def test_bench_retrain(cli, tiny_model, tiny_data):
     out = bench(
         "retrain", "--ranks", 2, "--steps", 1, "--warmup", 1, "--model", tiny_model, "--data", tiny_data,
         "--batch-size", 8,
@@ -45,7 +45,7 @@ def test_bench_retrain(tiny_model, tiny_data):
 
 
 @pytest.mark.parametrize("what", ["analyse", "dask"])
-def test_bench_analyse_and_dask(tmp_path, what):
+def test_bench_analyse_and_dask(cli, tmp_path, what):
     if what == "analyse":
         args = ["--n", 40, "--d", 3000, "--k", 5, "--methods", "ours", "sklearn", "--timeout", 120]
     else:
@@ -55,7 +55,7 @@ def test_bench_analyse_and_dask(tmp_path, what):
     assert "|" in out  # a table of what was measured
 
 
-def test_bench_analyse_cold_at_a_tiny_shape(tmp_path):
+def test_bench_analyse_cold_at_a_tiny_shape(cli, tmp_path):
     """The paper-shape bench's command at a tiny shape: both stores, the table, the legacy line skipped."""
     out = bench("analyse", "--cold", "--n", 60, "--d", 3000, 5000, "--k", 10, "--dir", tmp_path / "cold")
     for d in ("3,000", "5,000"):

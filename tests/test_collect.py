@@ -12,16 +12,16 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run_cli, run_main
+from conftest import REPO, run_main
 from helpers import collect_args
 
 import spectral.store as store
 from spectral.dp.models import load_model, parameter_layout, select_trainable
 
 
-def test_cli_writes_a_store_the_reader_opens(tiny_model, tiny_data, tmp_path):
+def test_cli_writes_a_store_the_reader_opens(cli, tiny_model, tiny_data, tmp_path):
     out = tmp_path / "run"
-    result = run_cli(
+    result = cli(
         *collect_args(
             tiny_model,
             tiny_data,
@@ -75,10 +75,10 @@ def test_parameter_sets_train_what_they_say(tiny_model, params):
         assert all("lora_" in n for n in names)
 
 
-def test_lora_and_all_run_under_both_clipping_modes(tiny_model, tiny_data, tmp_path):
+def test_lora_and_all_run_under_both_clipping_modes(cli, tiny_model, tiny_data, tmp_path):
     for params, clipping in [("lora", "ghost"), ("all", "per-sample")]:
         out = tmp_path / f"{params}-{clipping}"
-        result = run_cli(
+        result = cli(
             *collect_args(tiny_model, tiny_data, out, "--steps", "2", "--params", params, "--clipping", clipping)
         )
         assert result.returncode == 0, result.stderr
@@ -112,9 +112,9 @@ def test_bad_input_is_one_clear_error(tiny_model, tiny_data, tmp_path):
     assert (out / "notes").is_dir()  # a directory that is not a store is never deleted
 
 
-def test_non_finite_gradient_stops_and_keeps_the_store(tiny_model, tiny_data, tmp_path):
+def test_non_finite_gradient_stops_and_keeps_the_store(cli, tiny_model, tiny_data, tmp_path):
     out = tmp_path / "run"
-    result = run_cli(
+    result = cli(
         *collect_args(
             tiny_model,
             tiny_data,
@@ -136,12 +136,12 @@ def test_non_finite_gradient_stops_and_keeps_the_store(tiny_model, tiny_data, tm
     assert 1 <= s.n_steps < 20 and s.manifest["status"] == "stopped"
     assert np.isfinite(s.rows("clipped")).all()
     # resuming a stopped run meets the same step again: the same error, the stored steps untouched
-    again = run_cli("spectral.collect", out, "--resume", "--no-progress")
+    again = cli("spectral.collect", out, "--resume", "--no-progress")
     _assert_one_clear_error(again, "non-finite")
     assert store.open(out, verify=True).n_steps == s.n_steps
 
 
-def test_ctrl_c_keeps_the_last_commit_and_resume_completes(tiny_model, tiny_data, tmp_path):
+def test_ctrl_c_keeps_the_last_commit_and_resume_completes(cli, tiny_model, tiny_data, tmp_path):
     out = tmp_path / "run"
     cmd = [
         sys.executable,
@@ -163,7 +163,7 @@ def test_ctrl_c_keeps_the_last_commit_and_resume_completes(tiny_model, tiny_data
     assert "interrupted; " in err and "keeps every step up to its last commit; continue with --resume" in err
     stopped = store.open(out, verify=True)
     assert stopped.manifest["status"] == "interrupted" and stopped.n_steps % 4 == 0 and 8 <= stopped.n_steps < 60
-    result = run_cli("spectral.collect", out, "--resume", "--no-progress")
+    result = cli("spectral.collect", out, "--resume", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert list(store.open(out, verify=True).steps.step) == list(range(60))
 
@@ -175,10 +175,10 @@ def _manifest_steps(out):
         return 0
 
 
-def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_model_dropout, tiny_data, tmp_path):
+def test_kill_9_then_resume_equals_an_uninterrupted_run(cli, tiny_model_dropout, tiny_data, tmp_path):
     args = ["--steps", "36", "--checkpoint-every", "4", "--streams", "clipped", "private", "--seed", "3"]
     reference = tmp_path / "reference"
-    assert run_cli(*collect_args(tiny_model_dropout, tiny_data, reference, *args)).returncode == 0
+    assert cli(*collect_args(tiny_model_dropout, tiny_data, reference, *args)).returncode == 0
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -196,9 +196,9 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_model_dropout, tiny
     killed = store.open(out, verify=True)
     assert 12 <= killed.n_steps < 36 and killed.n_steps % 4 == 0 and killed.manifest["status"] == "running"
 
-    mismatch = run_cli(*collect_args(tiny_model_dropout, tiny_data, out, *args[:-1], "4", "--resume"))
+    mismatch = cli(*collect_args(tiny_model_dropout, tiny_data, out, *args[:-1], "4", "--resume"))
     _assert_one_clear_error(mismatch, "differ")
-    result = run_cli("spectral.collect", out, "--resume", "--no-progress")
+    result = cli("spectral.collect", out, "--resume", "--no-progress")
     assert result.returncode == 0, result.stderr
 
     resumed, ref = store.open(out, verify=True), store.open(reference)
@@ -211,14 +211,14 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_model_dropout, tiny
     assert len(list((out / "checkpoint").iterdir())) == 2
 
 
-def test_bookkeeping_rows_equal_ghost_rows_and_auto_is_recorded(tiny_model, tiny_data, tmp_path):
+def test_bookkeeping_rows_equal_ghost_rows_and_auto_is_recorded(cli, tiny_model, tiny_data, tmp_path):
     """Book-keeping and ghost clipping store the same clipped rows (float32 rounding) for the same run;
     --clipping auto decides once and the manifest says what and why."""
     rows = {}
     for clipping in ("ghost", "bookkeeping", "auto"):
         out = tmp_path / clipping
         extra = ("--steps", "20", "--params", "attention-qv", "--clipping", clipping, "--eval-every", "0")
-        result = run_cli(*collect_args(tiny_model, tiny_data, out, *extra))
+        result = cli(*collect_args(tiny_model, tiny_data, out, *extra))
         assert result.returncode == 0, result.stderr
         s = store.open(out)
         rows[clipping] = s.rows("clipped")

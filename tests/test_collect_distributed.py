@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO
 
 import spectral.store as store
 
@@ -46,7 +46,7 @@ def relative_row_error(a: np.ndarray, b: np.ndarray) -> float:
     return float((np.abs(a - b).max(axis=1) / np.linalg.norm(a, axis=1)).max())
 
 
-def test_two_ranks_store_what_one_process_stores(tmp_path, tiny_model, tiny_data):
+def test_two_ranks_store_what_one_process_stores(cli, tmp_path, tiny_model, tiny_data):
     args = settings(tiny_model, tiny_data, 8, **{"eval-every": 4, "params": "all", "probe-batches": "8,40"}) + [
         "--streams",
         "clipped",
@@ -55,7 +55,7 @@ def test_two_ranks_store_what_one_process_stores(tmp_path, tiny_model, tiny_data
     two = subprocess.run(torchrun(tmp_path / "two", args), capture_output=True, text=True, env=ENV, cwd=REPO)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("stored in") == 1  # rank 0 alone reports
-    one = run_cli("spectral.collect", tmp_path / "one", *args, env=ENV)
+    one = cli("spectral.collect", tmp_path / "one", *args, env=ENV)
     assert one.returncode == 0, one.stderr[-3000:]
 
     a, b = store.open(tmp_path / "one"), store.open(tmp_path / "two")
@@ -99,7 +99,7 @@ def rank_pid(parent: int, rank: int) -> int | None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the rank's process in /proc")
-def test_a_killed_rank_stops_the_job_and_resume_stores_each_step_once(tmp_path, tiny_model, tiny_data):
+def test_a_killed_rank_stops_the_job_and_resume_stores_each_step_once(cli, tmp_path, tiny_model, tiny_data):
     steps = 100  # far more than the 5 it waits for: a fast machine must not finish before the kill
     extra = {"params": "attention-qv", "checkpoint-every": 5, "eval-every": 0, "physical-batch-size": 32,
              "probe-batches": "8,40"}  # probes resume too, from two ranks to one  # fmt: skip
@@ -124,9 +124,9 @@ def test_a_killed_rank_stops_the_job_and_resume_stores_each_step_once(tmp_path, 
     assert 5 <= stopped["n_steps"] < steps
 
     # resumed by one process: every step once, and the trajectory of an uninterrupted run
-    resumed = run_cli("spectral.collect", run_dir, "--resume", "--no-progress", "--device=cpu", env=ENV)
+    resumed = cli("spectral.collect", run_dir, "--resume", "--no-progress", "--device=cpu", env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    reference = run_cli("spectral.collect", tmp_path / "reference", *args, env=ENV)
+    reference = cli("spectral.collect", tmp_path / "reference", *args, env=ENV)
     assert reference.returncode == 0, reference.stderr[-3000:]
     a, b = store.open(tmp_path / "reference"), store.open(run_dir)
     assert b.manifest["status"] == "complete"
@@ -141,7 +141,7 @@ def test_a_killed_rank_stops_the_job_and_resume_stores_each_step_once(tmp_path, 
         assert np.linalg.norm(x - y, axis=1).max() < 1e-6 * b.manifest["config"]["max_grad_norm"]
 
 
-def test_two_ranks_with_bookkeeping_and_the_sampling_stream_store_what_one_process_stores(
+def test_two_ranks_with_bookkeeping_and_the_sampling_stream_store_what_one_process_stores(cli, 
     tmp_path, tiny_model, tiny_data
 ):
     """Book-keeping clipping, the sampling stream and probes under torch.distributed: the halves are split
@@ -151,7 +151,7 @@ def test_two_ranks_with_bookkeeping_and_the_sampling_stream_store_what_one_proce
     args = settings(tiny_model, tiny_data, 6, **extra) + ["--streams", "clipped", "sampling"]
     two = subprocess.run(torchrun(tmp_path / "two", args), capture_output=True, text=True, env=ENV, cwd=REPO)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = run_cli("spectral.collect", tmp_path / "one", *args, env=ENV)
+    one = cli("spectral.collect", tmp_path / "one", *args, env=ENV)
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = store.open(tmp_path / "one"), store.open(tmp_path / "two")
     assert relative_row_error(a.rows("clipped"), b.rows("clipped")) < 1e-5

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+
 
 import spectral.store as store
 
@@ -16,9 +16,9 @@ SST2 = Path(os.environ["SPECTRAL_DATA"]) / "sst2"
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SST2.is_dir(), reason="SST-2 is not in SPECTRAL_DATA")
-def test_default_model_and_data_collect_a_store(tmp_path):
+def test_default_model_and_data_collect_a_store(cli, tmp_path):
     out = tmp_path / "demo"
-    result = run_cli(
+    result = cli(
         "spectral.collect",
         out,
         "--steps",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+
 from helpers import power_law_trajectory, write_store
 
 from spectral.analyse import principal_components, rlc
@@ -14,7 +14,7 @@ distributed = pytest.importorskip("dask.distributed")
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(spawning):
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     with distributed.Client(cluster) as c:
         yield c
@@ -54,14 +54,14 @@ def test_dask_restricted_lipschitz_curves_match(tmp_path, client):
     pd.testing.assert_frame_equal(G_dask, G_local, rtol=1e-6)
 
 
-def test_cli_with_a_local_cluster(tmp_path):
+def test_cli_with_a_local_cluster(cli, tmp_path):
     H = power_law_trajectory(n=40, d=1200, seed=4)
     s = write_store(tmp_path / "run", H)
-    proc = run_cli(
+    proc = cli(
         "spectral.analyse", s.root, "--k", "5", "--dask", "local:2", "--no-progress", "--out", tmp_path / "a"
     )
     assert proc.returncode == 0, proc.stderr
     ref = principal_components(s, 5)
     np.testing.assert_allclose(np.load(tmp_path / "a" / "eigenvalues.npy"), ref.eigenvalues, rtol=1e-10)
-    bad = run_cli("spectral.analyse", s.root, "--k", "5", "--dask", "local:x", "--out", tmp_path / "b")
+    bad = cli("spectral.analyse", s.root, "--k", "5", "--dask", "local:x", "--out", tmp_path / "b")
     assert bad.returncode == 2 and "local:N" in bad.stderr

@@ -208,16 +208,16 @@ def test_sampling_row_is_the_halves_difference_of_clipped_sums(tiny_model, clipp
 def test_sampling_stream_has_the_second_moment_of_the_rows_sampling_noise(tiny_model):
     """At a fixed parameter point, Poisson batches redrawn many times: the clipped rows' spread
     (trace of their covariance) equals (1 − q) times the mean ‖Δ‖² of the sampling rows."""
-    model, tok = tiny_model_of(tiny_model, dtype=torch.float32)
+    model, tok = tiny_model_of(tiny_model, "attention-qv", dtype=torch.float32)
     batcher = Batcher(model, tok, TextData(TEXTS, LABELS), 32)
     q, C = 0.5, 0.05
-    engine = clipping_engine(model, "ghost", C, q * len(TEXTS))
+    engine = clipping_engine(model, "bookkeeping", C, q * len(TEXTS))  # one backward pass: 400 steps are cheap
     rng = np.random.default_rng(0)
     rows, deltas = [], []
     for _ in range(400):
         batch = np.flatnonzero(rng.random(len(TEXTS)) < q)
         half = rng.random(len(batch)) < 0.5
-        ca, cb = batcher.chunks(batch[half], 8), batcher.chunks(batch[~half], 8)
+        ca, cb = batcher.chunks(batch[half], 16), batcher.chunks(batch[~half], 16)
         out = engine.step(ca + cb, lr=0.0, split_at=len(ca))
         rows.append(out.clipped.double().numpy())
         deltas.append(out.sampling.double().numpy())

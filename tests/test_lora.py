@@ -36,8 +36,8 @@ def test_gaussianity_and_equivalent_sigma():
     assert sigma == pytest.approx(2e-3 * 64 / 0.1)
 
 
-def test_study_script_runs_on_a_store(tmp_path):
-    from conftest import REPO, run_cli
+def test_study_script_runs_on_a_store(cli, tmp_path):
+    from conftest import REPO
 
     import spectral.store as store
 
@@ -62,7 +62,7 @@ def test_study_script_runs_on_a_store(tmp_path):
         )
     w.commit(status="complete")
     w.close()
-    proc = run_cli(
+    proc = cli(
         "experiments.lora_noise",
         tmp_path / "run",
         "--steps",

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+
 from helpers import collect_args
 from opacus.accountants import RDPAccountant
 
@@ -73,9 +73,9 @@ def test_calibration_after_a_prior_spends_the_total():
     assert compose_epsilon([], 1e-5) == 0.0
 
 
-def test_init_from_loads_the_trained_weights_and_composes_privacy(tiny_model, tiny_data, tmp_path):
+def test_init_from_loads_the_trained_weights_and_composes_privacy(cli, tiny_model, tiny_data, tmp_path):
     lp, ft = tmp_path / "lp", tmp_path / "ft"
-    r = run_cli(
+    r = cli(
         *lp_collect_args(
             tiny_model,
             tiny_data,
@@ -115,7 +115,7 @@ def test_init_from_loads_the_trained_weights_and_composes_privacy(tiny_model, ti
     assert t.plan.prior == [[1.1, lp_store.manifest["dp"]["sample_rate"], 6]]
 
     # the CLI: the FT store's epsilon is both phases composed; --epsilon is then the total budget
-    r = run_cli(
+    r = cli(
         *lp_collect_args(
             tiny_model,
             tiny_data,
@@ -137,15 +137,15 @@ def test_init_from_loads_the_trained_weights_and_composes_privacy(tiny_model, ti
     assert s.steps.epsilon.iloc[0] > lp_store.steps.epsilon.iloc[-1]
     assert privacy_history(s) == [(1.1, q, 6), (1.1, q, 4)]
     total = tmp_path / "total"
-    r = run_cli(*lp_collect_args(tiny_model, tiny_data, total, "--steps", "4", "--init-from", lp, "--epsilon", "9"))
+    r = cli(*lp_collect_args(tiny_model, tiny_data, total, "--steps", "4", "--init-from", lp, "--epsilon", "9"))
     assert r.returncode == 0, r.stderr
     assert store.open(total).steps.epsilon.iloc[-1] == pytest.approx(9.0, abs=0.01)
 
 
-def test_init_from_bad_input_is_one_clear_error(tiny_model, tiny_model_dropout, tiny_data, tmp_path):
+def test_init_from_bad_input_is_one_clear_error(cli, tiny_model, tiny_model_dropout, tiny_data, tmp_path):
     lp = tmp_path / "lp"
     assert (
-        run_cli(*lp_collect_args(tiny_model, tiny_data, lp, "--params", "classifier", "--steps", "2")).returncode == 0
+        cli(*lp_collect_args(tiny_model, tiny_data, lp, "--params", "classifier", "--steps", "2")).returncode == 0
     )
     cases = [
         (["--init-from", tmp_path / "missing"], "no such store"),
@@ -153,11 +153,11 @@ def test_init_from_bad_input_is_one_clear_error(tiny_model, tiny_model_dropout, 
         (["--init-from", lp, "--model", tiny_model_dropout], "not " + str(tiny_model_dropout)),
     ]
     for extra, message in cases:
-        r = run_cli(*lp_collect_args(tiny_model, tiny_data, tmp_path / "out", "--steps", "2", *extra))
+        r = cli(*lp_collect_args(tiny_model, tiny_data, tmp_path / "out", "--steps", "2", *extra))
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_study_script_runs_and_resumes(tiny_model, tiny_data, tmp_path):
+def test_study_script_runs_and_resumes(cli, tiny_model, tiny_data, tmp_path):
     out = tmp_path / "study"
     args = [
         "experiments.lp_ft",
@@ -187,9 +187,9 @@ def test_study_script_runs_and_resumes(tiny_model, tiny_data, tmp_path):
         "0.005",
         "--no-progress",
     ]
-    r = run_cli(*args[:-1], "--lp-optimizer", "momentum")  # a bad phase setting stops before any training
+    r = cli(*args[:-1], "--lp-optimizer", "momentum")  # a bad phase setting stops before any training
     assert r.returncode == 2 and "momentum" in r.stderr and "Traceback" not in r.stderr and not out.exists()
-    r = run_cli(*args)
+    r = cli(*args)
     assert r.returncode == 0, r.stderr
     utility = pd.read_csv(out / "lp_ft_utility.csv")
     assert len(utility) == 6 and set(utility.f) == {0, 0.5, 1}
@@ -206,7 +206,7 @@ def test_study_script_runs_and_resumes(tiny_model, tiny_data, tmp_path):
     assert (out / "lp_ft.png").is_file() and (out / "lp_ft_spectra.csv").is_file()
     # a rerun keeps every finished phase: no store is rewritten
     before = {p: p.stat().st_mtime_ns for p in out.glob("eps*/f*/seed0/*/manifest.json")}
-    r = run_cli(*args)
+    r = cli(*args)
     assert r.returncode == 0, r.stderr
     assert before == {p: p.stat().st_mtime_ns for p in out.glob("eps*/f*/seed0/*/manifest.json")}
     pd.testing.assert_frame_equal(pd.read_csv(out / "lp_ft_utility.csv"), utility)

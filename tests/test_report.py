@@ -99,13 +99,13 @@ def make_reported_run(tmp_path):
     return run
 
 
-def test_report_redraws_every_figure_from_saved_data(tmp_path):
+def test_report_redraws_every_figure_from_saved_data(cli, tmp_path):
     import shutil
 
     run = make_reported_run(tmp_path)
     shutil.rmtree(run / "streams")  # the gradients themselves are gone: only saved results remain
     (run / "analysis" / "clipped" / "components.npy").unlink()
-    proc = run_cli("spectral.report", run, "--fit-range", "1", "40")
+    proc = cli("spectral.report", run, "--fit-range", "1", "40")
     assert proc.returncode == 0, proc.stderr
     figs = run / "figures"
     for name in ("fig1_spectrum", "fig2_density", "fig3_rlc", "fig4_dimension", "fig5_retrain", "fig6_toy"):
@@ -121,15 +121,15 @@ def test_report_redraws_every_figure_from_saved_data(tmp_path):
     np.testing.assert_allclose(plotted.singular_value, spectrum.singular_value)
 
 
-def test_report_bad_input_exit_2(tmp_path):
-    proc = run_cli("spectral.report", tmp_path / "missing")
+def test_report_bad_input_exit_2(cli, tmp_path):
+    proc = cli("spectral.report", tmp_path / "missing")
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
     (tmp_path / "empty").mkdir()
-    proc = run_cli("spectral.report", tmp_path / "empty")
+    proc = cli("spectral.report", tmp_path / "empty")
     assert proc.returncode == 2 and "nothing to report" in proc.stderr
 
 
-def test_notebook_executes_on_a_tiny_run(tmp_path, monkeypatch):
+def test_notebook_executes_on_a_tiny_run(cli, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     from nbclient import NotebookClient
 
@@ -183,7 +183,7 @@ def test_g_k_verdict_comes_from_the_worst_case_over_steps():
     assert stats["rms"]["verdict"] == "dimension-free"
 
 
-def test_report_draws_what_is_there_and_names_what_is_missing(tmp_path):
+def test_report_draws_what_is_there_and_names_what_is_missing(cli, tmp_path):
     import shutil
 
     run = make_reported_run(tmp_path)
@@ -203,9 +203,9 @@ def test_report_draws_what_is_there_and_names_what_is_missing(tmp_path):
     assert proc.returncode == 2 and "does not fit 40 singular values" in proc.stderr
 
 
-def test_repro_runs_every_stage_at_a_tiny_scale_and_a_rerun_continues(tmp_path, tiny_model, tiny_data):
+def test_repro_runs_every_stage_at_a_tiny_scale_and_a_rerun_continues(cli, tmp_path, tiny_model, tiny_data):
     args = ["--scale", "tiny", tmp_path / "run", "--model", tiny_model, "--data", tiny_data, "--no-progress"]
-    proc = run_cli("spectral.repro", *args)
+    proc = cli("spectral.repro", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     figs = tmp_path / "run" / "figures"
     for name in ("fig1_spectrum", "fig2_density", "fig3_rlc", "fig4_dimension", "fig5_retrain", "fig6_toy"):
@@ -215,7 +215,7 @@ def test_repro_runs_every_stage_at_a_tiny_scale_and_a_rerun_continues(tmp_path, 
     for path in written:  # strict JSON everywhere: NaN and Infinity are not JSON (jq, browsers refuse them)
         json.loads(path.read_text(), parse_constant=lambda c, p=path: pytest.fail(f"{p} holds {c}"))
     stamp = (tmp_path / "run" / "manifest.json").stat().st_mtime_ns
-    again = run_cli("spectral.repro", *args)  # everything is there: each stage returns what it has
+    again = cli("spectral.repro", *args)  # everything is there: each stage returns what it has
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already complete" in again.stdout
     assert (tmp_path / "run" / "manifest.json").stat().st_mtime_ns == stamp

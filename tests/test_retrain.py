@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli, run_main
+from conftest import copy_run, run_main
 from helpers import brute_force_clipped_sum, per_example_gradients, text_chunks, tiny_model_of
 
 from spectral import store
@@ -127,36 +127,12 @@ def test_coordinates_noise_lives_in_r_dimensions(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def analysed_run(tiny_model, tiny_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("retrain") / "run"
-    proc = run_cli(
-        "spectral.collect",
-        "--model",
-        tiny_model,
-        "--data",
-        tiny_data,
-        run,
-        "--no-progress",
-        "--batch-size",
-        "16",
-        "--physical-batch-size",
-        "8",
-        "--steps",
-        "12",
-        "--eval-every",
-        "6",
-        "--params",
-        "attention-qv",
-        "--lr",
-        "0.01",
-    )
-    assert proc.returncode == 0, proc.stderr
-    proc = run_cli("spectral.analyse", run, "--k", "6", "--no-progress", "--holdout", "none")
-    assert proc.returncode == 0, proc.stderr
-    return run
+def analysed_run(tiny_run, tmp_path_factory):
+    """The session's tiny run, copied: these tests write retraining results into it."""
+    return copy_run(tiny_run, tmp_path_factory.mktemp("retrain") / "run")
 
 
-def test_cli_retrains_every_variant_with_identical_accounting(analysed_run):
+def test_cli_retrains_every_variant_with_identical_accounting(cli, analysed_run):
     out = analysed_run / "retrain"
     args = [
         "spectral.retrain",
@@ -174,7 +150,7 @@ def test_cli_retrains_every_variant_with_identical_accounting(analysed_run):
         "--out",
         out,
     ]
-    proc = run_cli(*args)
+    proc = cli(*args)
     assert proc.returncode == 0, proc.stderr
     h = pd.read_csv(out / "retrain_history.csv")
     assert set(h.variant) == {"rank 2", "rank 6", "full"} and set(h.seed) == {0, 1}
@@ -183,20 +159,20 @@ def test_cli_retrains_every_variant_with_identical_accounting(analysed_run):
     assert final.epsilon.nunique() == 1 and final.epsilon.iloc[0] > 0  # same ε for every variant
     summary = json.loads((out / "retrain_summary.json").read_text())
     assert set(summary["seconds_per_step"]) == {"rank 2", "rank 6", "full"}
-    again = run_cli(*args)  # finished runs are not repeated
+    again = cli(*args)  # finished runs are not repeated
     assert again.returncode == 0 and pd.read_csv(out / "retrain_history.csv").shape == h.shape
-    other = run_cli(*args[:-1], out, "--ranks", "3")  # other settings never overwrite silently
+    other = cli(*args[:-1], out, "--ranks", "3")  # other settings never overwrite silently
     assert other.returncode == 2 and "other settings" in other.stderr
     assert pd.read_csv(out / "retrain_history.csv").shape == h.shape
-    proc = run_cli("spectral.report", analysed_run, "--fit-range", "1", "6")
+    proc = cli("spectral.report", analysed_run, "--fit-range", "1", "6")
     assert proc.returncode == 0, proc.stderr
     assert (analysed_run / "figures" / "fig5_retrain.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("mode", ["coordinates", "signal+noise"])
-def test_cli_public_subspace(analysed_run, tmp_path, mode):
+def test_cli_public_subspace(cli, analysed_run, tmp_path, mode):
     out = tmp_path / "public"
-    proc = run_cli(
+    proc = cli(
         "spectral.retrain",
         analysed_run,
         "--ranks",
@@ -223,8 +199,8 @@ def test_cli_public_subspace(analysed_run, tmp_path, mode):
     assert set(h.subspace_from) == {"public"} and set(h["mode"]) == {mode}
 
 
-def test_cli_non_private_setting_has_its_own_directory(analysed_run):
-    proc = run_cli(
+def test_cli_non_private_setting_has_its_own_directory(cli, analysed_run):
+    proc = cli(
         "spectral.retrain",
         analysed_run,
         "--ranks",
@@ -299,10 +275,10 @@ def test_coordinates_clipping_at_finite_c_equals_a_loop_over_examples(tiny_model
     np.testing.assert_allclose(out.per_example_norms.numpy(), norms, rtol=1e-7)
 
 
-def test_public_subspace_study_command(analysed_run, tmp_path):
+def test_public_subspace_study_command(cli, analysed_run, tmp_path):
     out = tmp_path / "study"
     args = [analysed_run, "--public-size", 40, 80, "--public-steps", 4, "--k", 3, "--out", out]
-    proc = run_cli("experiments.public_subspace", *args)
+    proc = cli("experiments.public_subspace", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     curves = pd.read_csv(out / "public_subspace_curves.csv")
     assert {"public projector, 40 examples", "public projector, 80 examples"} <= set(curves.projector)
@@ -314,7 +290,7 @@ def test_public_subspace_study_command(analysed_run, tmp_path):
     assert len(in_sample) and in_sample.k.max() <= n // 2  # past n/2 finite n bends it to 0: not drawn or fitted
     table = pd.read_csv(out / "public_subspace.csv")
     (out / "public_subspace.csv").unlink()
-    assert run_cli("experiments.public_subspace", *args, "--redraw").returncode == 0
+    assert cli("experiments.public_subspace", *args, "--redraw").returncode == 0
     pd.testing.assert_frame_equal(pd.read_csv(out / "public_subspace.csv"), table)  # the same table, not recomputed
 
 
@@ -435,20 +411,20 @@ def test_random_subspace_is_orthonormal_seeded_and_uncorrelated_with_a_fixed_dir
     assert abs(np.mean(energies) / (10 / 4000) - 1) < 0.3
 
 
-def test_cli_controls_share_batches_and_noise_and_name_their_variants(analysed_run, tmp_path):
+def test_cli_controls_share_batches_and_noise_and_name_their_variants(cli, analysed_run, tmp_path):
     """rank 0, a random subspace and another run's subspace: paired with the top-r runs (same seeds), named
     apart, and another run identical to this one gives exactly this run's top-r history."""
     import shutil
 
     common = ["--seeds", "1", "--steps", "4", "--eval-every", "2", "--no-progress"]
-    top = run_cli("spectral.retrain", analysed_run, "--ranks", "0", "3", *common, "--out", tmp_path / "top")
+    top = cli("spectral.retrain", analysed_run, "--ranks", "0", "3", *common, "--out", tmp_path / "top")
     assert top.returncode == 0, top.stderr
     twin = tmp_path / "twin"  # another run with the same trajectory: its subspace must give the same updates
     shutil.copytree(analysed_run, twin, ignore=shutil.ignore_patterns("retrain", "figures"))
     summary = twin / "analysis" / "clipped" / "summary.json"
     summary.write_text(summary.read_text().replace(str(analysed_run.resolve()), str(twin.resolve())))
     for source, out in (("random", tmp_path / "random"), (str(twin), tmp_path / "other")):
-        proc = run_cli(
+        proc = cli(
             "spectral.retrain", analysed_run, "--ranks", "3", "--no-full", "--subspace-from", source, *common,
             "--out", out,
         )  # fmt: skip
@@ -463,7 +439,7 @@ def test_cli_controls_share_batches_and_noise_and_name_their_variants(analysed_r
     np.testing.assert_array_equal(h_other.loss, mine.loss)  # same subspace, batches and noise: same run
     assert h_random.loss.iloc[0] == mine.loss.iloc[0]  # same model before the first step
     assert np.abs(h_random.loss.iloc[1:] - mine.loss.iloc[1:]).min() > 1e-8  # another subspace, other updates
-    more = run_cli("spectral.retrain", analysed_run, "--ranks", "0", "3", *common[2:], "--seeds", "2",
+    more = cli("spectral.retrain", analysed_run, "--ranks", "0", "3", *common[2:], "--seeds", "2",
                    "--out", tmp_path / "top")  # fmt: skip
     assert more.returncode == 0, more.stderr  # more seeds continue the setting
     h = pd.read_csv(tmp_path / "top" / "retrain_history.csv")
@@ -472,7 +448,7 @@ def test_cli_controls_share_batches_and_noise_and_name_their_variants(analysed_r
     ci = json.loads((tmp_path / "top" / "retrain_summary.json").read_text())["final_accuracy"]["rank 3"]["ci95"]
     half = {0.0: 0.0}.get(final.std(), 12.706 * final.std() / np.sqrt(2))  # t(0.975, 1 dof) = 12.706
     np.testing.assert_allclose(ci, [final.mean() - half, final.mean() + half], rtol=1e-4, atol=1e-12)
-    proc = run_cli(
+    proc = cli(
         "spectral.report", analysed_run, "--fit-range", "1", "6", "--retrain", tmp_path, "--out", tmp_path / "fig"
     )
     assert proc.returncode == 0, proc.stderr

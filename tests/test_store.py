@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+
 
 import spectral.store as store
 from spectral.errors import SpectralError
@@ -116,7 +116,7 @@ def test_truncated_shard_is_detected(tmp_path):
         store.open(tmp_path / "run")
 
 
-def test_corrupted_shard_is_detected_by_checksum(tmp_path):
+def test_corrupted_shard_is_detected_by_checksum(cli, tmp_path):
     write(tmp_path / "run", np.ones((6, D), np.float32))
     shard = sorted((tmp_path / "run/streams/private").iterdir())[0]
     data = bytearray(shard.read_bytes())
@@ -125,12 +125,12 @@ def test_corrupted_shard_is_detected_by_checksum(tmp_path):
     store.open(tmp_path / "run")  # header and size are intact
     with pytest.raises(SpectralError, match="checksum"):
         store.open(tmp_path / "run", verify=True)
-    result = run_cli("spectral.store", tmp_path / "run", "--verify")
+    result = cli("spectral.store", tmp_path / "run", "--verify")
     assert result.returncode == 2 and result.stderr.strip().startswith("error:") and "checksum" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_bad_stores_give_one_clear_error(tmp_path):
+def test_bad_stores_give_one_clear_error(cli, tmp_path):
     with pytest.raises(SpectralError, match="no such store"):
         store.open(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
@@ -150,7 +150,7 @@ def test_bad_stores_give_one_clear_error(tmp_path):
         s.rows("noised")
     with pytest.raises(SpectralError, match="outside"):
         s.block("clipped", 0, 99)
-    result = run_cli("spectral.store", tmp_path / "nothing")
+    result = cli("spectral.store", tmp_path / "nothing")
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
@@ -176,7 +176,7 @@ def test_resume_removes_a_half_written_shard(tmp_path):
     assert store.open(tmp_path / "run", verify=True).n_steps == 3
 
 
-def test_cli_output_into_a_closed_pipe_is_quiet(tmp_path):
+def test_cli_output_into_a_closed_pipe_is_quiet(spawning, tmp_path):
     import subprocess
     import sys
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import scipy.optimize
 import torch
-from conftest import run_cli, run_main
+from conftest import run_main
 
 from spectral.toy import geomedian as gm
 from spectral.toy.grid import ToyConfig, run_grid
@@ -126,9 +126,9 @@ def test_vectorised_grid_equals_a_plain_loop():
         assert row.test_loss == pytest.approx(brute_loss(avg, a, data.full("test", d)), rel=1e-9)
 
 
-def test_quick_cli_writes_results_that_show_the_papers_message(tmp_path, monkeypatch):
+def test_quick_cli_writes_results_that_show_the_papers_message(cli, tmp_path, monkeypatch):
     out = tmp_path / "toy"
-    proc = run_cli("spectral.toy", tmp_path, "--scale", "quick")
+    proc = cli("spectral.toy", tmp_path, "--scale", "quick")
     assert proc.returncode == 0, proc.stderr
     best = pd.read_csv(out / "toy_best.csv")
     assert {"mode", "d", "T", "lr", "train_mean", "train_std", "test_mean", "test_std"} <= set(best.columns)

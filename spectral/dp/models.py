@@ -264,7 +264,8 @@ def tokenize(model, tokenizer, texts, max_length: int) -> dict:
     if template is not None:
         return template(texts, max_length)
     features = dict(tokenizer(list(texts), truncation=True, max_length=max_length))
-    if getattr(model.config, "type_vocab_size", None) is None:
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "type_vocab_size", None) is None:
         # no segment table (GPT-2): it would look token types up in the word embeddings (wte), a second
         # use of one parameter that ghost clipping refuses, with a BERT-style tokenizer's all-zero types
         features.pop("token_type_ids", None)
