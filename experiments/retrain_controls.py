@@ -88,7 +88,9 @@ def table(history: pd.DataFrame, energy: dict) -> pd.DataFrame:
         })  # fmt: skip
     t = pd.DataFrame(rows)
     rank = {v: i for i, v in enumerate(ORDER)}
-    t["_order"] = [("both", "signal", "signal+noise").index(m) * 100 + rank.get(v, 50) for m, v in zip(t["mode"], t.variant)]
+    t["_order"] = [
+        ("both", "signal", "signal+noise").index(m) * 100 + rank.get(v, 50) for m, v in zip(t["mode"], t.variant)
+    ]
     return t.sort_values("_order").drop(columns="_order").reset_index(drop=True)
 
 
@@ -123,6 +125,12 @@ def main() -> None:
     print(markdown(t))
     majority = json.loads((args.out / "signal-trajectory_summary.json").read_text()).get("majority_accuracy")
     drawn = history.assign(variant=history.label)
+    full = drawn[(drawn.label == FULL) & (drawn["mode"] == "signal")]
+    drawn = pd.concat([drawn, full.assign(setting="signal+noise-trajectory")], ignore_index=True)  # in both panels
+    panels = ["signal-trajectory", "signal+noise-trajectory", "signal-public"]
+    rank = {v: i for i, v in enumerate(ORDER)}
+    drawn = drawn.assign(_p=drawn.setting.map(panels.index), _v=drawn.variant.map(lambda v: rank.get(v, 50)))
+    drawn = drawn.sort_values(["_p", "_v", "seed", "step"], kind="stable").drop(columns=["_p", "_v"])
     fig = sp.plot.retrain(drawn, majority=majority,
                           title="Retraining in restricted subspaces, with controls (300 DP steps, run seed 1)")  # fmt: skip
     sp.plotting.save(fig, args.out / "fig5_retrain", {"": sp.plot.retrain_panels(drawn)[1]},

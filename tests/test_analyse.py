@@ -127,7 +127,6 @@ def test_bad_requests_are_clear_errors(tmp_path):
 
 
 def test_cli_writes_results_a_spectrum_reloads(cli, tmp_path):
-    
 
     from spectral.analyse import Spectrum
 
@@ -149,7 +148,6 @@ def test_cli_writes_results_a_spectrum_reloads(cli, tmp_path):
 
 
 def test_cli_bad_input_exit_2(cli, tmp_path):
-    
 
     write_store(tmp_path / "run", power_law_trajectory(n=10, d=40))
     for args, fragment in [

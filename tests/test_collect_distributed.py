@@ -141,8 +141,8 @@ def test_a_killed_rank_stops_the_job_and_resume_stores_each_step_once(cli, tmp_p
         assert np.linalg.norm(x - y, axis=1).max() < 1e-6 * b.manifest["config"]["max_grad_norm"]
 
 
-def test_two_ranks_with_bookkeeping_and_the_sampling_stream_store_what_one_process_stores(cli, 
-    tmp_path, tiny_model, tiny_data
+def test_two_ranks_with_bookkeeping_and_the_sampling_stream_store_what_one_process_stores(
+    cli, tmp_path, tiny_model, tiny_data
 ):
     """Book-keeping clipping, the sampling stream and probes under torch.distributed: the halves are split
     over the whole logical batch (a function of seed and step) and half A's clipped sum is all-reduced; each

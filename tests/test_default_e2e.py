@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 import spectral.store as store
 
 SST2 = Path(os.environ["SPECTRAL_DATA"]) / "sst2"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import power_law_trajectory, write_store
 
 from spectral.analyse import principal_components, rlc
@@ -57,9 +56,7 @@ def test_dask_restricted_lipschitz_curves_match(tmp_path, client):
 def test_cli_with_a_local_cluster(cli, tmp_path):
     H = power_law_trajectory(n=40, d=1200, seed=4)
     s = write_store(tmp_path / "run", H)
-    proc = cli(
-        "spectral.analyse", s.root, "--k", "5", "--dask", "local:2", "--no-progress", "--out", tmp_path / "a"
-    )
+    proc = cli("spectral.analyse", s.root, "--k", "5", "--dask", "local:2", "--no-progress", "--out", tmp_path / "a")
     assert proc.returncode == 0, proc.stderr
     ref = principal_components(s, 5)
     np.testing.assert_allclose(np.load(tmp_path / "a" / "eigenvalues.npy"), ref.eigenvalues, rtol=1e-10)

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import collect_args
 from opacus.accountants import RDPAccountant
 
@@ -144,9 +143,7 @@ def test_init_from_loads_the_trained_weights_and_composes_privacy(cli, tiny_mode
 
 def test_init_from_bad_input_is_one_clear_error(cli, tiny_model, tiny_model_dropout, tiny_data, tmp_path):
     lp = tmp_path / "lp"
-    assert (
-        cli(*lp_collect_args(tiny_model, tiny_data, lp, "--params", "classifier", "--steps", "2")).returncode == 0
-    )
+    assert cli(*lp_collect_args(tiny_model, tiny_data, lp, "--params", "classifier", "--steps", "2")).returncode == 0
     cases = [
         (["--init-from", tmp_path / "missing"], "no such store"),
         (["--init-from", lp, "--epsilon", "0.01"], "already spent"),

@@ -222,7 +222,8 @@ def test_repro_runs_every_stage_at_a_tiny_scale_and_a_rerun_continues(cli, tmp_p
 
 
 def test_fig5_draws_every_variant_in_its_own_colour_and_line_style(tmp_path, monkeypatch):
-    """Two other runs' subspaces of the same rank used to share one colour and one dotted line."""
+    """Two other runs' subspaces of the same rank used to share one colour and one dotted line; the controls
+    of one rank (components 101-200, span-random, complement) each get their own colour too."""
     from spectral.report import figures
 
     variants = [  # (variant, rank, subspace_from, setting)
@@ -233,6 +234,9 @@ def test_fig5_draws_every_variant_in_its_own_colour_and_line_style(tmp_path, mon
         ("random 100", 100, "random", "signal-random"),
         ("rank 100 of run_a", 100, "run_a", "signal-run_a"),
         ("rank 100 of run_b", 100, "run_b", "signal-run_b"),
+        ("components 101-200", 100, "trajectory", "signal-trajectory-c101-200"),
+        ("span-random 100", 100, "span-random", "signal-span-random"),
+        ("complement of top 100", 100, "complement", "signal-complement"),
     ]
     history = pd.DataFrame(
         [
@@ -249,3 +253,4 @@ def test_fig5_draws_every_variant_in_its_own_colour_and_line_style(tmp_path, mon
     # the dash pattern (offset, on-off sequence) tells custom patterns apart, which get_linestyle() does not
     looks = {(ln.get_color(), str(ln._dash_pattern)) for ln in mean_lines}
     assert len(looks) == len(variants)
+    assert len({ln.get_color() for ln in mean_lines}) == len(variants)  # colour alone tells them apart

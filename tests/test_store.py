@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-
 import spectral.store as store
 from spectral.errors import SpectralError
 from spectral.store.format import from_storage, to_storage

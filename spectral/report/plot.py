@@ -219,9 +219,11 @@ def dimension(frames, *, d_run=None, g0_label="", title="", ax=None):
 
 
 # ---------------------------------------------------------------------- 5. retraining
-SOURCE_STYLES = {"trajectory": "-", "public": "-", "random": "--"}
-# other runs' subspaces, one pattern each (dotted, dash-dot-dot, dense dots, ...)
-OTHER_RUN_STYLES = (":", (0, (4, 1.5, 1, 1.5, 1, 1.5)), (0, (1, 1)), (0, (6, 2)))
+# line style by where the subspace comes from; colour by variant (each its own)
+SOURCE_STYLES = {"trajectory": "-", "public": "-", "random": "--", "span-random": (0, (5, 1.5, 1, 1.5)),
+                 "complement": ":"}  # fmt: skip
+# other runs' subspaces, one pattern each (dash-dot-dot, dense dots, long dashes, ...)
+OTHER_RUN_STYLES = ((0, (4, 1.5, 1, 1.5, 1, 1.5)), (0, (1, 1)), (0, (6, 2)), (0, (3, 3)))
 
 
 def _panel(setting: str) -> str:
@@ -243,15 +245,16 @@ def _panel_title(panel: str, controls: bool = False) -> str:
     return f"{privacy}, {parts[0]} mode: {source}"
 
 
-def _variant_style(variant: str, rank: int, source: str, ranks: list, other_runs: list) -> dict:
-    """Colour by rank (black: unrestricted, grey: rank 0), line style by where the subspace comes from:
-    each of ``other_runs`` (the other runs' subspaces drawn) its own pattern."""
+def _variant_style(variant: str, rank: int, source: str, variants: list, other_runs: list) -> dict:
+    """Black: unrestricted; grey: rank 0; every other variant its own colour (``variants``: their order)
+    and the line style of its subspace's source, each of ``other_runs`` (other runs' subspaces) its own."""
     if variant == "full":
         return {"color": "black", "ls": "-"}
     if rank == 0:
         return {"color": "0.55", "ls": "-."}
+    palette = [c for i, c in enumerate(COLORS) if i != 7]  # tab10's grey is rank 0's
     ls = SOURCE_STYLES.get(source) or OTHER_RUN_STYLES[other_runs.index(source) % len(OTHER_RUN_STYLES)]
-    return {"color": COLORS[ranks.index(rank) % 10], "ls": ls}
+    return {"color": palette[variants.index(variant) % len(palette)], "ls": ls}
 
 
 def retrain_panels(history: pd.DataFrame, metric: str = "accuracy"):
@@ -284,14 +287,14 @@ def retrain(history: pd.DataFrame, *, metric="accuracy", majority=None, title=""
     """
     history, stats = retrain_panels(history, metric)
     panels = list(dict.fromkeys(stats.panel))
-    ranks = sorted({int(r) for r in history["rank"] if r > 0})
+    variants = list(dict.fromkeys(v for v, r in zip(history.variant, history["rank"]) if v != "full" and r > 0))
     other_runs = sorted({str(x) for x in history.subspace_from} - set(SOURCE_STYLES))
     low, high = history[metric].min(), history[metric].max()
     pad = 0.06 * max(high - low, 1e-3)
     show_majority = majority is not None and majority >= low - 4 * pad
     cols = min(len(panels), 2)
     rows = -(-len(panels) // cols)
-    with style(**{"figure.figsize": (5.4 * cols + 0.6, 4.0 * rows + 0.4)}):
+    with style(**{"figure.figsize": (7.6 * cols + 0.6, 4.0 * rows + 0.4)}):
         if axes is None:
             fig, grid = new_figure(rows, cols, sharey=True, squeeze=False)
             for ax in grid.flat[len(panels) :]:
@@ -304,7 +307,7 @@ def retrain(history: pd.DataFrame, *, metric="accuracy", majority=None, title=""
             in_panel = history[history.panel == panel]
             for variant, runs in in_panel.groupby("variant", sort=False):
                 first = runs.iloc[0]
-                look = _variant_style(variant, int(first["rank"]), str(first.subspace_from), ranks, other_runs)
+                look = _variant_style(variant, int(first["rank"]), str(first.subspace_from), variants, other_runs)
                 g = stats[(stats.panel == panel) & (stats.variant == variant)]
                 for _, run in runs.groupby("seed"):  # every seed, not only a band over few of them
                     ax.plot(run.step, run[metric], color=look["color"], ls=look["ls"], lw=0.6, alpha=0.35)
@@ -319,7 +322,8 @@ def retrain(history: pd.DataFrame, *, metric="accuracy", majority=None, title=""
             controls = bool(((in_panel.subspace_from != "trajectory") | noise_only).any())
             ax.set_title(_panel_title(panel, controls), fontsize=10)
             legend_title = None if show_majority or majority is None else f"majority class: {majority:.3f} (below)"
-            ax.legend(loc="best", title=legend_title, fontsize="small")
+            # beside the panel, off the curves
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title=legend_title, fontsize="small")
             ax.set_ylim((min(low, majority) if show_majority else low) - pad, high + pad)
         for ax in first_column:
             ax.set_ylabel(f"dev {metric}\n(thin: each seed; line ± band: mean ± std)")
