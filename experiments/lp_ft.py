@@ -34,10 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spectral import cli
+from spectral import cli, configs
 from spectral.analyse import principal_components, rlc
 from spectral.collect import CollectConfig, collect, settings_that_differ
-from spectral.collect.__main__ import load_toml
 from spectral.dp.data import load_data
 from spectral.dp.privacy import compose_epsilon, plan_privacy
 from spectral.errors import SpectralError, cli_entry
@@ -263,7 +262,7 @@ def main(argv=None):
         raise SpectralError("--steps and --seeds must be at least 1")
     names = ("model", "data", "objective", "train_size", "eval_size", "max_length", "batch_size", "physical_batch_size")
     given = {k: v for k in names if (v := getattr(args, k)) is not None}
-    base = CollectConfig.from_dict({**load_toml(args.config), **given, "streams": ["clipped"]}).validate()
+    base = CollectConfig.from_dict({**configs.read(args.config), **given, "streams": ["clipped"]}).validate()
     train, _, _ = load_data(base.data, base.text_column, base.label_column, base.seed)
     n_train = len(train.head(base.train_size))
     split = pd.concat(

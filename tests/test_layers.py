@@ -155,3 +155,16 @@ def test_committed_json_is_strict():
             json.loads(path.read_text(), parse_constant=refuse)
         except ValueError as exc:
             raise AssertionError(f"{path.relative_to(SPECTRAL.parent)}: {exc}") from None
+
+
+def test_experiments_use_no_private_part_of_the_package():
+    """The studies in experiments/ are written as a user writes them: nothing from a CLI's ``__main__``
+    and no underscore name."""
+    offending = []
+    for path in sorted((SPECTRAL.parent / "experiments").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("spectral"):
+                names = [a.name for a in node.names]
+                if "__main__" in node.module or any(n.startswith("_") for n in names):
+                    offending.append(f"{path.name}: from {node.module} import {', '.join(names)}")
+    assert not offending, offending

@@ -16,9 +16,7 @@ import signal
 import threading
 from pathlib import Path
 
-import tomllib
-
-from .. import cli
+from .. import cli, configs
 from ..dp import config as C
 from ..dp.config import CollectConfig
 from ..dp.distributed import launched_rank
@@ -114,22 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_toml(path: Path) -> dict:
-    """Settings from a TOML file, or from the shipped configuration of that name (``cpu``)."""
-    from .. import configs
-
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        if configs.find(str(path)) is not None:
-            return configs.load(str(path))
-        raise SpectralError(
-            f"config file {path} does not exist (shipped configurations: {', '.join(configs.names())})"
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpectralError(f"config file {path} is not valid TOML: {exc}") from None
-
-
 def interrupt_on_sigterm() -> None:
     """SIGTERM (torchrun stopping the job when one rank died, a batch scheduler's time limit) ends the
     run like Ctrl-C: at its last commit, with a clear message, instead of killing it mid-write."""
@@ -148,7 +130,7 @@ def main(argv=None):
     cli.quiet_library_warnings()
     interrupt_on_sigterm()
     out, resume = args.run_dir, args.resume
-    given = {**(load_toml(args.config) if args.config else {}), **cli.config_values(args, CollectConfig)}
+    given = {**(configs.read(args.config) if args.config else {}), **cli.config_values(args, CollectConfig)}
     if args.stop_after is not None and args.stop_after < 1:
         raise SpectralError(f"--stop-after must be at least 1, got {args.stop_after}")
     cfg = None if resume else CollectConfig.from_dict(given).validate()  # a resumed run: its stored settings

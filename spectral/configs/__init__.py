@@ -39,3 +39,20 @@ def load(name: str) -> dict:
             "reinstall spectral"
         )
     return tomllib.loads(path.read_text())
+
+
+def read(path) -> dict:
+    """Settings from a TOML file, or from the shipped configuration of that name (``cpu``)."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        if find(str(path)) is not None:
+            return load(str(path))
+        raise SpectralError(
+            f"config file {path} does not exist (shipped configurations: {', '.join(names())})"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpectralError(f"config file {path} is not valid TOML: {exc}") from None
