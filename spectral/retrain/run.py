@@ -268,20 +268,8 @@ def retrain(
         probe_batches=None,  # nor measures probe batches (a collect run's measurement, not its training)
         **config.settings,
     ).validate()
-    history_path, record = out / layout.RETRAIN_HISTORY, {**asdict(config), "run": str(run.store.resolve())}
-    history = pd.DataFrame()
-    saved = out / "retrain_config.json"
-    if history_path.is_file() and saved.is_file():
-        before, now = json.loads(saved.read_text()), json.loads(jsonio.dumps(record))
-        if {**before, "seeds": None} == {**now, "seeds": None}:  # more seeds continue the same setting
-            history = pd.read_csv(history_path)  # same settings: continue after the finished runs
-        elif not overwrite:
-            raise SpectralError(
-                f"{out} holds retraining results of other settings; choose another --out "
-                "or pass --overwrite to replace them"
-            )
-    saved.write_text(jsonio.dumps(record, indent=1))
-
+    history_path = out / layout.RETRAIN_HISTORY
+    history = finished_runs(out, {**asdict(config), "run": str(run.store.resolve())}, overwrite)
     train, dev, _ = load_split(base)
     public = None
     if config.subspace_from == "public":
@@ -307,9 +295,7 @@ def retrain(
             if rank:
                 if "basis" not in bases:  # the max(ranks) directions, loaded or estimated once
                     bases["basis"] = subspace_basis(config, run, analysis, base, public, dev, progress, head, device)
-                subspace = Subspace(bases["basis"].V[:, :rank])
-                if config.subspace_from == "complement":
-                    subspace = subspace.orthogonal_complement()
+                subspace = variant_subspace(config, bases["basis"], rank)
             if name not in energies:  # beside accuracy: how much of the run's gradient energy the variant keeps
                 energies[name] = energy_captured(store, subspace)
             cfg = replace(base, seed=base.seed + seed)
@@ -317,26 +303,40 @@ def retrain(
                 cfg, (train, dev), subspace, config.mode, progress, f"{name} seed {seed}", head, device
             )
             rows = pd.DataFrame(
-                [
-                    {
-                        "setting": config.tag,
-                        "variant": name,
-                        "rank": rank if rank else 0,
-                        "mode": config.mode if rank is not None else "full",
-                        "subspace_from": config.source,
-                        "private": config.private,
-                        "seed": seed,
-                        **e,
-                    }
-                    for e in evals
-                ]
-            )
+                [{"setting": config.tag, "variant": name, "rank": rank if rank else 0,
+                  "mode": config.mode if rank is not None else "full", "subspace_from": config.source,
+                  "private": config.private, "seed": seed, **e} for e in evals]
+            )  # fmt: skip
             history = pd.concat([history, rows], ignore_index=True) if len(history) else rows
             timing.setdefault(name, []).append(per_step)
             atomic_write(history_path, lambda f: f.write(history.to_csv(index=False).encode()))
             summary = {**summarize(history, timing, majority), "energy_captured": energies}
             (out / layout.RETRAIN_SUMMARY).write_text(jsonio.dumps(summary, indent=1))
     return history
+
+
+def finished_runs(out: Path, record: dict, overwrite: bool) -> pd.DataFrame:
+    """The history already in ``out`` when it holds this setting (more seeds continue it), else empty; a
+    directory of other settings is refused unless ``overwrite``. Records the setting in ``out``."""
+    history_path, saved = out / layout.RETRAIN_HISTORY, out / "retrain_config.json"
+    history = pd.DataFrame()
+    if history_path.is_file() and saved.is_file():
+        before, now = json.loads(saved.read_text()), json.loads(jsonio.dumps(record))
+        if {**before, "seeds": None} == {**now, "seeds": None}:  # more seeds continue the same setting
+            history = pd.read_csv(history_path)  # same settings: continue after the finished runs
+        elif not overwrite:
+            raise SpectralError(
+                f"{out} holds retraining results of other settings; choose another --out "
+                "or pass --overwrite to replace them"
+            )
+    saved.write_text(jsonio.dumps(record, indent=1))
+    return history
+
+
+def variant_subspace(config: RetrainConfig, basis: Subspace, rank: int) -> Subspace:
+    """The first ``rank`` directions of ``basis``, or their orthogonal complement (``complement``)."""
+    subspace = Subspace(basis.V[:, :rank])
+    return subspace.orthogonal_complement() if config.subspace_from == "complement" else subspace
 
 
 def energy_captured(store, subspace: Subspace | None) -> dict:
