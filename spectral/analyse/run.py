@@ -155,18 +155,9 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
             client=client,
             device=None if client is not None else device,
         )
-        source, groups = store, None
-        if config.groups != "none":
-            # the Gram pass keeps one block-Gram per group (no extra read)
-            from .groups import column_groups
-            from .matrix import TrajectoryMatrix, default_memory
-
-            check_groups_fit(store, config.groups, config.max_memory or default_memory())
-
-            groups = column_groups(store.layout, config.groups)
-            source = TrajectoryMatrix(store, config.stream, max_memory=config.max_memory, progress=progress,
-                                      ops=make_ops(device), groups=groups)  # fmt: skip
-            kw["method"] = "gram"
+        source, groups = grouped_source(store, config, progress, device)
+        if groups is not None:
+            kw["method"] = "gram"  # the Gram pass keeps one block-Gram per group (no extra read)
         # per-pass checkpoints: an interrupted run continues; a finished Gram serves any later k
         spec = principal_components(
             source, k, components_out=out / layout.COMPONENTS, checkpoint_dir=out / "checkpoints", **kw
@@ -179,31 +170,57 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
         spec.save(
             out, extra=dict(store=str(run.store.resolve()), store_n_steps=store.n_steps, config=_json_config(config))
         )
-        G = rlc.in_sample(spec)
-        G.to_csv(out / layout.RLC_STEPS)
-        rlc.summarize(G).to_csv(out / layout.RLC_IN_SAMPLE, index=False)
-        if config.holdout != "none":
-            k_fit = min(k, store.n_steps // 2 - (1 if config.centered else 0))
-            if k_fit < 1:
-                raise SpectralError(f"too few steps ({store.n_steps}) for a held-out curve; use holdout none")
-            if spec.gram is not None:  # the exact methods formed H Hᵀ: no second solve, no more reads
-                G_out, _ = rlc.held_out_from_gram(
-                    spec.gram, k_fit, split=config.holdout, centered=config.centered, ks=rlc.k_grid(k_fit)
-                )
-            else:
-                G_out, _ = rlc.held_out(store, k_fit, split=config.holdout, ks=rlc.k_grid(k_fit), **kw)
-            rlc.summarize(G_out).to_csv(out / layout.RLC_HELD_OUT, index=False)
-        if spec.k >= 2:
-            density.eigenvalue_kde(spec.eigenvalues).to_csv(out / layout.DENSITY_KDE, index=False)
-            density.authors_density(spec.singular_values).to_csv(out / layout.DENSITY_PAPER, index=False)
-        if config.slq:
-            slq, info = density.slq_density(store, config.stream, max_memory=config.max_memory)
-            slq.to_csv(out / layout.DENSITY_SLQ, index=False)
-            print(f"SLQ: {info['passes']} passes; zero eigenvalues of H^T H/n: {info['zero_mass']:.4%} of d")
+        write_curves(spec, store, config, k, out, kw)
+        write_densities(spec, store, config, out)
     finally:
         if client is not None:
             client.close()
     return spec
+
+
+def grouped_source(store, config: AnalyseConfig, progress: bool, device):
+    """``(what the components are computed from, the column groups)``: the store itself, or with
+    ``--groups`` a trajectory matrix that keeps one block-Gram per group (refused when they do not fit)."""
+    if config.groups == "none":
+        return store, None
+    from .groups import column_groups
+    from .matrix import TrajectoryMatrix, default_memory
+
+    check_groups_fit(store, config.groups, config.max_memory or default_memory())
+    groups = column_groups(store.layout, config.groups)
+    source = TrajectoryMatrix(store, config.stream, max_memory=config.max_memory, progress=progress,
+                              ops=make_ops(device), groups=groups)  # fmt: skip
+    return source, groups
+
+
+def write_curves(spec: Spectrum, store, config: AnalyseConfig, k: int, out: Path, kw: dict) -> None:
+    """The in-sample G_k of every step and its summary; the held-out curve unless ``holdout`` is none."""
+    G = rlc.in_sample(spec)
+    G.to_csv(out / layout.RLC_STEPS)
+    rlc.summarize(G).to_csv(out / layout.RLC_IN_SAMPLE, index=False)
+    if config.holdout == "none":
+        return
+    k_fit = min(k, store.n_steps // 2 - (1 if config.centered else 0))
+    if k_fit < 1:
+        raise SpectralError(f"too few steps ({store.n_steps}) for a held-out curve; use holdout none")
+    if spec.gram is not None:  # the exact methods formed H Hᵀ: no second solve, no more reads
+        G_out, _ = rlc.held_out_from_gram(
+            spec.gram, k_fit, split=config.holdout, centered=config.centered, ks=rlc.k_grid(k_fit)
+        )
+    else:
+        G_out, _ = rlc.held_out(store, k_fit, split=config.holdout, ks=rlc.k_grid(k_fit), **kw)
+    rlc.summarize(G_out).to_csv(out / layout.RLC_HELD_OUT, index=False)
+
+
+def write_densities(spec: Spectrum, store, config: AnalyseConfig, out: Path) -> None:
+    """Both kernel densities of the spectrum (k ≥ 2) and, with ``slq``, the full-spectrum SLQ density."""
+    if spec.k >= 2:
+        density.eigenvalue_kde(spec.eigenvalues).to_csv(out / layout.DENSITY_KDE, index=False)
+        density.authors_density(spec.singular_values).to_csv(out / layout.DENSITY_PAPER, index=False)
+    if config.slq:
+        slq, info = density.slq_density(store, config.stream, max_memory=config.max_memory)
+        slq.to_csv(out / layout.DENSITY_SLQ, index=False)
+        print(f"SLQ: {info['passes']} passes; zero eigenvalues of H^T H/n: {info['zero_mass']:.4%} of d")
 
 
 def write_groups(grams: dict, groups: dict, out: Path) -> None:
