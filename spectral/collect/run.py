@@ -233,7 +233,9 @@ def collect(
         leave()
 
 
-def _collect(cfg, out, resume, overwrite, progress, device, group, requested, stop_after=None) -> Path:
+def shared_settings(cfg, out, resume, overwrite, requested, group) -> dict:
+    """Rank 0 decides what runs (:func:`run_settings`: fresh, resumed or already done); every rank gets
+    its decision, or stops with rank 0's error instead of waiting for it."""
     settings = None
     if group.is_writer:
         try:
@@ -244,6 +246,50 @@ def _collect(cfg, out, resume, overwrite, progress, device, group, requested, st
     settings = share(settings, group)
     if "error" in settings:
         raise SpectralError(f"rank {group.rank}: rank 0 stopped: {settings['error']}")
+    return settings
+
+
+def commit(writer, engine, ledger, status="running") -> None:
+    """A consistent point to resume from: the engine's state and the accountant's beside the rows."""
+    writer.commit(engine.state(), {"accountant": ledger.state(), "epsilon": ledger.epsilon()}, status=status)
+
+
+def log_step(writer, ledger, t, engine, host_rows, step: int, lr: float, res, seconds: float, end: int) -> dict:
+    """Store one step's rows and record (rank 0): evaluation when due, a commit every ``checkpoint_every``
+    steps and at ``end``. Returns the step's record."""
+    cfg = t.cfg
+    ledger.record_step(step)
+    last = step + 1 == cfg.steps
+    committing = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end
+    # RDP every step (cached); PRV (up to a second) at commits and the last step only
+    record = step_record(res, lr, ledger.epsilon(exact=committing), seconds)
+    rows, ready = host_rows({s: res.row(s) for s in cfg.stored_streams})
+    writer.append(step, rows, record, ready)
+    if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
+        writer.log("eval", {"step": step, **engine.evaluate(t.dev_chunks)})
+    if committing:
+        commit(writer, engine, ledger, status="complete" if last else "running")
+    return record
+
+
+def start_writing(t, out, resumed: bool, device, group):
+    """``(writer, ledger, first step)``: rank 0 opens the store (new or resumed) and logs the launch; the
+    other ranks get no writer and continue from rank 0's state (weights, moments, noise generator)."""
+    writer = ledger = None
+    start = 0
+    if group.is_writer:
+        writer, ledger, start = open_writer(t, out, resumed=resumed)
+        writer.log("launches", {"step": start, "world_size": group.world_size, "device": device.type})
+        print(f"collect: {t.describe()} -> {out}" + (f" on {group.world_size} ranks" if group.world_size > 1 else ""))
+    if group.world_size > 1:
+        state, start = share((t.engine.state(), start) if group.is_writer else None, group)
+        if not group.is_writer:
+            t.engine.load_state(state)
+    return writer, ledger, start
+
+
+def _collect(cfg, out, resume, overwrite, progress, device, group, requested, stop_after=None) -> Path:
+    settings = shared_settings(cfg, out, resume, overwrite, requested, group)
     if "done" in settings:
         if group.is_writer:
             print(settings["done"])
@@ -251,24 +297,14 @@ def _collect(cfg, out, resume, overwrite, progress, device, group, requested, st
     cfg = settings["cfg"]
     torch.manual_seed(cfg.seed)  # dropout draws from torch's global generator: seeded by the loop that trains
     t = prepare(cfg.validate(), plan=settings["plan"], device=device, group=group)
-    engine, writer = t.engine, None
-    if group.is_writer:
-        writer, ledger, start = open_writer(t, out, resumed=settings["resumed"])
-        writer.log("launches", {"step": start, "world_size": group.world_size, "device": device.type})
-        print(f"collect: {t.describe()} -> {out}" + (f" on {group.world_size} ranks" if group.world_size > 1 else ""))
-    if group.world_size > 1:  # every rank continues from rank 0's state (weights, moments, noise generator)
-        state, start = share((engine.state(), start) if group.is_writer else None, group)
-        if not group.is_writer:
-            engine.load_state(state)
+    engine = t.engine
+    writer, ledger, start = start_writing(t, out, settings["resumed"], device, group)
     host_rows = HostRows(t.device, cfg.stored_streams, t.d, slots=8)
-
-    def commit(status="running"):
-        writer.commit(engine.state(), {"accountant": ledger.state(), "epsilon": ledger.epsilon()}, status=status)
 
     def stop(status, message):
         if writer is not None:
             if status == "stopped":
-                commit(status)
+                commit(writer, engine, ledger, status)
             writer.close(status=status)
         return SpectralError(message)
 
@@ -287,17 +323,7 @@ def _collect(cfg, out, resume, overwrite, progress, device, group, requested, st
                 )
             if writer is None:
                 continue
-            ledger.record_step(step)
-            last = step + 1 == cfg.steps
-            committing = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end
-            # RDP every step (cached); PRV (up to a second) at commits and the last step only
-            record = step_record(res, lr, ledger.epsilon(exact=committing), seconds)
-            rows, ready = host_rows({s: res.row(s) for s in cfg.stored_streams})
-            writer.append(step, rows, record, ready)
-            if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
-                writer.log("eval", {"step": step, **engine.evaluate(t.dev_chunks)})
-            if committing:
-                commit(status="complete" if last else "running")
+            record = log_step(writer, ledger, t, engine, host_rows, step, lr, res, seconds, end)
             bar.update(1)
             bar.set_postfix(loss=f"{res.loss:.3f}", eps=f"{record['epsilon']:.2f}")
     except NonFiniteGradient as exc:  # the same on every rank: the gradients are all-reduced
