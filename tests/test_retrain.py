@@ -655,3 +655,22 @@ def test_controls_are_named_apart(settings, variant, tag):
 def test_bad_controls_are_one_clear_error(settings, message):
     with pytest.raises(SpectralError, match=message):
         RetrainConfig(**settings).validate()
+
+
+def test_coordinates_engine_splits_the_batch_in_halves_as_the_dp_engine_does(tiny_model):
+    """The step template gives the coordinates engine the ``sampling`` row too: (S_A − S_B)/B̄ in r
+    coordinates, against each half's clipped sum from a loop over examples."""
+    model, tok = tiny_model_of(tiny_model, "attention-qv")
+    Q = _basis(_flat_params(model).numel(), 5, seed=2)
+    chunks = text_chunks(tok, 3)
+    coords = [Q.T @ g.numpy() for g in per_example_gradients(model, chunks)]
+    norms = np.linalg.norm(coords, axis=1)
+    C = float(np.median(norms))
+    clipped = [z * min(1.0, C / (n + 1e-6)) for z, n in zip(coords, norms)]
+    in_a = sum(len(labels) for _, labels in chunks[:1])
+    s_a, s_b = sum(clipped[:in_a]), sum(clipped[in_a:])
+    engine = CoordinateEngine(model, _subspace64(Subspace(torch.from_numpy(Q))), optimizer="sgd", lr=0.0,
+                              noise_multiplier=0.0, max_grad_norm=C, expected_batch_size=5.0, seed=0)  # fmt: skip
+    out = engine.step(chunks, lr=0.0, split_at=1)
+    np.testing.assert_allclose(out.sampling.numpy() * 5.0, s_a - s_b, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(out.clipped.numpy() * 5.0, s_a + s_b, rtol=1e-7, atol=1e-12)

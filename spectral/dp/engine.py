@@ -1,6 +1,7 @@
-"""The DP engine: Opacus per-example clipping (ghost or per-sample) and Gaussian noise.
+"""The DP engine: Opacus per-example clipping (a method of :data:`CLIPPINGS`) and Gaussian noise.
 
-One call of :meth:`DPEngine.step` is one logical step: the batch is split into physical
+:class:`StepEngine` is the step as a template; :class:`DPEngine` fills it in parameter space. One call of
+:meth:`StepEngine.step` is one logical step: the batch is split into physical
 chunks whose clipped per-example gradients accumulate (Opacus' skip-step protocol), then
 noise ``N(0, (sigma*C)^2)`` is added once and the update applied. The step returns both
 streams the store can keep:
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +30,8 @@ from ..errors import SpectralError
 from .bookkeeping import BookkeepingGradSampleModule, BookkeepingLoss
 from .distributed import data_parallel_class, gather_over_ranks, sum_over_ranks, sum_over_ranks_tensor
 from .sampling import sampling_row
+
+CE = torch.nn.CrossEntropyLoss(reduction="mean")
 
 
 class NonFiniteGradient(SpectralError):
@@ -134,10 +138,63 @@ def evaluate(model, chunks) -> dict:
 
 
 class StepEngine:
-    """What every DP engine shares (:class:`DPEngine`, and the coordinates engine of
-    :mod:`spectral.retrain.coordinates`): chunks moved to the device, the step's host numbers in one
-    copy, evaluation. A subclass sets ``model``, ``device``, ``max_grad_norm`` and
-    ``_explicit_positions`` and implements ``step(chunks, lr) -> StepOutput``."""
+    """One DP step as a template (as Opacus' DPOptimizer splits its step): this class owns the learning rate,
+    the chunk loop, the half-batch capture, the stats, the non-finite check and the step's output; a variant
+    (:class:`DPEngine`: parameter space; :class:`spectral.retrain.coordinates.CoordinateEngine`: subspace
+    coordinates) implements only what differs:
+
+    ``_set_lr(lr)``                        the optimizer's learning rate
+    ``_accumulate(inputs, labels, last)``  forward and backward of one chunk, its clipped gradients added
+                                           to the step's sum; returns (summed loss, per-example norms)
+    ``_clipped_sum()``                     the (d,) sum of clipped per-example gradients so far
+    ``_privatise(nonempty)``               ``(summed, private)``: the whole sum and the noised gradient
+    ``_discard()``                         forget the step (non-finite result)
+    ``_apply(private)``                    the update
+    A subclass sets ``model``, ``device``, ``max_grad_norm``, ``expected_batch_size`` and
+    ``_explicit_positions``; ``data_parallel`` (default False) sums the step over ranks.
+    """
+
+    data_parallel = False
+
+    def step(self, chunks, lr: float, split_at: int | None = None) -> StepOutput:
+        """One DP update from ``chunks``: a list of ``(inputs: dict of tensors, labels)``.
+
+        ``split_at``: the first ``split_at`` chunks are half A of the batch, the rest half B; the
+        output then carries the ``sampling`` row (S_A − S_B)/B̄ (:mod:`spectral.dp.sampling`).
+        Raises :class:`NonFiniteGradient` (before applying anything) if the result is not finite.
+        """
+        self._set_lr(lr)
+        losses, norms, n, half_a = [], [], 0, None
+        for i, (inputs, labels) in enumerate(self._on_device(chunks)):
+            loss, norm = self._accumulate(inputs, labels, last=i == len(chunks) - 1)
+            losses.append(loss)
+            norms.append(norm)
+            n += len(labels)
+            if split_at is not None and i == split_at - 1 and i < len(chunks) - 1:  # half A is in the sum now
+                half_a = self._clipped_sum().clone()
+        summed, private = self._privatise(bool(chunks))
+        clipped = summed / self.expected_batch_size
+        sampling = None
+        if split_at is not None:
+            # half A empty: zeros; half B empty: half A is the whole batch
+            half_a = torch.zeros_like(summed) if split_at == 0 else summed if half_a is None else half_a
+            if self.data_parallel:
+                half_a = sum_over_ranks_tensor(half_a)
+            sampling = sampling_row(half_a, summed, self.expected_batch_size)
+        norms = torch.cat(norms) if norms else torch.zeros(0, device=self.device)
+        stats = self._step_stats(clipped, private, norms, losses)  # the step's one host copy
+        if not stats.pop("finite"):
+            self._discard()
+            raise NonFiniteGradient("the gradient became non-finite (NaN or inf); stopped before applying it")
+        self._apply(private)
+        loss = stats.pop("loss_sum")
+        if self.data_parallel:  # report the logical batch, not this rank's share
+            norms = gather_over_ranks(norms)
+            loss, n = sum_over_ranks([loss, n])
+            n = int(n)
+            stats.update(self._norm_stats(norms))
+        return StepOutput(loss=loss / n if n else math.nan, clipped=clipped, private=private,
+                          per_example_norms=norms, batch_size=n, sampling=sampling, stats=stats)  # fmt: skip
 
     def _on_device(self, chunks):
         """``(inputs, labels)`` of each chunk on the engine's device, with explicit positions if needed."""
@@ -174,6 +231,57 @@ class StepEngine:
         return evaluate(self.model, chunks)
 
 
+@dataclass(frozen=True)
+class Clipping:
+    """How one clipping method computes per-example norms and the clipped sum: the model wrapper, the Opacus
+    optimizer (``restricted``: its subclass that projects before the noise), the criterion and the norms."""
+
+    wrap: Callable  # (model, max_grad_norm) -> module
+    optimizer: type
+    restricted: type
+    criterion: Callable  # (module, optimizer) -> loss function of (logits, labels)
+    norms: Callable  # (module, optimizer) -> (B,) per-example norms of the chunk just backpropagated
+
+
+def _fast_norms(module, optimizer) -> torch.Tensor:
+    return module.per_sample_gradient_norms.detach()
+
+
+def _materialised_norms(module, optimizer) -> torch.Tensor:
+    per_param = [g.reshape(len(g), -1).norm(dim=1) for g in optimizer.grad_samples]
+    return torch.stack(per_param, dim=1).norm(dim=1)
+
+
+CLIPPINGS = {
+    # two backward passes, per-example norms without per-example gradients (Opacus' ghost clipping)
+    "ghost": Clipping(
+        wrap=lambda model, C: GradSampleModuleFastGradientClipping(
+            model, max_grad_norm=C, use_ghost_clipping=True, loss_reduction="mean"
+        ),
+        optimizer=DPOptimizerFastGradientClipping,
+        restricted=SignalProjectedDPOptimizerFastGradientClipping,
+        criterion=lambda module, opt: DPLossFastGradientClipping(module, opt, CE, "mean"),
+        norms=_fast_norms,
+    ),
+    # one backward pass: the clipped sum from what the hooks captured (spectral.dp.bookkeeping)
+    "bookkeeping": Clipping(
+        wrap=lambda model, C: BookkeepingGradSampleModule(model, max_grad_norm=C, loss_reduction="mean"),
+        optimizer=DPOptimizerFastGradientClipping,
+        restricted=SignalProjectedDPOptimizerFastGradientClipping,
+        criterion=lambda module, opt: BookkeepingLoss(module, opt, CE, "mean"),
+        norms=_fast_norms,
+    ),
+    # materialised per-example gradients (Opacus' GradSampleModule)
+    "per-sample": Clipping(
+        wrap=lambda model, C: GradSampleModule(model, loss_reduction="mean"),
+        optimizer=DPOptimizer,
+        restricted=SignalProjectedDPOptimizer,
+        criterion=lambda module, opt: CE,
+        norms=_materialised_norms,
+    ),
+}
+
+
 class DPEngine(StepEngine):
     """DP-SGD / DP-Adam on the trainable parameters of ``model``.
 
@@ -181,8 +289,9 @@ class DPEngine(StepEngine):
     ----------
     model : nn.Module whose trainable parameters are the ones to privatise; it is called
         as ``model(**inputs).logits``.
-    clipping : "ghost" (per-example norms without per-example gradients, two backward
-        passes) or "per-sample" (materialised per-example gradients).
+    clipping : a name in :data:`CLIPPINGS`: "ghost" (per-example norms without per-example gradients, two
+        backward passes), "bookkeeping" (one backward pass, linear layers) or "per-sample" (materialised
+        per-example gradients).
     noise_multiplier, max_grad_norm : sigma and C; the noise std is sigma * C.
     expected_batch_size : the divisor of the summed gradient (q * n for Poisson sampling).
     seed : seeds the noise generator (saved and restored with :meth:`state`).
@@ -211,56 +320,71 @@ class DPEngine(StepEngine):
     ):
         if (project is None) != (restriction is None) or restriction not in (None, *self.RESTRICTIONS):
             raise SpectralError(f"a restriction needs a projection and a mode from {', '.join(self.RESTRICTIONS)}")
+        if clipping not in CLIPPINGS:
+            raise SpectralError(f"unknown clipping mode {clipping!r}")
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.device = self.params[0].device if self.params else torch.device("cpu")
-        self.clipping = clipping
+        self.clipping, method = clipping, CLIPPINGS[clipping]
         # on the parameters' device, so the noise is drawn where it is added
         self.noise_generator = torch.Generator(device=self.device).manual_seed(int(seed) + 7919)
         base = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer](self.params, lr=lr)
-        kwargs = dict(
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch_size,
-            loss_reduction="mean",
-            generator=self.noise_generator,
-        )
         model.train()  # ghost clipping's hooks only run in training mode
+        self.module = method.wrap(model, max_grad_norm)
         parallel = data_parallel_class if data_parallel else (lambda cls: cls)
-        if clipping in ("ghost", "bookkeeping"):
-            if clipping == "ghost":
-                self.module = GradSampleModuleFastGradientClipping(
-                    model, max_grad_norm=max_grad_norm, use_ghost_clipping=True, loss_reduction="mean"
-                )
-            else:  # one backward pass: the clipped sum from what the hooks captured (spectral.dp.bookkeeping)
-                self.module = BookkeepingGradSampleModule(model, max_grad_norm=max_grad_norm, loss_reduction="mean")
-            self.optimizer = parallel(
-                SignalProjectedDPOptimizerFastGradientClipping
-                if restriction == "signal"
-                else DPOptimizerFastGradientClipping
-            )(base, **kwargs)
-            loss = BookkeepingLoss if clipping == "bookkeeping" else DPLossFastGradientClipping
-            self.criterion = loss(self.module, self.optimizer, torch.nn.CrossEntropyLoss(reduction="mean"), "mean")
-        elif clipping == "per-sample":
-            self.module = GradSampleModule(model, loss_reduction="mean")
-            self.optimizer = parallel(SignalProjectedDPOptimizer if restriction == "signal" else DPOptimizer)(
-                base, **kwargs
-            )
-            self.criterion = torch.nn.CrossEntropyLoss(reduction="mean")
-        else:
-            raise SpectralError(f"unknown clipping mode {clipping!r}")
+        self.optimizer = parallel(method.restricted if restriction == "signal" else method.optimizer)(
+            base, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size, loss_reduction="mean", generator=self.noise_generator,
+        )  # fmt: skip
+        self.criterion = method.criterion(self.module, self.optimizer)
+        self._norms = method.norms
         self.expected_batch_size, self.max_grad_norm = expected_batch_size, max_grad_norm
         self.optimizer.project = project
         self._project, self._restriction = project, restriction
         self._explicit_positions = needs_explicit_positions(model)
         self.data_parallel = data_parallel
 
-    # ------------------------------------------------------------------ one step
+    # ------------------------------------------------------------------ one step (StepEngine's template)
     def _per_example_norms(self) -> torch.Tensor:
-        if self.clipping in ("ghost", "bookkeeping"):
-            return self.module.per_sample_gradient_norms.detach()
-        per_param = [g.reshape(len(g), -1).norm(dim=1) for g in self.optimizer.grad_samples]
-        return torch.stack(per_param, dim=1).norm(dim=1)
+        return self._norms(self.module, self.optimizer)
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _accumulate(self, inputs, labels, last: bool):
+        loss = self.criterion(self.module(**inputs).logits, labels)
+        loss.backward()
+        norms = self._per_example_norms()
+        if not last:  # the last chunk is clipped and summed by pre_step, with the noise
+            self.optimizer.signal_skip_step(True)  # clip and accumulate only
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        return loss.detach() * len(labels), norms  # summed on the device: no sync per chunk
+
+    def _clipped_sum(self) -> torch.Tensor:
+        return flatten(p.summed_grad for p in self.params)
+
+    def _privatise(self, nonempty: bool):
+        opt = self.optimizer
+        if nonempty:
+            opt.pre_step()  # clip, accumulate, add noise, divide by the expected batch size
+        else:  # an empty Poisson batch still releases pure noise
+            for p in self.params:
+                p.summed_grad = torch.zeros_like(p)
+            opt.add_noise()
+            for p in self.params:
+                p.grad /= self.expected_batch_size
+        if self._restriction == "signal+noise":
+            project_in_place(self._project, [p.grad for p in self.params])
+        return self._clipped_sum(), flatten(p.grad for p in self.params)
+
+    def _discard(self) -> None:
+        self.optimizer.zero_grad()
+
+    def _apply(self, private: torch.Tensor) -> None:
+        self.optimizer.original_optimizer.step()
+        self.optimizer.zero_grad()
 
     def probe_sums(self, segments) -> list[torch.Tensor]:
         """Clipped sums of nested prefixes, parameters untouched: ``segments`` is a list of chunk lists;
@@ -281,76 +405,6 @@ class DPEngine(StepEngine):
         for p in self.params:  # the step that follows starts its own sum
             p.summed_grad = None
         return sums
-
-    def step(self, chunks, lr: float, split_at: int | None = None) -> StepOutput:
-        """One DP update from ``chunks``: a list of ``(inputs: dict of tensors, labels)``.
-
-        ``split_at``: the first ``split_at`` chunks are half A of the batch, the rest half B; the
-        output then carries the ``sampling`` row (S_A − S_B)/B̄ (:mod:`spectral.dp.sampling`).
-        Raises :class:`NonFiniteGradient` (before applying anything) if the result is not finite.
-        """
-        opt = self.optimizer
-        for group in opt.param_groups:
-            group["lr"] = lr
-        losses, norms, n = [], [], 0
-        half_a = None
-        if split_at == 0:
-            half_a = torch.zeros(sum(p.numel() for p in self.params), device=self.device)
-        for i, (inputs, labels) in enumerate(self._on_device(chunks)):
-            logits = self.module(**inputs).logits
-            loss = self.criterion(logits, labels)
-            loss.backward()
-            losses.append(loss.detach() * len(labels))  # summed on the device: no sync per chunk
-            norms.append(self._per_example_norms())
-            n += len(labels)
-            if i < len(chunks) - 1:
-                opt.signal_skip_step(True)  # clip and accumulate only
-                opt.step()
-                opt.zero_grad()
-                if split_at is not None and i == split_at - 1:  # half A is in the clipped sum now
-                    half_a = flatten(p.summed_grad for p in self.params).clone()
-        if chunks:
-            opt.pre_step()  # clip, accumulate, add noise, divide by the expected batch size
-        else:  # an empty Poisson batch still releases pure noise
-            for p in self.params:
-                p.summed_grad = torch.zeros_like(p)
-            opt.add_noise()
-            for p in self.params:
-                p.grad /= self.expected_batch_size
-        if self._restriction == "signal+noise":
-            project_in_place(self._project, [p.grad for p in self.params])
-        summed = flatten(p.summed_grad for p in self.params)
-        clipped = summed / self.expected_batch_size
-        sampling = None
-        if split_at is not None:
-            if half_a is None:  # half B was empty: half A is the whole batch
-                half_a = summed
-            if self.data_parallel:
-                half_a = sum_over_ranks_tensor(half_a)
-            sampling = sampling_row(half_a, summed, self.expected_batch_size)
-        private = flatten(p.grad for p in self.params)
-        norms = torch.cat(norms) if norms else torch.zeros(0, device=self.device)
-        stats = self._step_stats(clipped, private, norms, losses)  # the step's one host copy
-        if not stats.pop("finite"):
-            opt.zero_grad()
-            raise NonFiniteGradient("the gradient became non-finite (NaN or inf); stopped before applying it")
-        opt.original_optimizer.step()
-        opt.zero_grad()
-        loss = stats.pop("loss_sum")
-        if self.data_parallel:  # report the logical batch, not this rank's share
-            norms = gather_over_ranks(norms)
-            loss, n = sum_over_ranks([loss, n])
-            n = int(n)
-            stats.update(self._norm_stats(norms))
-        return StepOutput(
-            loss=loss / n if n else math.nan,
-            clipped=clipped,
-            private=private,
-            per_example_norms=norms,
-            batch_size=n,
-            sampling=sampling,
-            stats=stats,
-        )
 
     # ------------------------------------------------------------------ checkpointing
     def state(self) -> dict:

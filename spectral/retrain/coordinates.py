@@ -8,12 +8,10 @@ released vector changes. Per-example gradients come from Opacus' GradSampleModul
 
 from __future__ import annotations
 
-import math
-
 import torch
 from opacus.grad_sample import GradSampleModule
 
-from ..dp.engine import NonFiniteGradient, StepEngine, StepOutput, flatten, needs_explicit_positions
+from ..dp.engine import StepEngine, flatten, needs_explicit_positions
 from .subspace import Subspace
 
 
@@ -38,33 +36,42 @@ class CoordinateEngine(StepEngine):
         model.train()
         self.module = GradSampleModule(model, loss_reduction="sum")
         self._explicit_positions = needs_explicit_positions(model)
+        self._summed = None  # the step's clipped sum in coordinates (r,)
 
-    def step(self, chunks, lr: float) -> StepOutput:
+    # ------------------------------------------------------------------ one step (StepEngine's template)
+    def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        summed = torch.zeros(self.subspace.rank, dtype=self.dtype, device=self.device)
-        losses, norms, n = [], [], 0
-        for inputs, labels in self._on_device(chunks):
-            loss = torch.nn.functional.cross_entropy(self.module(**inputs).logits, labels, reduction="sum")
-            loss.backward()
-            per_example = torch.cat([p.grad_sample.reshape(len(labels), -1) for p in self.params], dim=1)
-            Gz = self.subspace.coordinates(per_example).to(self.dtype)  # (B, r)
-            norm = Gz.norm(dim=1)
-            summed += (Gz * (self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)[:, None]).sum(0)
-            losses.append(loss.detach())
-            norms.append(norm.detach())
-            n += len(labels)
-            for p in self.params:
-                p.grad_sample, p.grad = None, None
+        if self._summed is None:
+            self._summed = torch.zeros(self.subspace.rank, dtype=self.dtype, device=self.device)
+
+    def _accumulate(self, inputs, labels, last: bool):
+        """Per-example gradients projected to r coordinates (Vᵀ ∇θ ℓ_i), clipped there and summed."""
+        loss = torch.nn.functional.cross_entropy(self.module(**inputs).logits, labels, reduction="sum")
+        loss.backward()
+        per_example = torch.cat([p.grad_sample.reshape(len(labels), -1) for p in self.params], dim=1)
+        Gz = self.subspace.coordinates(per_example).to(self.dtype)  # (B, r)
+        norm = Gz.norm(dim=1)
+        self._summed += (Gz * (self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)[:, None]).sum(0)
+        for p in self.params:
+            p.grad_sample, p.grad = None, None
+        return loss.detach(), norm.detach()
+
+    def _clipped_sum(self) -> torch.Tensor:
+        return self._summed
+
+    def _privatise(self, nonempty: bool):
+        """The noise N(0, σ²C² I_r) in r dimensions."""
+        summed, self._summed = self._summed, None
         noise = torch.normal(
             0.0, self.noise_std, size=summed.shape, generator=self.noise_generator, dtype=self.dtype, device=self.device
         )
-        clipped = summed / self.expected_batch_size
-        private = (summed + noise) / self.expected_batch_size
-        norms = torch.cat(norms) if norms else torch.zeros(0, device=self.device)
-        stats = self._step_stats(clipped, private, norms, losses)  # the step's one host copy
-        if not stats.pop("finite"):
-            raise NonFiniteGradient("the gradient became non-finite (NaN or inf); stopped before applying it")
+        return summed, (summed + noise) / self.expected_batch_size
+
+    def _discard(self) -> None:
+        self.optimizer.zero_grad()
+
+    def _apply(self, private: torch.Tensor) -> None:
         self.z.grad = private
         self.optimizer.step()
         self.optimizer.zero_grad()
@@ -74,12 +81,3 @@ class CoordinateEngine(StepEngine):
             for p in self.params:
                 p.copy_(flat[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
-        loss = stats.pop("loss_sum")
-        return StepOutput(
-            loss=loss / n if n else math.nan,
-            clipped=clipped,
-            private=private,
-            per_example_norms=norms,
-            batch_size=n,
-            stats=stats,
-        )
