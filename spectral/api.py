@@ -73,12 +73,12 @@ def report(run, config=None, *, out=None, **settings):
     return _report(run, configured(ReportConfig, config, settings), out=out)
 
 
-def toy(run, config=None, *, progress=True, device="auto", **settings):
+def toy(run, config=None, *, progress=True, device="auto", overwrite=False, **settings):
     """The paper's geometric-median toy (:func:`spectral.toy.toy`)."""
     from .toy import ToyConfig
     from .toy import toy as _toy
 
-    return _toy(run, configured(ToyConfig, config, settings), progress=progress, device=device)
+    return _toy(run, configured(ToyConfig, config, settings), progress=progress, device=device, overwrite=overwrite)
 
 
 class Run:

@@ -19,11 +19,13 @@ BASE = {
     "configs",
     "jsonio",
     "entry",
+    "resume",
 }  # leaf modules every layer may use
 ALLOWED = {
     "errors": set(),
     "layout": set(),
     "plotting": {"jsonio"},
+    "resume": {"errors"},
     "jsonio": set(),
     "configs": {"errors"},
     "device": {"errors"},

@@ -153,3 +153,27 @@ def test_quick_cli_writes_results_that_show_the_papers_message(cli, tmp_path, mo
 def test_cli_bad_input_exit_2(tmp_path):
     proc = run_main("spectral.toy", tmp_path / "x", "--scale", "quick", "--epsilon", "-1")
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_a_rerun_continues_the_same_config_and_refuses_another_or_unreadable_results(tmp_path, monkeypatch):
+    """The one resume policy (spectral.resume): same settings continue, other settings and unreadable
+    results are refused with one clear error; nothing is silently restarted over."""
+    import pandas as pd
+
+    from spectral.errors import SpectralError
+
+    small = dict(dims=(4, 8), modes=("const",), steps=(5,), lrs=(0.1,), seeds=(0, 1), n_train=20, n_test=20)
+    first = run_grid(ToyConfig(**small), out=tmp_path, progress=False)
+    with monkeypatch.context() as m:  # a finished grid trains nothing again
+        m.setattr("spectral.toy.grid.dp_gd", lambda *a: pytest.fail("recomputed a finished group"))
+        again = run_grid(ToyConfig(**small), out=tmp_path, progress=False)
+    pd.testing.assert_frame_equal(
+        again.runs, first.runs, check_dtype=False
+    )  # continued: nothing recomputed, nothing lost
+    other = ToyConfig(**{**small, "dims": (4, 16)})
+    with pytest.raises(SpectralError, match="holds toy results of other settings.*--overwrite"):
+        run_grid(other, out=tmp_path, progress=False)
+    assert set(run_grid(other, out=tmp_path, progress=False, overwrite=True).runs.d) == {4, 16}
+    (tmp_path / "toy_runs.csv").write_text('"unterminated')
+    with pytest.raises(SpectralError, match="toy results there cannot be read"):
+        run_grid(other, out=tmp_path, progress=False)

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import jsonio, layout
+from .. import jsonio, layout, resume
 from ..device import resolve_device
 from ..dp.config import CollectConfig
 from ..dp.data import load_split
@@ -317,20 +317,17 @@ def retrain(
 
 def finished_runs(out: Path, record: dict, overwrite: bool) -> pd.DataFrame:
     """The history already in ``out`` when it holds this setting (more seeds continue it), else empty; a
-    directory of other settings is refused unless ``overwrite``. Records the setting in ``out``."""
-    history_path, saved = out / layout.RETRAIN_HISTORY, out / "retrain_config.json"
-    history = pd.DataFrame()
-    if history_path.is_file() and saved.is_file():
-        before, now = json.loads(saved.read_text()), json.loads(jsonio.dumps(record))
-        if {**before, "seeds": None} == {**now, "seeds": None}:  # more seeds continue the same setting
-            history = pd.read_csv(history_path)  # same settings: continue after the finished runs
-        elif not overwrite:
-            raise SpectralError(
-                f"{out} holds retraining results of other settings; choose another --out "
-                "or pass --overwrite to replace them"
-            )
-    saved.write_text(jsonio.dumps(record, indent=1))
-    return history
+    directory of other settings is refused unless ``overwrite`` (:mod:`spectral.resume`). Records the
+    setting in ``out``."""
+    history_path, now = out / layout.RETRAIN_HISTORY, json.loads(jsonio.dumps(record))
+    history = resume.previous(
+        out, "retrain_config.json",
+        read=lambda: pd.read_csv(history_path) if history_path.is_file() else pd.DataFrame(),
+        same=lambda saved: {**saved, "seeds": None} == {**now, "seeds": None},  # more seeds: the same setting
+        what="retraining results", overwrite=overwrite,
+    )  # fmt: skip
+    (out / "retrain_config.json").write_text(jsonio.dumps(record, indent=1))
+    return pd.DataFrame() if history is None else history
 
 
 def variant_subspace(config: RetrainConfig, basis: Subspace, rank: int) -> Subspace:

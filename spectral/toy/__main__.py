@@ -43,6 +43,7 @@ def build_parser():
     p.add_argument("--seeds", type=int, dest="n_seeds", help="number of seeds [5; quick: 2]")
     p.add_argument("--scale", choices=sorted(SCALES), default="paper", help="the paper's grid or a small one [paper]")
     p.add_argument("--no-figure", action="store_true", help="do not draw toy.png/.pdf")
+    p.add_argument("--overwrite", action="store_true", help="replace toy results of other settings in the run")
     return p
 
 
@@ -53,7 +54,7 @@ def main(argv=None):
     config = replace(SCALES[args.scale](), **cli.config_values(args, ToyConfig))
     if args.n_seeds is not None:
         config = replace(config, seeds=tuple(range(args.n_seeds)))
-    results = toy(args.run_dir, config, progress=not args.no_progress, device=args.device)
+    results = toy(args.run_dir, config, progress=not args.no_progress, device=args.device, overwrite=args.overwrite)
     out = RunDir(args.run_dir).toy(config.seed_code_const)
     cols = ["mode", "d", "T", "lr", "train_mean", "train_std", "test_mean", "test_std"]
     print(results.best[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import jsonio, layout, theory
+from .. import jsonio, layout, resume, theory
 from ..device import CPU, resolve_device
 from ..errors import SpectralError
 from ..store import atomic_write
@@ -100,13 +100,13 @@ class ToyResults:
         directory = Path(directory)
         if not (directory / "toy_runs.csv").is_file():
             raise SpectralError(f"{directory} holds no toy results (no toy_runs.csv)")
-        config = ToyConfig(
-            **{
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in json.loads((directory / "toy_config.json").read_text()).items()
-            }
-        )
+        config = cls.config_of(json.loads((directory / "toy_config.json").read_text()))
         return cls(config, pd.read_csv(directory / "toy_runs.csv"))
+
+    @staticmethod
+    def config_of(saved: dict) -> ToyConfig:
+        """The config a toy_config.json records (lists back to tuples)."""
+        return ToyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
 
 
 def select_best(runs: pd.DataFrame) -> pd.DataFrame:
@@ -152,26 +152,30 @@ def _combine(done: pd.DataFrame, rows: list) -> pd.DataFrame:
 
 
 def run_grid(
-    config: ToyConfig | None = None, out=None, progress: bool = True, dtype=torch.float32, device: torch.device = CPU
+    config: ToyConfig | None = None,
+    out=None,
+    progress: bool = True,
+    dtype=torch.float32,
+    device: torch.device = CPU,
+    overwrite: bool = False,
 ) -> ToyResults:
     """Run every (d, mode, T, lr, seed) of ``config``; one batched DP-GD per (T, d).
 
     With ``out``, results are saved there after every (T, d) group, and a rerun with the same
-    config continues after the groups already done. ``device``: where the batched DP-GD runs (the
+    config continues after the groups already done; results of another config there are refused unless
+    ``overwrite`` (:mod:`spectral.resume`). ``device``: where the batched DP-GD runs (the
     noise is drawn on the CPU, so every device sees the same noise).
     """
     device = torch.device(device)  # resolved by the stage, toy(): "auto" is not a device here
     config = config or ToyConfig()
     config.validate()
     done = pd.DataFrame(columns=COLUMNS)
-    if out is not None:
+    if out is not None:  # the one resume policy (spectral.resume): same config continues, other is refused
         out = Path(out)
-        try:
-            previous = ToyResults.load(out)
-            if previous.config == config:
-                done = previous.runs
-        except (SpectralError, ValueError, TypeError, KeyError):
-            pass  # nothing (usable) to resume from
+        runs = resume.previous(out, "toy_config.json", lambda: ToyResults.load(out).runs,
+                               lambda saved: ToyResults.config_of(saved) == config, what="toy results",
+                               overwrite=overwrite)  # fmt: skip
+        done = done if runs is None else runs
     data = ToyData.sample(config.n_train, config.n_test, seed=config.data_seed)
     b_train = torch.tensor(data.train, dtype=dtype, device=device)
     b_test = torch.tensor(data.test, dtype=dtype, device=device)
@@ -230,10 +234,13 @@ def run_grid(
     return results
 
 
-def toy(run, config: ToyConfig | None = None, progress: bool = True, device="auto") -> ToyResults:
+def toy(
+    run, config: ToyConfig | None = None, progress: bool = True, device="auto", overwrite: bool = False
+) -> ToyResults:
     """The toy stage: run the grid into the run directory's ``toy/`` (``toy-seedcode/`` for the seed
     code's const mode), continuing where an earlier call stopped."""
     from ..layout import RunDir
 
     config, device = config or ToyConfig(), resolve_device(device)
-    return run_grid(config, out=RunDir(run).toy(config.seed_code_const), progress=progress, device=device)
+    out = RunDir(run).toy(config.seed_code_const)
+    return run_grid(config, out=out, progress=progress, device=device, overwrite=overwrite)
