@@ -51,8 +51,22 @@ def test_bench_analyse_and_dask(cli, tmp_path, what):
     else:
         args = ["--n", 40, "--d", 3000, "--k", 5, "--workers", 2]
     out = bench(what, *args, "--dir", tmp_path / "bench")
-    assert "ours" in out or "single" in out
-    assert "|" in out  # a table of what was measured
+    rows = {cells[0]: cells for cells in _table_rows(out)}
+    if what == "analyse":  # both methods measured, each accurate against the exact reference
+        assert {"ours", "sklearn"} <= set(rows)
+        for method in ("ours", "sklearn"):
+            seconds, rel_error = float(rows[method][2]), float(rows[method][5])
+            assert seconds > 0 and rel_error < 1e-3, rows[method]
+    else:  # both paths timed, and the same answer
+        assert len(rows) == 2 and all(float(r[1]) > 0 for r in rows.values())
+        difference = float(out.split("max relative eigenvalue difference")[1].split()[0])
+        assert difference < 1e-4, out
+
+
+def _table_rows(out: str) -> list[list[str]]:
+    """The body rows of the markdown table in ``out``, as stripped cells."""
+    lines = [ln for ln in out.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
 
 
 def test_bench_analyse_cold_at_a_tiny_shape(cli, tmp_path):

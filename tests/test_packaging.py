@@ -20,9 +20,18 @@ def test_packaged_configs_equal_the_experiments_copies():
 
 
 def test_every_config_repro_reads_is_shipped():
+    import tomllib
+
+    from spectral.dp.config import CollectConfig
+
     for scale, plan in repro.SCALES.items():
         if isinstance(plan["collect"], str):
-            assert configs.load(plan["collect"]), scale
+            shipped = configs.load(plan["collect"])
+            # the checkout's file, setting for setting, and a config the collect stage accepts
+            assert shipped == tomllib.loads((EXPERIMENTS / configs.find(plan["collect"]).name).read_text()), scale
+            cfg = CollectConfig.from_dict(shipped).validate()
+            assert all(getattr(cfg, k) == (tuple(v) if isinstance(getattr(cfg, k), tuple) else v)
+                       for k, v in shipped.items()), scale  # fmt: skip
 
 
 def test_a_missing_config_is_one_clear_error():
