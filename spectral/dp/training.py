@@ -226,6 +226,19 @@ def choose_clipping(model: torch.nn.Module, physical_batch_size: int, device) ->
     return "ghost", f"not every trained layer is linear and per-example gradients ({need / 2**20:.0f} MiB) do not fit"
 
 
+def check_split(cfg: CollectConfig, train, dev, data_info: dict | None):
+    """``(train, dev, data_info)`` checked against what ``cfg`` asks of them (the largest probe batch, a dev
+    split to evaluate on); ``data_info`` None: the classes of a split given directly."""
+    data_info = data_info or {"classes": sorted({int(x) for x in train.labels})}
+    if cfg.probe_batches and cfg.probe_batches[-1] > len(train):
+        raise SpectralError(
+            f"the largest probe batch ({cfg.probe_batches[-1]}) exceeds the {len(train)} training examples"
+        )
+    if len(dev) == 0 and cfg.eval_every:
+        raise SpectralError("the dev split is empty; pass --eval-every 0 to train without evaluation")
+    return train, dev, data_info
+
+
 def prepare(
     cfg: CollectConfig,
     plan: PrivacyPlan | None = None,
@@ -247,25 +260,11 @@ def prepare(
     group : this process's rank in a data-parallel job (:func:`spectral.dp.distributed.join`)
     """
     device = torch.device(device)
-    if split is None:
-        train, dev, data_info = load_split(cfg)
-    else:
-        (train, dev), data_info = split, {"classes": sorted({int(x) for x in split[0].labels})}
-    if cfg.probe_batches and cfg.probe_batches[-1] > len(train):
-        raise SpectralError(
-            f"the largest probe batch ({cfg.probe_batches[-1]}) exceeds the {len(train)} training examples"
-        )
-    if len(dev) == 0 and cfg.eval_every:
-        raise SpectralError("the dev split is empty; pass --eval-every 0 to train without evaluation")
+    train, dev, data_info = check_split(cfg, *(load_split(cfg) if split is None else (*split, None)))
     model, tokenizer = load_model(
-        cfg.model,
-        num_labels=len(data_info["classes"]),
-        seed=cfg.seed,
-        pooling=cfg.pooling,
-        objective=cfg.objective,
-        label_text=cfg.label_text,
-        template=cfg.template,
-    )
+        cfg.model, num_labels=len(data_info["classes"]), seed=cfg.seed, pooling=cfg.pooling,
+        objective=cfg.objective, label_text=cfg.label_text, template=cfg.template,
+    )  # fmt: skip
     n_total, pooling = sum(p.numel() for p in model.parameters()), model.pooling
     if head is not None:
         load_head(model, head)
@@ -279,39 +278,14 @@ def prepare(
         model.clipping_reason = f"auto: {chosen}, because {why}"
     if plan is None:
         plan = plan_privacy(
-            sampling=cfg.sampling,
-            accountant=cfg.accountant,
-            n_train=len(train),
-            batch_size=cfg.batch_size,
-            steps=cfg.steps,
-            max_grad_norm=cfg.max_grad_norm,
-            epsilon=cfg.epsilon,
-            delta=cfg.delta,
-            noise_multiplier=cfg.noise_multiplier,
-            prior=prior,
-        )
-    dev_chunks = (
-        Batcher(model, tokenizer, dev, cfg.max_length).chunks(np.arange(len(dev)), 128)
-        if cfg.eval_every and group.is_writer  # rank 0 alone evaluates
-        else []
-    )
-    t = Training(
-        cfg,
-        model,
-        None,
-        plan,
-        layout,
-        sum(p["numel"] for p in layout),
-        n_total,
-        pooling,
-        len(train),
-        len(dev),
-        data_info,
-        Batcher(model, tokenizer, train, cfg.max_length),
-        dev_chunks,
-        head,
-        group,
-    )
+            sampling=cfg.sampling, accountant=cfg.accountant, n_train=len(train), batch_size=cfg.batch_size,
+            steps=cfg.steps, max_grad_norm=cfg.max_grad_norm, epsilon=cfg.epsilon, delta=cfg.delta,
+            noise_multiplier=cfg.noise_multiplier, prior=prior,
+        )  # fmt: skip
+    evaluated = cfg.eval_every and group.is_writer  # rank 0 alone evaluates
+    dev_chunks = Batcher(model, tokenizer, dev, cfg.max_length).chunks(np.arange(len(dev)), 128) if evaluated else []
+    t = Training(cfg, model, None, plan, layout, sum(p["numel"] for p in layout), n_total, pooling, len(train),
+                 len(dev), data_info, Batcher(model, tokenizer, train, cfg.max_length), dev_chunks, head, group)  # fmt: skip
     if engine:
         t.engine = t.build_engine()
     return t
