@@ -272,6 +272,50 @@ def tokenize(model, tokenizer, texts, max_length: int) -> dict:
     return features
 
 
+def encoder_without_pooler(source: str):
+    """The checkpoint's encoder with its pooler dropped (unused: its parameters would get no gradient)."""
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(source)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder
+
+
+def build_objective(objective, source, name, tokenizer, num_labels, seed, pooling, label_text, template):
+    """``(model, pooling, prompt template or None)`` of ``objective`` on the checkpoint at ``source``
+    (arguments as :func:`load_model`'s)."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    if objective in ("prompt", "similarity"):
+        label_text = list(label_text or (DEFAULT_LABEL_WORDS if objective == "prompt" else DEFAULT_LABEL_PROMPTS))
+        if len(label_text) != num_labels:
+            raise SpectralError(
+                f"{objective} objective: {len(label_text)} label texts {label_text} for "
+                f"{num_labels} classes; give one per class (--label-text)"
+            )
+    if objective == "prompt":
+        if not has_masked_lm_head(source):  # a fresh LM head would score label words at random
+            raise SpectralError(
+                f"prompt objective: {name} was not saved with a masked-LM head; use --objective similarity or classifier"
+            )
+        prompt = PromptTemplate(tokenizer, template)
+        lm = AutoModelForMaskedLM.from_pretrained(source)
+        return PromptClassifier(lm, label_word_ids(tokenizer, label_text), tokenizer.mask_token_id), "mask", prompt
+    if objective == "similarity":
+        encoder = encoder_without_pooler(source)
+        return SimilarityClassifier(encoder, embed_sentences(encoder, tokenizer, label_text)), "mean", None
+    if pooling == "auto":
+        pooling = "mean" if Path(source).exists() and is_sentence_transformer(source) else "cls"
+    if pooling not in ("mean", "cls"):
+        raise SpectralError(f"unknown pooling {pooling!r}; choose from auto, mean, cls")
+    with torch.random.fork_rng(devices=[]):  # seed the fresh head without touching the caller's RNG
+        torch.manual_seed(seed)
+        if pooling == "mean":
+            return MeanPooledClassifier(encoder_without_pooler(source), num_labels), pooling, None
+        return AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels), pooling, None
+
+
 def load_model(
     name: str,
     num_labels: int,
@@ -294,59 +338,20 @@ def load_model(
     The prompt objective's model carries its :class:`PromptTemplate` as ``model.template``
     (see :func:`tokenize`).
     """
-    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     source = resolve_model(name)
     if objective not in OBJECTIVES:
         raise SpectralError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
-    local = Path(source).exists()
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected here; restored below
     try:
         objective = choose_objective(source, objective)
         tokenizer = AutoTokenizer.from_pretrained(source)
-        prompt = None
-        if objective in ("prompt", "similarity"):
-            label_text = list(label_text or (DEFAULT_LABEL_WORDS if objective == "prompt" else DEFAULT_LABEL_PROMPTS))
-            if len(label_text) != num_labels:
-                raise SpectralError(
-                    f"{objective} objective: {len(label_text)} label texts {label_text} for "
-                    f"{num_labels} classes; give one per class (--label-text)"
-                )
-        if objective == "prompt":
-            if not has_masked_lm_head(source):  # a fresh LM head would score label words at random
-                raise SpectralError(
-                    f"prompt objective: {name} was not saved with a masked-LM head; "
-                    "use --objective similarity or classifier"
-                )
-            prompt = PromptTemplate(tokenizer, template)
-            model = PromptClassifier(
-                AutoModelForMaskedLM.from_pretrained(source),
-                label_word_ids(tokenizer, label_text),
-                tokenizer.mask_token_id,
-            )
-            pooling = "mask"
-        elif objective == "similarity":
-            encoder = AutoModel.from_pretrained(source)
-            if getattr(encoder, "pooler", None) is not None:
-                encoder.pooler = None  # unused: its parameters would get no gradient
-            model = SimilarityClassifier(encoder, embed_sentences(encoder, tokenizer, label_text))
-            pooling = "mean"
-        else:
-            if pooling == "auto":
-                pooling = "mean" if local and is_sentence_transformer(source) else "cls"
-            if pooling not in ("mean", "cls"):
-                raise SpectralError(f"unknown pooling {pooling!r}; choose from auto, mean, cls")
-            with torch.random.fork_rng(devices=[]):  # seed the fresh head without touching the caller's RNG
-                torch.manual_seed(seed)
-                if pooling == "mean":
-                    encoder = AutoModel.from_pretrained(source)
-                    if getattr(encoder, "pooler", None) is not None:
-                        encoder.pooler = None
-                    model = MeanPooledClassifier(encoder, num_labels)
-                else:
-                    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+        model, pooling, prompt = build_objective(
+            objective, source, name, tokenizer, num_labels, seed, pooling, label_text, template
+        )
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpectralError(f"cannot load model {name!r}: {first}") from None
