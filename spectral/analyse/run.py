@@ -113,6 +113,18 @@ def check_groups_fit(store, grouping: str, budget: int) -> int:
     return counts[grouping]
 
 
+def number_of_components(config: AnalyseConfig, n_steps: int) -> int:
+    """``config.k``, or the paper's 500 where the steps allow; a warning when the report's fit range 1…500
+    will be cut short."""
+    k = config.k or min(PAPER_K, n_steps - (1 if config.centered else 0))
+    if k < min(500, n_steps):
+        warnings.warn(
+            f"k = {k} covers ranks 1…{k} of the paper's fit range 1…500; the report will fit a shorter range",
+            stacklevel=3,
+        )
+    return k
+
+
 def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool = True, device="auto") -> Spectrum:
     """Analyse ``config.stream`` of the run at ``run``; writes its outputs and returns the spectrum.
 
@@ -132,12 +144,7 @@ def analyse(run, config: AnalyseConfig | None = None, out=None, progress: bool =
     if progress and config.dask is None:  # the cost, said before it is spent
         # the cache is left as it stands: dropping it would make this run read cold
         print("\n".join(plan(run, config, cold=False).lines()), file=sys.stderr)
-    k = config.k or min(PAPER_K, store.n_steps - (1 if config.centered else 0))
-    if k < min(500, store.n_steps):
-        warnings.warn(
-            f"k = {k} covers ranks 1…{k} of the paper's fit range 1…500; the report will fit a shorter range",
-            stacklevel=2,
-        )
+    k = number_of_components(config, store.n_steps)
     client = None
     if config.dask:
         from .distributed import connect

@@ -151,6 +151,34 @@ def _combine(done: pd.DataFrame, rows: list) -> pd.DataFrame:
     return pd.concat([done, new], ignore_index=True) if len(done) else new
 
 
+def group_rows(config: ToyConfig, data: ToyData, T: int, d: int, multiplier: float, batches, lrs, dtype, device):
+    """One (T, d) group: every mode, learning rate and seed in one batched DP-GD; a row of COLUMNS each."""
+    b_train, b_test = batches
+    a_np = np.stack([coefficients(d, m, config.g0, config.seed_code_const) for m in config.modes])
+    sens = [sensitivity(a, config.n_train, config.g0, seed_code=config.seed_code_const) for a in a_np]
+    std = torch.tensor(sens, dtype=dtype, device=device) * multiplier
+    a = torch.tensor(a_np, dtype=dtype, device=device)
+    noise = step_noise(config.seeds, T, d, dtype).to(device)
+    with torch.no_grad():
+        avg = dp_gd(a, b_train, lrs, noise, std)  # (M, L, S, d)
+        M, L, S, _ = avg.shape
+        flat, aa = avg.reshape(-1, d), a[:, None, None].expand(M, L, S, d).reshape(-1, d)
+        # a diverged run (too large a learning rate) counts as infinitely bad, not as missing
+        train = np.nan_to_num(loss(flat, aa, b_train).double().reshape(M, L, S).cpu().numpy(), nan=np.inf)
+        test = np.nan_to_num(loss(flat, aa, b_test).double().reshape(M, L, S).cpu().numpy(), nan=np.inf)
+    rows = []
+    for i, mode in enumerate(config.modes):
+        _, f_star = optimum(a_np[i], data.train)
+        # G_k of this mode: the largest coefficient outside the top-k coordinates
+        g = np.append(np.sort(a_np[i])[::-1], 0.0)
+        factor, classical = theory.dimension_factor(g, d), theory.classical_factor(g[0], d)
+        for j, lr in enumerate(config.lrs):
+            for s, seed in enumerate(config.seeds):
+                rows.append((mode, d, T, lr, seed, train[i, j, s], test[i, j, s], train[i, j, s] - f_star,
+                             sens[i] * multiplier, factor, classical))  # fmt: skip
+    return rows
+
+
 def run_grid(
     config: ToyConfig | None = None,
     out=None,
@@ -190,40 +218,7 @@ def run_grid(
             if (T, d) in finished:
                 bar.update(T)
                 continue
-            a_np = np.stack([coefficients(d, m, config.g0, config.seed_code_const) for m in config.modes])
-            sens = [sensitivity(a, config.n_train, config.g0, seed_code=config.seed_code_const) for a in a_np]
-            std = torch.tensor(sens, dtype=dtype, device=device) * multiplier
-            a = torch.tensor(a_np, dtype=dtype, device=device)
-            noise = step_noise(config.seeds, T, d, dtype).to(device)
-            with torch.no_grad():
-                avg = dp_gd(a, b_train, lrs, noise, std)  # (M, L, S, d)
-                M, L, S, _ = avg.shape
-                flat, aa = avg.reshape(-1, d), a[:, None, None].expand(M, L, S, d).reshape(-1, d)
-                # a diverged run (too large a learning rate) counts as infinitely bad, not as missing
-                train = np.nan_to_num(loss(flat, aa, b_train).double().reshape(M, L, S).cpu().numpy(), nan=np.inf)
-                test = np.nan_to_num(loss(flat, aa, b_test).double().reshape(M, L, S).cpu().numpy(), nan=np.inf)
-            for i, mode in enumerate(config.modes):
-                _, f_star = optimum(a_np[i], data.train)
-                # G_k of this mode: the largest coefficient outside the top-k coordinates
-                g = np.append(np.sort(a_np[i])[::-1], 0.0)
-                factor, classical = theory.dimension_factor(g, d), theory.classical_factor(g[0], d)
-                for j, lr in enumerate(config.lrs):
-                    for s, seed in enumerate(config.seeds):
-                        rows.append(
-                            (
-                                mode,
-                                d,
-                                T,
-                                lr,
-                                seed,
-                                train[i, j, s],
-                                test[i, j, s],
-                                train[i, j, s] - f_star,
-                                sens[i] * multiplier,
-                                factor,
-                                classical,
-                            )
-                        )
+            rows += group_rows(config, data, T, d, multiplier, (b_train, b_test), lrs, dtype, device)
             if out is not None:
                 ToyResults(config, _combine(done, rows)).save(out)
             bar.update(T)
