@@ -260,37 +260,21 @@ def retrain(
     head = store.attachment("head") if "head" in store.manifest.get("attachments", []) else None
     out = Path(out) if out else run.retrain(config.tag)
     out.mkdir(parents=True, exist_ok=True)
-    base = replace(
-        CollectConfig.from_dict(store.manifest["config"]),
-        steps=config.steps,
-        eval_every=config.eval_every,
-        streams=["clipped"],  # retraining stores nothing: whole batches, never split in halves
-        probe_batches=None,  # nor measures probe batches (a collect run's measurement, not its training)
-        **config.settings,
-    ).validate()
+    base = training_config(store, config)
     history_path = out / layout.RETRAIN_HISTORY
     history = finished_runs(out, {**asdict(config), "run": str(run.store.resolve())}, overwrite)
-    train, dev, _ = load_split(base)
-    public = None
-    if config.subspace_from == "public":
-        if config.public_size >= len(train):
-            raise SpectralError(f"public_size={config.public_size} leaves no private training data ({len(train)})")
-        public, train = train.rows(0, config.public_size), train.rows(config.public_size)
+    public, train, dev = split_public(config, base)
     majority = float(np.bincount(dev.labels).max() / len(dev)) if len(dev) else None  # the accuracy of no learning
     ranks = [config.band[1] - config.band[0] + 1] if config.band else config.ranks
     variants = [(config.variant(r), r) for r in ranks] + ([("full", None)] if config.full else [])
     bases: dict = {}
-    previous = (
-        json.loads((out / layout.RETRAIN_SUMMARY).read_text())
-        if (out / layout.RETRAIN_SUMMARY).is_file() and len(history)
-        else {}
-    )
-    timing, energies = previous.get("seconds_per_step", {}), previous.get("energy_captured", {})
+    summary_path = out / layout.RETRAIN_SUMMARY
+    saved = json.loads(summary_path.read_text()) if len(history) and summary_path.is_file() else {}
+    timing, energies = saved.get("seconds_per_step", {}), saved.get("energy_captured", {})
     for seed in range(config.seeds):
         for name, rank in variants:
-            done = len(history) and ((history.variant == name) & (history.seed == seed)).any()
-            if done:
-                continue
+            if len(history) and ((history.variant == name) & (history.seed == seed)).any():
+                continue  # finished before
             subspace = Subspace(torch.zeros(d, 0)) if rank == 0 else None  # rank 0: the signal projected to nothing
             if rank:
                 if "basis" not in bases:  # the max(ranks) directions, loaded or estimated once
@@ -311,8 +295,31 @@ def retrain(
             timing.setdefault(name, []).append(per_step)
             atomic_write(history_path, lambda f: f.write(history.to_csv(index=False).encode()))
             summary = {**summarize(history, timing, majority), "energy_captured": energies}
-            (out / layout.RETRAIN_SUMMARY).write_text(jsonio.dumps(summary, indent=1))
+            summary_path.write_text(jsonio.dumps(summary, indent=1))
     return history
+
+
+def training_config(store, config: RetrainConfig) -> CollectConfig:
+    """The collect run's settings with the retraining's steps, evaluation and overrides."""
+    return replace(
+        CollectConfig.from_dict(store.manifest["config"]),
+        steps=config.steps,
+        eval_every=config.eval_every,
+        streams=["clipped"],  # retraining stores nothing: whole batches, never split in halves
+        probe_batches=None,  # nor measures probe batches (a collect run's measurement, not its training)
+        **config.settings,
+    ).validate()
+
+
+def split_public(config: RetrainConfig, base: CollectConfig):
+    """``(public, train, dev)``: with ``--subspace-from public`` the first ``public_size`` training examples
+    are set aside (never trained on privately), else public is None."""
+    train, dev, _ = load_split(base)
+    if config.subspace_from != "public":
+        return None, train, dev
+    if config.public_size >= len(train):
+        raise SpectralError(f"public_size={config.public_size} leaves no private training data ({len(train)})")
+    return train.rows(0, config.public_size), train.rows(config.public_size), dev
 
 
 def finished_runs(out: Path, record: dict, overwrite: bool) -> pd.DataFrame:
