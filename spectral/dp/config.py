@@ -78,6 +78,12 @@ class CollectConfig:
         """The learning rate of step ``step`` (linear decay to 0 over ``steps``, or constant)."""
         return self.lr * (1 - step / self.steps) if self.lr_schedule == "linear" else self.lr
 
+    # the fields with a fixed set of values, and the counts that must be at least 1
+    CHOICES = {"clipping": CLIPPING, "sampling": SAMPLING, "accountant": ACCOUNTANTS, "optimizer": OPTIMIZERS,
+               "pooling": POOLING, "objective": OBJECTIVES, "lr_schedule": SCHEDULES, "dtype": DTYPES}  # fmt: skip
+    AT_LEAST_ONE = ("steps", "batch_size", "physical_batch_size", "max_length", "checkpoint_every", "shard_mb",
+                    "lora_rank")  # fmt: skip
+
     def validate(self) -> CollectConfig:
         parts = self.params.split("+")
         if (
@@ -89,17 +95,7 @@ class CollectConfig:
                 f"unknown params {self.params!r}; choose from {', '.join(PARAM_SETS)}, or join "
                 "sets other than lora with '+' (e.g. attention-qv+classifier)"
             )
-        choices = {
-            "clipping": CLIPPING,
-            "sampling": SAMPLING,
-            "accountant": ACCOUNTANTS,
-            "optimizer": OPTIMIZERS,
-            "pooling": POOLING,
-            "objective": OBJECTIVES,
-            "lr_schedule": SCHEDULES,
-            "dtype": DTYPES,
-        }
-        for name, allowed in choices.items():
+        for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise SpectralError(
                     f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; choose from {', '.join(allowed)}"
@@ -107,16 +103,7 @@ class CollectConfig:
         bad = [s for s in self.streams if s not in STREAMS]
         if bad or not self.streams or len(set(self.streams)) != len(self.streams):
             raise SpectralError(f"streams must be distinct names from {', '.join(STREAMS)}; got {self.streams}")
-        positive = [
-            "steps",
-            "batch_size",
-            "physical_batch_size",
-            "max_length",
-            "checkpoint_every",
-            "shard_mb",
-            "lora_rank",
-        ]
-        for name in positive:
+        for name in self.AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise SpectralError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):

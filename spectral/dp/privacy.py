@@ -142,18 +142,8 @@ def plan_privacy(
     if batch_size > n_train:
         raise SpectralError(f"batch size {batch_size} exceeds the {n_train} training examples")
     delta = n_train**-1.1 if delta is None else delta
-    plan = PrivacyPlan(
-        sampling,
-        accountant,
-        n_train,
-        batch_size,
-        steps,
-        0.0,
-        max_grad_norm,
-        delta,
-        None if noise_multiplier is not None else epsilon,
-        [list(h) for h in prior],
-    )
+    plan = PrivacyPlan(sampling, accountant, n_train, batch_size, steps, 0.0, max_grad_norm, delta,
+                       None if noise_multiplier is not None else epsilon, [list(h) for h in prior])  # fmt: skip
     if accountant == "prv":  # checked with the cheap RDP bound before PRV builds its grid
         _check_prv(
             epsilon
@@ -170,16 +160,9 @@ def plan_privacy(
         return plan
     try:
         plan.noise_multiplier = float(
-            _quiet(
-                get_noise_multiplier,
-                target_epsilon=epsilon,
-                target_delta=delta,
-                sample_rate=plan.sample_rate,
-                steps=plan.mechanisms(steps),
-                accountant=accountant,
-                epsilon_tolerance=0.005,
-            )
-        )
+            _quiet(get_noise_multiplier, target_epsilon=epsilon, target_delta=delta, sample_rate=plan.sample_rate,
+                   steps=plan.mechanisms(steps), accountant=accountant, epsilon_tolerance=0.005)
+        )  # fmt: skip
     except ValueError as exc:
         raise SpectralError(f"cannot reach epsilon={epsilon} with these settings: {exc}") from None
     return plan
