@@ -366,6 +366,17 @@ def remove_store(root) -> None:
     shutil.rmtree(root)
 
 
+def write_tiles(shard, rows: np.ndarray, start: int, stop: int, d: int, tile: int) -> None:
+    """Columns [start, stop) of a shard's ``rows`` (rows × (stop − start)) into the shard's flat buffer,
+    which holds its rows × d values in column tiles of ``tile`` columns, as collect writes them."""
+    n = shard.size // d
+    for ta in range(start - start % tile, stop, tile):  # the tiles this block touches
+        tw = min(tile, d - ta)
+        lo, hi = max(start, ta), min(stop, ta + tw)
+        region = shard[n * ta : n * (ta + tw)].reshape(n, tw)
+        region[:, lo - ta : hi - ta] = rows[:, lo - start : hi - start]
+
+
 def write_matrix(
     root,
     n: int,
@@ -387,16 +398,8 @@ def write_matrix(
     """
     root = Path(root)
     shard_rows = int(shard_rows or n)
-    writer = StoreWriter.create(
-        root,
-        layout=[{"name": stream, "shape": [d], "offset": 0, "numel": d}],
-        streams=[stream],
-        dtype=dtype,
-        shard_rows=shard_rows,
-        meta=meta or {},
-        tile_cols=tile_cols,
-    )
-    writer.close()
+    StoreWriter.create(root, layout=[{"name": stream, "shape": [d], "offset": 0, "numel": d}], streams=[stream],
+                       dtype=dtype, shard_rows=shard_rows, meta=meta or {}, tile_cols=tile_cols).close()  # fmt: skip
     tile = min(int(tile_cols), d)
     starts = list(range(0, n, shard_rows))
     maps = []
@@ -414,12 +417,7 @@ def write_matrix(
             raise SpectralError(f"write_matrix: columns [{start}, {stop}) hold {what}; nothing was written")
         stored = to_storage(block, dtype)
         for a, mm in zip(starts, maps):
-            rows = mm.size // d
-            for ta in range(start - start % tile, stop, tile):  # the tiles this block touches
-                tw = min(tile, d - ta)
-                lo, hi = max(start, ta), min(stop, ta + tw)
-                region = mm[rows * ta : rows * (ta + tw)].reshape(rows, tw)
-                region[:, lo - ta : hi - ta] = stored[a : a + rows, lo - start : hi - start]
+            write_tiles(mm, stored[a : a + mm.size // d], start, stop, d, tile)
     shards = []
     for a, mm in zip(starts, maps):
         mm.flush()
