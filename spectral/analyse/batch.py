@@ -270,20 +270,10 @@ def predict(
     n = store.n_steps
     M_args = dict(max_memory=max_memory, progress=progress, ops=ops)
     G, M, block, K_rows, K, info = _predicted_gram(store, stream, estimator, batch, M_args, checkpoint)
-    steps = np.arange(n)
     if estimator == "matrix":
         theta, A, all_theta, scores, norms, residuals, G_in, G_out = _matrix_route(K, n, info["factor"], k, split)
     else:
-        theta, U, all_theta = steps_solve(G, min(k, n))
-        # v = Hᵀ u / ‖Hᵀ u‖ over the rows of ``block``; ‖Hᵀ u‖² = uᵀ (H Hᵀ) u
-        scale = 1 / np.sqrt(np.einsum("ij,ij->j", U, K_rows @ U))
-        A = np.zeros((M.shape[0], len(theta)))
-        A[block * n : (block + 1) * n] = U * scale
-        scores, norms = K_rows @ U * scale, np.diag(G)  # h_t·v; the predicted ‖h̃_t‖²
-        residuals = np.zeros(len(theta))  # exact eigenpairs of the n × n estimate (float64 eigh)
-        G_in = steps_curves(G, theta, U, steps, rlc.k_grid(len(theta)))
-        fit, _ = rlc.split_rows(n, split) if split != "none" else (None, None)
-        G_out = rlc.held_out_from_gram(G, min(k, len(fit)), split=split)[0] if split != "none" else None
+        theta, A, all_theta, scores, norms, residuals, G_in, G_out = _gram_route(G, K_rows, M, block, n, k, split)
     if components_out is not None:
         out = NpyRowWriter(components_out, (M.d, len(theta)), np.float32)
         M.rmatmat(A, out=out, dtype=np.float32)
@@ -297,24 +287,32 @@ def predict(
         "negative_eigenvalues": int((all_theta < 0).sum()),
         "min_eigenvalue": float(all_theta.min()),
     }
+    source = f"probe rungs {info['rungs']}" if estimator == "ladder" else f"the run's batch {info['run_batch_size']:g}"
     spectrum = Spectrum(
-        eigenvalues=theta,
-        components=V,
-        scores=scores,
-        row_sq_norms=norms,
-        residuals=residuals,
-        total_energy=float(norms.sum()),
-        method="gram",
-        reason=f"predicted at batch {label(batch)[1:]} ({estimator} estimator, from "
-        + (
-            f"probe rungs {info['rungs']})" if estimator == "ladder" else f"the run's batch {info['run_batch_size']:g})"
-        ),
-        centered=False,
-        passes=M.passes,
-        seconds=M.io["pass_seconds"],
-        info=info,
-    )
+        eigenvalues=theta, components=V, scores=scores, row_sq_norms=norms, residuals=residuals,
+        total_energy=float(norms.sum()), method="gram", centered=False, passes=M.passes,
+        reason=f"predicted at batch {label(batch)[1:]} ({estimator} estimator, from {source})",
+        seconds=M.io["pass_seconds"], info=info,
+    )  # fmt: skip
     return spectrum, G_in, G_out, info
+
+
+def _gram_route(G, K_rows, M, block, n, k, split):
+    """The prediction from the n × n estimate ``G``: its top eigenpairs, the coefficients ``A`` that map the
+    stored rows of ``block`` to components, scores, norms, residuals and the G_k curves."""
+    theta, U, all_theta = steps_solve(G, min(k, n))
+    # v = Hᵀ u / ‖Hᵀ u‖ over the rows of ``block``; ‖Hᵀ u‖² = uᵀ (H Hᵀ) u
+    scale = 1 / np.sqrt(np.einsum("ij,ij->j", U, K_rows @ U))
+    A = np.zeros((M.shape[0], len(theta)))
+    A[block * n : (block + 1) * n] = U * scale
+    scores, norms = K_rows @ U * scale, np.diag(G)  # h_t·v; the predicted ‖h̃_t‖²
+    residuals = np.zeros(len(theta))  # exact eigenpairs of the n × n estimate (float64 eigh)
+    G_in = steps_curves(G, theta, U, np.arange(n), rlc.k_grid(len(theta)))
+    G_out = None
+    if split != "none":
+        fit, _ = rlc.split_rows(n, split)
+        G_out = rlc.held_out_from_gram(G, min(k, len(fit)), split=split)[0]
+    return theta, A, all_theta, scores, norms, residuals, G_in, G_out
 
 
 def _matrix_route(K, n, f, k, split):

@@ -187,24 +187,11 @@ def check_k(k: int, n: int, d: int, centered: bool) -> None:
 
 
 def principal_components(
-    source,
-    k: int,
-    *,
-    stream: str = "clipped",
-    method: str = "auto",
-    centered: bool = False,
-    max_memory: int | None = None,
-    components_out=None,
-    oversample: int = 10,
-    n_iter: int = 4,
-    orthiter_iters: int = 10,
-    seed: int = 0,
-    rows=None,
-    progress: bool = False,
-    checkpoint_dir=None,
-    client=None,
-    device=None,
-) -> Spectrum:
+    source, k: int, *, stream: str = "clipped", method: str = "auto", centered: bool = False,
+    max_memory: int | None = None, components_out=None, oversample: int = 10, n_iter: int = 4,
+    orthiter_iters: int = 10, seed: int = 0, rows=None, progress: bool = False, checkpoint_dir=None,
+    client=None, device=None,
+) -> Spectrum:  # fmt: skip
     """Top-k principal components of a trajectory.
 
     Parameters
@@ -246,20 +233,11 @@ def principal_components(
     # the eigenvalues and certificate come from the float64 solution; V is stored in float32
     scores = solution.scores if solution.scores is not None else M.matmat(V)
     return Spectrum(
-        eigenvalues=solution.eigenvalues,
-        components=V,
-        scores=scores,
-        row_sq_norms=solution.row_sq_norms,
-        residuals=solution.residuals,
-        total_energy=solution.total_energy,
-        method=method,
-        reason=reason,
-        centered=centered,
-        passes=M.passes,
-        seconds=time.perf_counter() - t0,
+        eigenvalues=solution.eigenvalues, components=V, scores=scores, row_sq_norms=solution.row_sq_norms,
+        residuals=solution.residuals, total_energy=solution.total_energy, method=method, reason=reason,
+        centered=centered, passes=M.passes, seconds=time.perf_counter() - t0, gram=solution.gram,
         info={**solution.info, "io": _io(M)} if hasattr(M, "io") else solution.info,
-        gram=solution.gram,
-    )
+    )  # fmt: skip
 
 
 def _components(M, solution: Solution, path) -> np.ndarray:

@@ -64,26 +64,7 @@ def toy(best: pd.DataFrame, *, title: str = "", axes=None):
         axes[0].legend(handles=handles + [bound], title="coefficient decay (numbers: chosen T)", loc="upper left",
                        fontsize=7)  # fmt: skip
         if len(extra):
-            ax = axes[2]
-            for i, (mode, g) in enumerate(
-                pd.concat([main[main["mode"] == "const"], extra]).groupby("mode", sort=False)
-            ):
-                ax.errorbar(
-                    g.d,
-                    g.test_mean,
-                    yerr=g.test_std,
-                    marker=MARKERS[i],
-                    ms=4,
-                    capsize=2,
-                    color=COLORS[0] if mode == "const" else COLORS[5],
-                    label=MODE_LABELS.get(mode, "the seed code's a_j = g0·j" if "seed code" in mode else mode),
-                )
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("dimension d")
-            ax.set_ylabel("test loss F(β̄) (log scale)")
-            ax.set_title("const: a_j = g0 vs the seed code's g0·j")
-            ax.legend(loc="upper left")
+            _seed_code_panel(axes[2], main, extra)
         if own:
             fig.suptitle(title or "Private geometric median vs dimension (best T, lr per point)")
     return fig
@@ -92,3 +73,24 @@ def toy(best: pd.DataFrame, *, title: str = "", axes=None):
 def toy_figure(best: pd.DataFrame, stem, title: str = "") -> list[Path]:
     """:func:`toy` saved as ``<stem>.png/.pdf`` with the table it shows (``<stem>.csv``)."""
     return save(toy(best, title=title), stem, {"": best})
+
+
+def _seed_code_panel(ax, main: pd.DataFrame, extra: pd.DataFrame) -> None:
+    """The correct const mode beside the rows of other modes (the seed code's a_j = g0·j), log scale."""
+    for i, (mode, g) in enumerate(pd.concat([main[main["mode"] == "const"], extra]).groupby("mode", sort=False)):
+        ax.errorbar(
+            g.d,
+            g.test_mean,
+            yerr=g.test_std,
+            marker=MARKERS[i],
+            ms=4,
+            capsize=2,
+            color=COLORS[0] if mode == "const" else COLORS[5],
+            label=MODE_LABELS.get(mode, "the seed code's a_j = g0·j" if "seed code" in mode else mode),
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("dimension d")
+    ax.set_ylabel("test loss F(β̄) (log scale)")
+    ax.set_title("const: a_j = g0 vs the seed code's g0·j")
+    ax.legend(loc="upper left")
