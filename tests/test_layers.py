@@ -170,3 +170,18 @@ def test_experiments_use_no_private_part_of_the_package():
                 if "__main__" in node.module or any(n.startswith("_") for n in names):
                     offending.append(f"{path.name}: from {node.module} import {', '.join(names)}")
     assert not offending, offending
+
+
+def test_functions_and_files_stay_short():
+    """One job per function: none over 60 lines in spectral/ outside the benchmarks, no file over 500."""
+    long_functions, long_files = [], []
+    for path in sorted(SPECTRAL.rglob("*.py")):
+        source = path.read_text()
+        if len(source.splitlines()) > 500:
+            long_files.append(path.name)
+        if "bench" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60:
+                long_functions.append(f"{path.relative_to(SPECTRAL)}:{node.name} ({node.end_lineno - node.lineno + 1})")
+    assert not long_functions and not long_files, (long_functions, long_files)
