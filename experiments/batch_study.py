@@ -57,14 +57,6 @@ def joint_gram(run: RunDir, store, streams) -> np.ndarray:
     return TrajectoryMatrix(store, tuple(streams), progress=True).gram(checkpoint=out / "gram")
 
 
-def in_sample_curve(G: np.ndarray) -> pd.DataFrame:
-    """In-sample G_k summary of the trajectory whose Gram matrix is G (components fitted on all its steps)."""
-    lam, U = np.linalg.eigh(G)
-    lam, U = lam[::-1], U[:, ::-1]
-    scores = U * np.sqrt(np.clip(lam, 0, None))
-    return rlc.summarize(rlc.residual_norms(scores, np.diag(G).copy(), rlc.k_grid(len(G))))
-
-
 def describe(G: np.ndarray) -> tuple[dict, np.ndarray, pd.DataFrame]:
     """(numbers of the rung, its eigenvalues descending, its held-out curve)."""
     n = len(G)
@@ -73,7 +65,7 @@ def describe(G: np.ndarray) -> tuple[dict, np.ndarray, pd.DataFrame]:
     slope = fits.spectrum_fit(np.sqrt(positive), (1, len(positive)))
     held, _ = rlc.held_out_from_gram(G, n // 2, split="half")
     held = rlc.summarize(held)
-    inside = in_sample_curve(G)
+    inside = rlc.in_sample_from_gram(G)[1]
     read_to = rlc.in_sample_readable(n)
     c = {f"c_held_{s}": fits.rlc_fit(held, s, (1, n // 2))["c"] for s in ("rms", "max")}
     c.update({f"c_in_{s}": fits.rlc_fit(inside, s, (1, read_to))["c"] for s in ("rms", "max")})

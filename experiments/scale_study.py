@@ -54,10 +54,7 @@ def eig_desc(S: np.ndarray, k: int):
 
 def in_sample_curve(G: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, pd.DataFrame]:
     """(eigenvalues, G_k summary) of the part ``rows``, from the Gram matrix alone."""
-    S = G[np.ix_(rows, rows)]
-    lam, U = eig_desc(S, k)
-    scores = U * np.sqrt(np.clip(lam, 0, None))
-    return lam, rlc.summarize(rlc.residual_norms(scores, np.diag(S).copy(), rlc.k_grid(k)))
+    return rlc.in_sample_from_gram(G[np.ix_(rows, rows)], k)
 
 
 def held_out_curve(G: np.ndarray, rows: np.ndarray, k: int) -> pd.DataFrame:

@@ -260,3 +260,13 @@ def test_gaussian_columns_are_reproducible_in_any_blocks():
     g = GaussianColumns(1000, 3, seed=5, block=128)
     whole = g[0:1000]
     np.testing.assert_array_equal(np.vstack([g[0:300], g[300:301], g[301:1000]]), whole)
+
+
+def test_in_sample_curve_from_the_gram_matrix_equals_the_one_from_components():
+    """rlc.in_sample_from_gram (no pass over the rows) against rlc.in_sample of dense principal components."""
+    H = power_law_trajectory(n=30, d=400, slope=0.8, seed=3).astype(np.float64)
+    spec = principal_components(H, 12, method="gram")
+    lam, curve = rlc.in_sample_from_gram(H @ H.T, 12)
+    np.testing.assert_allclose(lam, np.linalg.eigvalsh(H @ H.T)[::-1][:12], rtol=1e-10)
+    expected = rlc.summarize(rlc.in_sample(spec, rlc.k_grid(12)))
+    np.testing.assert_allclose(curve[["k", "rms", "max"]], expected[["k", "rms", "max"]], rtol=1e-6, atol=1e-9)

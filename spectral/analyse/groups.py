@@ -66,8 +66,7 @@ def group_spectra(grams: dict, groups: dict) -> tuple[pd.DataFrame, pd.DataFrame
     rows, summary, curves = [], [], []
     total = sum(float(np.trace(G)) for G in grams.values())
     for name, G in grams.items():
-        lam, U = np.linalg.eigh(G)
-        lam, U = lam[::-1], U[:, ::-1]
+        lam, curve = rlc.in_sample_from_gram(G)
         positive = lam[lam > max(lam[0], 0) * len(G) * 1e-12]
         rows += [{"group": name, "rank": k + 1, "eigenvalue": float(v)} for k, v in enumerate(positive)]
         trace = float(np.trace(G))
@@ -82,7 +81,5 @@ def group_spectra(grams: dict, groups: dict) -> tuple[pd.DataFrame, pd.DataFrame
                 "positive": len(positive),
             }
         )
-        scores = U * np.sqrt(np.clip(lam, 0, None))
-        curve = rlc.summarize(rlc.residual_norms(scores, np.diag(G).copy(), rlc.k_grid(len(G))))
         curves.append(curve.assign(group=name))
     return pd.DataFrame(rows), pd.DataFrame(summary), pd.concat(curves, ignore_index=True)

@@ -54,6 +54,17 @@ def summarize(G: pd.DataFrame) -> pd.DataFrame:
     return out.rename_axis("k").reset_index()
 
 
+def in_sample_from_gram(G: np.ndarray, k: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """``(eigenvalues, in-sample G_k summary)`` of the trajectory whose (n, n) Gram matrix is ``G``: its top-k
+    components (default k = n) fitted on all its steps, G_k at :func:`k_grid` (k), eigenvalues descending.
+    No pass over the rows: ‖(I − P_k) h_t‖² = ‖h_t‖² − Σ_{j≤k} λ_j U_tj²."""
+    k = len(G) if k is None else k
+    lam, U = np.linalg.eigh(G)
+    lam, U = lam[::-1][:k], U[:, ::-1][:, :k]
+    scores = U * np.sqrt(np.clip(lam, 0, None))
+    return lam, summarize(residual_norms(scores, np.diag(G).copy(), k_grid(k)))
+
+
 def in_sample(spectrum: Spectrum, ks=None) -> pd.DataFrame:
     """G_k (step × k) of the gradients the components were fitted on."""
     ks = k_grid(spectrum.k) if ks is None else ks
