@@ -18,6 +18,7 @@ functions and then saves the figure with its data, so a notebook and the report 
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.axes
 import matplotlib.lines
 import matplotlib.ticker
 import numpy as np
