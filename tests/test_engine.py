@@ -203,6 +203,7 @@ def test_sampling_row_is_the_halves_difference_of_clipped_sums(tiny_model, clipp
     out = engine.step(chunks_a + chunks_b, lr=0.0, split_at=len(chunks_a))
     np.testing.assert_allclose(out.sampling.double().numpy(), ((ref_a - ref_b) / B).numpy(), atol=1e-9, rtol=1e-5)
     np.testing.assert_allclose(out.clipped.double().numpy(), ((ref_a + ref_b) / B).numpy(), atol=1e-9, rtol=1e-5)
+    assert engine.step(chunks_a + chunks_b, lr=0.0).sampling is None  # not asked for: no sampling row
 
 
 def test_sampling_stream_has_the_second_moment_of_the_rows_sampling_noise(tiny_model):
