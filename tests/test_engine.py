@@ -85,6 +85,7 @@ def test_empty_poisson_batch_releases_noise_only(tiny_model):
         seed=0,
     )
     outs = [engine.step([], lr=0.0) for _ in range(100)]  # 100 x 34 draws: the std to within 6%
+    assert outs[0].batch_size == 0 and len(outs[0].per_example_norms) == 0  # an empty batch: no examples
     assert all(o.batch_size == 0 and torch.count_nonzero(o.clipped) == 0 for o in outs)
     # pure noise N(0, (σC)²) per coordinate, divided by the expected batch size
     noise = torch.stack([o.private * 2 for o in outs]).double()
@@ -106,7 +107,7 @@ def test_non_finite_gradient_stops_before_the_update(tiny_model):
     with torch.no_grad():
         model.classifier.weight[0, 0] = float("nan")
     before = model.classifier.bias.detach().clone()
-    with pytest.raises(NonFiniteGradient):
+    with pytest.raises(NonFiniteGradient, match=r"^the gradient became non-finite \(NaN or inf\); stopped before"):
         engine.step(text_chunks(tok, 8), lr=0.1)
     torch.testing.assert_close(model.classifier.bias.detach(), before)
 
@@ -203,7 +204,11 @@ def test_sampling_row_is_the_halves_difference_of_clipped_sums(tiny_model, clipp
     out = engine.step(chunks_a + chunks_b, lr=0.0, split_at=len(chunks_a))
     np.testing.assert_allclose(out.sampling.double().numpy(), ((ref_a - ref_b) / B).numpy(), atol=1e-9, rtol=1e-5)
     np.testing.assert_allclose(out.clipped.double().numpy(), ((ref_a + ref_b) / B).numpy(), atol=1e-9, rtol=1e-5)
-    assert engine.step(chunks_a + chunks_b, lr=0.0).sampling is None  # not asked for: no sampling row
+    whole = engine.step(chunks_a + chunks_b, lr=0.0)
+    assert whole.sampling is None  # not asked for: no sampling row
+    with torch.no_grad():  # the step's loss: the mean cross-entropy over the batch's examples
+        ce = [torch.nn.functional.cross_entropy(model(**x).logits, y, reduction="sum") for x, y in chunks_a + chunks_b]
+    assert whole.loss == pytest.approx(float(sum(ce)) / len(TEXTS), rel=1e-6)
 
 
 def test_sampling_stream_has_the_second_moment_of_the_rows_sampling_noise(tiny_model):
