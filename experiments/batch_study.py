@@ -81,27 +81,6 @@ def describe(G: np.ndarray) -> tuple[dict, np.ndarray, pd.DataFrame]:
     return row, theta, held
 
 
-def range_errors(predicted: np.ndarray, measured: np.ndarray, n: int) -> list[dict]:
-    """Relative errors of a predicted spectrum against a measured one, per rank range: rank by rank
-    (max, median) and of the range's energy."""
-    out = []
-    for lo, hi in [*RANK_RANGES, (1, 100)]:
-        hi = min(hi, n)
-        if lo > hi:
-            continue
-        p, m = predicted[lo - 1 : hi], measured[lo - 1 : hi]
-        rel = np.abs(p - m) / np.abs(m)
-        out.append(
-            {
-                "ranks": f"{lo}-{hi}",
-                "max_rel_error": float(rel.max()),
-                "median_rel_error": float(np.median(rel)),
-                "energy_rel_error": float(abs(p.sum() - m.sum()) / m.sum()),
-            }
-        )
-    return out
-
-
 def exponent_line(batches, values) -> tuple[float, float]:
     """(value at B = inf, slope in 1/B) of a least-squares line in 1/B."""
     a, b = batch.linear_in_inverse_batch(batches, np.asarray(values)[:, None])
@@ -149,7 +128,15 @@ def study_run(run_dir: Path) -> dict:
     validation = [
         {"run": run.root.name, "estimator": name, "target": f"probe {PAPER_BATCH}", **err}
         for name, pred in predictions.items()
-        for err in range_errors(np.sort(pred)[::-1], top, n)
+        for ranks, e in batch.rank_range_errors(np.sort(pred)[::-1], top, [*RANK_RANGES, (1, 100)]).items()
+        for err in [
+            {
+                "ranks": ranks,
+                "max_rel_error": e["max"],
+                "median_rel_error": e["median"],
+                "energy_rel_error": e["energy"],
+            }
+        ]
     ]
     # B = inf: per-rank lines through all probe rungs (the same extrapolation distance in 1/B, 1/1000, as
     # predicting 1000 from 128…512, 1/512 − 1/1000: the leave-top-out errors above are its error)

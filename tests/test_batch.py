@@ -221,6 +221,40 @@ def test_a_probe_ladder_predicts_its_top_rung_to_the_rungs_own_fluctuation(mean_
     assert (np.abs(one_run - lam[3][:30]) / lam[3][:30])[:10].max() > ladder_error[:10].max()
 
 
+def test_rank_range_errors_know_the_answer():
+    """10% too high on ranks 1-10 and exact elsewhere: 0.1 rank by rank and in energy there, 0 after; a range
+    past n is capped at n, an empty one left out."""
+    measured = np.linspace(10.0, 1.0, 30)
+    predicted = measured * np.r_[np.full(10, 1.1), np.ones(20)]
+    errors = B.rank_range_errors(predicted, measured, [(1, 10), (11, 100), (31, 40)])
+    assert list(errors) == ["1-10", "11-30"]
+    for key in ("max", "median", "energy"):
+        assert errors["1-10"][key] == pytest.approx(0.1)
+        assert errors["11-30"][key] == 0.0
+
+
+def test_ladder_gram_checks_itself_by_predicting_its_top_rung_from_the_others():
+    """The leave-top-out errors ladder_gram reports are those of the lower rungs' per-rank line at the top
+    rung, computed here from each rung's own Gram matrix; its estimate at a rung's batch has that rung's
+    eigenvalues line."""
+    X, mu = concentrated_population()
+    sizes = [BATCH, 2 * BATCH, 4 * BATCH, 156]
+    rungs = ladder_rows(X, mu, sizes, seed=2)
+    Z = np.concatenate([rungs[m] for m in sizes])
+    n = len(rungs[sizes[0]])
+    K, info = B.ladder_gram(Z @ Z.T, n, sizes, math.inf)
+    lam = np.array([np.linalg.eigvalsh(rungs[m] @ rungs[m].T)[::-1] for m in sizes])
+    a, b = B.linear_in_inverse_batch(sizes[:3], lam[:3])
+    rel = np.abs(np.sort(a + b / sizes[-1])[::-1] - lam[3]) / lam[3]
+    assert info["rungs"] == sizes
+    for key, part in (("max", rel[:10].max()), ("median", np.median(rel[:10]))):  # ranks past 10 include null ones
+        assert info["leave_top_out_rel_error"]["1-10"][key] == pytest.approx(part)
+    a_all, _ = B.linear_in_inverse_batch(sizes, lam)
+    np.testing.assert_allclose(
+        np.linalg.eigvalsh(K)[::-1][: n // 2], np.sort(a_all)[::-1][: n // 2], rtol=1e-6, atol=1e-9 * a_all.max()
+    )
+
+
 def test_linear_in_inverse_batch_recovers_the_line_per_rank():
     a, b = np.array([3.0, 1.0, 0.2]), np.array([50.0, 20.0, 9.0])
     batches = np.array([64, 128, 256, 512])

@@ -158,6 +158,25 @@ def curves(K, n, f, A, steps, basis_idx, ks) -> pd.DataFrame:
     return G
 
 
+def rank_range_errors(predicted: np.ndarray, measured: np.ndarray, ranges) -> dict[str, dict]:
+    """Relative errors of a predicted spectrum (n,) against a measured one (n,), both in rank order, per rank
+    range ``(lo, hi)`` (1-based, inclusive, ``hi`` capped at n; empty ranges left out), keyed ``"lo-hi"``: rank
+    by rank (``max``, ``median``) and of the range's energy (``energy``)."""
+    n, out = len(measured), {}
+    for lo, hi in ranges:
+        hi = min(hi, n)
+        if lo > hi:
+            continue
+        p, m = predicted[lo - 1 : hi], measured[lo - 1 : hi]
+        rel = np.abs(p - m) / np.abs(m)
+        out[f"{lo}-{hi}"] = {
+            "max": float(rel.max()),
+            "median": float(np.median(rel)),
+            "energy": float(abs(p.sum() - m.sum()) / abs(m.sum())),
+        }
+    return out
+
+
 def ladder_gram(K: np.ndarray, n: int, sizes, batch: float) -> tuple[np.ndarray, dict]:
     """The ``ladder`` estimate at ``batch`` from the Gram matrix K of the probe rungs stacked (sizes
     increasing, rung j in rows [j n, (j + 1) n)): per rank, the line in 1/B through every rung, evaluated
@@ -171,12 +190,10 @@ def ladder_gram(K: np.ndarray, n: int, sizes, batch: float) -> tuple[np.ndarray,
     validation = {}
     if len(sizes) >= 3:
         a3, b3 = linear_in_inverse_batch(sizes[:-1], eigs[:-1])
-        held = np.sort(a3 + b3 / sizes[-1])[::-1]
-        rel = np.abs(held - eigs[-1]) / np.abs(eigs[-1])
-        for lo, hi in ((1, 10), (11, 100), (1, 100), (101, n)):
-            if lo <= min(hi, n):
-                part = rel[lo - 1 : min(hi, n)]
-                validation[f"{lo}-{min(hi, n)}"] = {"max": float(part.max()), "median": float(np.median(part))}
+        errors = rank_range_errors(
+            np.sort(a3 + b3 / sizes[-1])[::-1], eigs[-1], ((1, 10), (11, 100), (1, 100), (101, n))
+        )
+        validation = {ranks: {"max": e["max"], "median": e["median"]} for ranks, e in errors.items()}
     return (U * predicted) @ U.T, {"rungs": list(map(int, sizes)), "leave_top_out_rel_error": validation}
 
 
