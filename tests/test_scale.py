@@ -188,6 +188,57 @@ def test_plan_predicts_the_passes_and_bytes(tmp_path, capsys):
     assert not (tmp_path / "run" / "analysis").exists()  # a plan spends nothing
 
 
+@pytest.mark.parametrize("method", ["gram", "seedcode", "randomized"])
+@pytest.mark.parametrize("holdout", ["half", "none"])
+def test_the_plan_counts_the_bytes_the_analysis_reads(tmp_path, monkeypatch, method, holdout):
+    """The plan's passes times n d values are what the analysis then reads through the store's block
+    reader (counted): the exact methods' held-out curve comes from the Gram matrix, a streamed method's
+    solves again (the plan said 9 passes for randomized where 20 were read, before it counted held-out)."""
+    from spectral.analyse.run import plan
+    from spectral.store.reader import Store
+
+    H = power_law_trajectory()
+    write_store(tmp_path / "run", H)
+    config = AnalyseConfig(k=5, method=method, holdout=holdout)
+    predicted = plan(tmp_path / "run", config, cold=False)
+    read, block = [], Store.block
+
+    def counting(self, *a, **kw):
+        values = block(self, *a, **kw)
+        read.append(values.size)
+        return values
+
+    monkeypatch.setattr(Store, "block", counting)
+    analyse(tmp_path / "run", config, progress=False, device="cpu")
+    assert sum(read) == len(predicted.passes) * H.size
+    assert predicted.bytes_read == sum(read) * 4
+
+
+def test_the_plans_arithmetic_is_its_stated_formulas():
+    """Rates chosen so every pass's time is a round number: a pass reads n d s bytes at the read rate and
+    does its FLOPs at the GEMM rate (components in float32, twice as fast); it takes the longer of the two."""
+    from spectral.analyse.plan import Plan
+
+    n, d, k = 100, 10_000, 10
+    p = Plan(method="gram", n=n, d=d, k=k, itemsize=4, passes=["gram", "components"], read_rate=4e6, cold=True,
+             flop_rate=1e8, block_cols=1000, compute_cols=500)  # fmt: skip
+    assert p.pass_seconds("gram") == pytest.approx((1.0, 2.0))  # 4 MB at 4 MB/s; 2 n² d FLOPs at 1e8
+    assert p.pass_seconds("components") == pytest.approx((1.0, 0.1))  # 2 n d k / 2
+    assert p.pass_seconds("hht") == pytest.approx((1.0, 4 * n * d * (k + 10) / 1e8))
+    assert p.seconds == pytest.approx(3.0)
+    assert p.bytes_read == 2 * n * d * 4
+    assert p.peak_bytes == 16 * n * n + 48 * n * k + 2 * n * 1000 * 4 + 2 * n * 500 * 8
+    text = "\n".join(p.lines())
+    for line in ("gram pass: read 1 s, arithmetic 2 s (compute-bound)", "components pass: read 1 s, arithmetic 0 s (read-bound)",
+                 "predicted: 0.1 min", "passes over H: 2 (gram, components)", "cold read 0.00 GiB/s", "GEMM 0 GFLOP/s"):  # fmt: skip
+        assert line in text
+    assert f"peak memory: {p.peak_bytes / 2**30:.2f} GiB" in text and "groups" not in text
+    from dataclasses import replace
+
+    grouped = replace(p, groups=3)
+    assert grouped.peak_bytes == p.peak_bytes + 3 * 8 * n * n and "+ 8 n^2 x 3 groups" in "\n".join(grouped.lines())
+
+
 def test_cached_rdp_epsilon_equals_opacus_and_prv_waits_for_commits():
     from spectral.dp.privacy import PrivacyLedger, PrivacyPlan, compose_epsilon
 

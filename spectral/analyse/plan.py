@@ -30,15 +30,20 @@ PASS_FLOPS = {
 }
 
 
-def passes_of(method: str, n_iter: int = 4) -> list[str]:
-    """The passes a method makes over H, in order (the analyse stage's default outputs included)."""
+def passes_of(method: str, n_iter: int = 4, holdout: bool = True) -> list[str]:
+    """The passes a method makes over H, in order (the analyse stage's default outputs included). The
+    held-out curve (``holdout``) is free for the exact methods (it comes from their Gram matrix); the
+    streamed ones solve again on the fit steps and read the held-out steps twice (scores and norms),
+    each pass reading the whole store."""
     if method == "gram":
         return ["gram", "components"]
     if method == "seedcode":
         return ["gram", "components", "components"]
-    if method == "randomized":  # iterations, Y, two certificate products, components, norms (+ held-out)
-        return ["hht"] * (n_iter + 3) + ["components", "components"]
-    return ["hht"] * 60 + ["components", "components"]  # lanczos / orthiter: a typical count, not a bound
+    if method == "randomized":  # iterations, Y, two certificate products, components, norms
+        own = ["hht"] * (n_iter + 3) + ["components", "components"]
+    else:  # lanczos / orthiter: a typical count, not a bound
+        own = ["hht"] * 60 + ["components", "components"]
+    return own + (own + ["components", "components"] if holdout else [])
 
 
 @dataclass
@@ -126,9 +131,11 @@ def probe_read(store, stream: str, block_cols: int, cold: bool, budget_bytes: in
     return done / (time.perf_counter() - t0)
 
 
-def plan(store, stream: str, method: str, k: int, max_memory: int, n_iter: int = 4, cold: bool = True) -> Plan:
+def plan(
+    store, stream: str, method: str, k: int, max_memory: int, n_iter: int = 4, cold: bool = True, holdout: bool = True
+) -> Plan:
     """Probe this machine and predict the cost of analysing ``stream`` of ``store`` (``cold``: probe the
-    disk with the stream's page cache dropped)."""
+    disk with the stream's page cache dropped; ``holdout``: with the held-out curve)."""
     itemsize = np.dtype(store.dtype_numpy).itemsize
     tile = min((t for _, _, t in store.shard_tiles(stream)), default=store.d)
     w, c = block_widths(store.n_steps, store.n_steps, store.d, itemsize, tile, max_memory)
@@ -138,7 +145,7 @@ def plan(store, stream: str, method: str, k: int, max_memory: int, n_iter: int =
         d=store.d,
         k=k,
         itemsize=itemsize,
-        passes=passes_of(method, n_iter),
+        passes=passes_of(method, n_iter, holdout),
         read_rate=probe_read(store, stream, w, cold),
         cold=cold,
         flop_rate=probe_flops(store.n_steps, c),

@@ -90,10 +90,11 @@ def plan(run, config: AnalyseConfig | None = None, cold: bool = True):
     k = config.k or min(PAPER_K, store.n_steps - (1 if config.centered else 0))
     budget = config.max_memory or default_memory()
     method = config.method if config.method != "auto" else choose_method(store.n_steps, store.d, k, budget)[0]
+    holdout = config.holdout != "none"
     if config.groups == "none":
-        return make_plan(store, config.stream, method, k, budget, cold=cold)
+        return make_plan(store, config.stream, method, k, budget, cold=cold, holdout=holdout)
     n_groups = check_groups_fit(store, config.groups, budget)
-    return replace(make_plan(store, config.stream, "gram", k, budget, cold=cold), groups=n_groups)
+    return replace(make_plan(store, config.stream, "gram", k, budget, cold=cold, holdout=holdout), groups=n_groups)
 
 
 def check_groups_fit(store, grouping: str, budget: int) -> int:
