@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -200,6 +202,26 @@ def test_shuffle_batches_partition_each_epoch_when_n_is_not_a_multiple_of_the_ba
     for step in range(45):
         ledger.record_step(step)
     assert ledger.history() == [(plan.noise_multiplier, 1.0, 3)]  # one full mechanism per epoch
+
+
+def test_the_halves_are_fair_coin_flips_of_the_batch_a_pure_function_of_seed_and_step():
+    """Each example of a step's batch joins half A with probability 1/2 (the sampling stream's estimate
+    assumes it): over 200 steps of about 100 examples the share is 1/2 within 4 standard errors and neither
+    half is ever all of a batch; the same (seed, step) gives the same halves, another seed others; a run that
+    continues another draws the halves of its own steps, not the first run's."""
+    from spectral.dp.privacy import half_split
+
+    plan = plan_privacy(sampling="poisson", accountant="rdp", n_train=5000, batch_size=100, steps=200,
+                        noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5, epsilon=None)  # fmt: skip
+    masks = [half_split(plan, 0, step, batch_indices(plan, 0, step)) for step in range(200)]
+    share = np.concatenate(masks).mean()
+    assert abs(share - 0.5) < 4 * np.sqrt(0.25 / sum(map(len, masks)))
+    assert all(0 < m.sum() < len(m) for m in masks)
+    batch = batch_indices(plan, 0, 7)
+    np.testing.assert_array_equal(half_split(plan, 0, 7, batch), masks[7])
+    assert (half_split(plan, 1, 7, batch) != masks[7]).any()
+    later = dataclasses.replace(plan, prior=[(1.0, plan.sample_rate, 7)])
+    np.testing.assert_array_equal(half_split(later, 0, 0, batch), masks[7])
 
 
 def test_prv_end_to_end_and_after_a_prior_run(tmp_path, tiny_model, tiny_data):

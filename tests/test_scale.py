@@ -239,6 +239,26 @@ def test_the_plans_arithmetic_is_its_stated_formulas():
     assert grouped.peak_bytes == p.peak_bytes + 3 * 8 * n * n and "+ 8 n^2 x 3 groups" in "\n".join(grouped.lines())
 
 
+def test_the_probes_divide_the_work_they_did_by_the_time_it_took(tmp_path, monkeypatch):
+    """With a clock that advances 0.1 s per reading, the GEMM probe's rate is its products' FLOPs (2 r² c per
+    B Bᵀ, r = min(n, 2000) rows, c >= 256 columns) over the clock's time, and the read probe's is the bytes
+    it read (stopping at its budget) over the clock's time."""
+    import spectral.analyse.plan as plan_mod
+    from spectral.store import open as open_store
+
+    ticks = iter(np.arange(0, 1000, 0.1))
+    monkeypatch.setattr(plan_mod.time, "perf_counter", lambda: next(ticks))
+    # readings: t0 = 0; 0.1 … 0.4 each pass the loop's test (4 products after the warm-up); 0.5 ends it; 0.6
+    assert plan_mod.probe_flops(3000, 100, seconds=0.45) == pytest.approx(4 * 2 * 2000**2 * 256 / 0.6)
+    ticks = iter(np.arange(0, 1000, 0.1))
+    H = power_law_trajectory()
+    write_store(tmp_path / "run", H)
+    store = open_store(tmp_path / "run")
+    budget = 3 * H.shape[0] * 400 * 4  # three blocks of 400 columns
+    rate = plan_mod.probe_read(store, "clipped", 400, cold=False, budget_bytes=budget)
+    assert rate == pytest.approx(budget / 0.3)  # t0, a reading after each block short of the budget (2), the end
+
+
 def test_cached_rdp_epsilon_equals_opacus_and_prv_waits_for_commits():
     from spectral.dp.privacy import PrivacyLedger, PrivacyPlan, compose_epsilon
 
