@@ -72,6 +72,22 @@ def test_calibration_after_a_prior_spends_the_total():
     assert compose_epsilon([], 1e-5) == 0.0
 
 
+def test_privacy_history_is_the_prior_runs_then_this_runs_own_mechanisms():
+    """What a store spent: the manifest's prior mechanisms, then the checkpoint's own accountant history; a
+    sigma-0 store written before such steps were recorded counts its steps as (0, q, n)."""
+    from types import SimpleNamespace
+
+    def fake(dp, accountant, n_steps):
+        meta = {"accountant": accountant} if accountant is not None else {}
+        return SimpleNamespace(manifest={"dp": dp}, checkpoint=SimpleNamespace(meta=meta), n_steps=n_steps)
+
+    prior = [[1.1, 0.01, 6]]
+    assert privacy_history(fake({"prior": prior}, [[0.9, 0.02, 4]], 4)) == [(1.1, 0.01, 6), (0.9, 0.02, 4)]
+    assert privacy_history(fake({"noise_multiplier": 0, "sample_rate": 0.02}, None, 5)) == [(0.0, 0.02, 5)]
+    assert privacy_history(fake({"noise_multiplier": 0, "sample_rate": 0.02}, None, 0)) == []
+    assert privacy_history(fake({"noise_multiplier": 1.0, "sample_rate": 0.02}, None, 5)) == []
+
+
 def test_init_from_loads_the_trained_weights_and_composes_privacy(cli, tiny_model, tiny_data, tmp_path):
     lp, ft = tmp_path / "lp", tmp_path / "ft"
     r = cli(
