@@ -72,6 +72,36 @@ def test_calibration_after_a_prior_spends_the_total():
     assert compose_epsilon([], 1e-5) == 0.0
 
 
+@pytest.mark.parametrize(
+    "batch_size, steps, epsilon",
+    [(19, 1000, 8.0), (5000, 20, 0.3)],
+    ids=["sigma-below-1", "sigma-above-10"],
+)
+def test_calibration_after_a_prior_brackets_any_sigma(batch_size, steps, epsilon):
+    """The paper's setting (q = 0.0019, 1000 steps, epsilon 8) needs sigma < 1, a tight budget at q = 1/2
+    sigma > 10 (the bracket must grow): either way the prior and the run spend the target to the search's
+    tolerance (0.005), composed by Opacus' accountant."""
+    common = dict(sampling="poisson", accountant="rdp", n_train=10_000, batch_size=batch_size, max_grad_norm=1.0)
+    prior = [(30.0, batch_size / 10_000, 5)]
+    plan = plan_privacy(**common, steps=steps, epsilon=epsilon, prior=prior)
+    total = direct_epsilon(prior + [(plan.noise_multiplier, plan.sample_rate, steps)], plan.delta)
+    assert epsilon - 0.005 <= total <= epsilon
+    assert (plan.noise_multiplier < 1) if batch_size == 19 else (plan.noise_multiplier > 10)
+
+
+def test_the_already_spent_check_uses_the_runs_accountant():
+    """A prior whose RDP bound exceeds the target but whose PRV epsilon does not is not refused under PRV."""
+    prior = [(0.8, 0.01, 300)]
+    rdp, prv = (compose_epsilon(prior, 1e-5, a) for a in ("rdp", "prv"))
+    assert prv < rdp
+    target = (prv + rdp) / 2
+    common = dict(sampling="poisson", n_train=10_000, batch_size=100, max_grad_norm=1.0, delta=1e-5, prior=prior)
+    with pytest.raises(SpectralError, match="already spent"):
+        plan_privacy(**common, accountant="rdp", steps=10, epsilon=target)
+    plan = plan_privacy(**common, accountant="prv", steps=10, epsilon=target)
+    assert compose_epsilon([*prior, (plan.noise_multiplier, 0.01, 10)], 1e-5, "prv") <= target
+
+
 def test_privacy_history_is_the_prior_runs_then_this_runs_own_mechanisms():
     """What a store spent: the manifest's prior mechanisms, then the checkpoint's own accountant history; a
     sigma-0 store written before such steps were recorded counts its steps as (0, q, n)."""
