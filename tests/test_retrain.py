@@ -609,6 +609,10 @@ def test_span_random_lies_in_the_rows_span_and_components_are_a_band(tmp_path):
     np.testing.assert_allclose(P @ V, V, atol=1e-5)
     assert np.allclose(V, Subspace.span_random(H, 6, seed=1).V.numpy())
     assert not np.allclose(V, Subspace.span_random(H, 6, seed=2).V.numpy())
+    whole = Subspace.span_random(H, 20, seed=1).V.double().numpy()  # as many directions as rows: the whole span
+    np.testing.assert_allclose(whole @ whole.T, P, atol=1e-5)
+    with pytest.raises(SpectralError, match="span-random 21: the trajectory has only 20 stored steps"):
+        Subspace.span_random(H, 21, seed=1)
     components = np.linalg.qr(rng.standard_normal((300, 12)))[0].astype(np.float32)
     np.save(tmp_path / "components.npy", components)
     band = Subspace.from_analysis(tmp_path, 4, first=5).V.numpy()

@@ -211,12 +211,22 @@ def test_the_plan_counts_the_bytes_the_analysis_reads(tmp_path, monkeypatch, met
     monkeypatch.setattr(Store, "block", counting)
     analyse(tmp_path / "run", config, progress=False, device="cpu")
     assert sum(read) == len(predicted.passes) * H.size
-    assert predicted.bytes_read == sum(read) * 4
+    assert predicted.bytes_read == sum(read) * 4 and predicted.seconds > 0  # every pass has a FLOP count
+
+
+def test_passes_of_defaults_to_the_analyse_defaults():
+    """Four power iterations and the held-out curve, as ``analyse`` runs by default."""
+    from spectral.analyse.plan import passes_of
+
+    assert passes_of("randomized") == passes_of("randomized", 4, True)
+    assert len(passes_of("randomized")) == 2 * (4 + 3 + 2) + 2
 
 
 def test_the_plans_arithmetic_is_its_stated_formulas():
     """Rates chosen so every pass's time is a round number: a pass reads n d s bytes at the read rate and
     does its FLOPs at the GEMM rate (components in float32, twice as fast); it takes the longer of the two."""
+    from dataclasses import replace
+
     from spectral.analyse.plan import Plan
 
     n, d, k = 100, 10_000, 10
@@ -229,12 +239,17 @@ def test_the_plans_arithmetic_is_its_stated_formulas():
     assert p.bytes_read == 2 * n * d * 4
     assert p.peak_bytes == 16 * n * n + 48 * n * k + 2 * n * 1000 * 4 + 2 * n * 500 * 8
     text = "\n".join(p.lines())
+    big = replace(p, n=1024, d=2**20, read_rate=2**30, cold=False, flop_rate=5e9)  # H is 4 GiB, read twice
+    assert big.lines()[:2] == [
+        "plan: gram on H of 1,024 x 1,048,576 (4.0 GiB), k = 10",
+        "  passes over H: 2 (gram, components); 8.0 GiB read",
+    ]
+    assert big.lines()[2].endswith("(reads of 1,000 columns, float64 sub-blocks of 500); independent of d")
+    assert big.lines()[3] == "  probed: read (page cache as it stands) 1.00 GiB/s, float64 GEMM 5 GFLOP/s"
     for line in ("gram pass: read 1 s, arithmetic 2 s (compute-bound)", "components pass: read 1 s, arithmetic 0 s (read-bound)",
                  "predicted: 0.1 min", "passes over H: 2 (gram, components)", "cold read 0.00 GiB/s", "GEMM 0 GFLOP/s"):  # fmt: skip
         assert line in text
     assert f"peak memory: {p.peak_bytes / 2**30:.2f} GiB" in text and "groups" not in text
-    from dataclasses import replace
-
     grouped = replace(p, groups=3)
     assert grouped.peak_bytes == p.peak_bytes + 3 * 8 * n * n and "+ 8 n^2 x 3 groups" in "\n".join(grouped.lines())
 
