@@ -132,7 +132,7 @@ def probe_read(store, stream: str, block_cols: int, cold: bool, budget_bytes: in
 
 
 def plan(
-    store, stream: str, method: str, k: int, max_memory: int, n_iter: int = 4, cold: bool = True, holdout: bool = True
+    store, stream: str, method: str, k: int, max_memory: int, *, cold: bool, holdout: bool, n_iter: int = 4
 ) -> Plan:
     """Probe this machine and predict the cost of analysing ``stream`` of ``store`` (``cold``: probe the
     disk with the stream's page cache dropped; ``holdout``: with the held-out curve)."""
