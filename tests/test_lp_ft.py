@@ -116,6 +116,9 @@ def test_privacy_history_is_the_prior_runs_then_this_runs_own_mechanisms():
     assert privacy_history(fake({"noise_multiplier": 0, "sample_rate": 0.02}, None, 5)) == [(0.0, 0.02, 5)]
     assert privacy_history(fake({"noise_multiplier": 0, "sample_rate": 0.02}, None, 0)) == []
     assert privacy_history(fake({"noise_multiplier": 1.0, "sample_rate": 0.02}, None, 5)) == []
+    no_dp = fake({}, [[0.9, 0.02, 4]], 4)
+    del no_dp.manifest["dp"]  # a manifest without DP settings: its own history only
+    assert privacy_history(no_dp) == [(0.9, 0.02, 4)]
 
 
 def test_init_from_loads_the_trained_weights_and_composes_privacy(cli, tiny_model, tiny_data, tmp_path):

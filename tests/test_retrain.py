@@ -621,6 +621,20 @@ def test_span_random_lies_in_the_rows_span_and_components_are_a_band(tmp_path):
         Subspace.from_analysis(tmp_path, 4, first=10)
 
 
+def test_full_training_records_the_energy_of_the_whole_space(tmp_path):
+    """The unrestricted variant's energy share is that of a subspace spanning R^d, computed the same way."""
+    from helpers import write_store
+
+    from spectral.retrain.run import energy_captured
+    from spectral.store import open as open_store
+
+    H = np.random.default_rng(0).standard_normal((10, 30)).astype(np.float32)
+    write_store(tmp_path / "run", H)
+    store = open_store(tmp_path / "run")
+    whole = energy_captured(store, Subspace(torch.eye(30)))
+    assert energy_captured(store, None) == pytest.approx(whole, rel=1e-6) == {"all_steps": 1.0, "second_half": 1.0}
+
+
 def test_captured_energy_against_a_dense_projection():
     rng = np.random.default_rng(0)
     H = rng.standard_normal((10, 80))

@@ -272,8 +272,11 @@ def test_the_probes_divide_the_work_they_did_by_the_time_it_took(tmp_path, monke
     write_store(tmp_path / "run", H)
     store = open_store(tmp_path / "run")
     budget = 3 * H.shape[0] * 400 * 4  # three blocks of 400 columns
+    reads, block = [], store.block
+    monkeypatch.setattr(store, "block", lambda *a, **kw: reads.append(a) or block(*a, **kw))
     rate = plan_mod.probe_read(store, "clipped", 400, cold=False, budget_bytes=budget)
     assert rate == pytest.approx(budget / 0.3)  # t0, a reading after each block short of the budget (2), the end
+    assert reads == [("clipped", 0, H.shape[0], a, a + 400) for a in (0, 400, 800)]  # whole, consecutive blocks
 
 
 def test_cached_rdp_epsilon_equals_opacus_and_prv_waits_for_commits():
