@@ -645,6 +645,9 @@ def test_captured_energy_against_a_dense_projection():
     assert got["all_steps"] == pytest.approx(inside.sum() / np.sum(H**2), rel=1e-5)
     assert got["second_half"] == pytest.approx(inside[5:].sum() / np.sum(H[5:] ** 2), rel=1e-5)
     assert sub.orthogonal_complement().captured_energy(H)["all_steps"] == pytest.approx(1 - got["all_steps"], rel=1e-5)
+    nothing = Subspace(torch.zeros(80, 0))  # rank 0 (noise only): no energy; its complement all of it
+    assert nothing.captured_energy(H) == {"all_steps": 0.0, "second_half": 0.0}
+    assert nothing.orthogonal_complement().captured_energy(H) == {"all_steps": 1.0, "second_half": 1.0}
 
 
 @pytest.mark.parametrize(

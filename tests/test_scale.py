@@ -290,6 +290,13 @@ def test_cached_rdp_epsilon_equals_opacus_and_prv_waits_for_commits():
         if step in (0, 17, 299):
             exact = compose_epsilon(ledger.history(), plan.delta, "rdp")
             assert ledger.epsilon(exact=False) == pytest.approx(exact, rel=1e-12)
+    prior = [[1.1, 0.01, 6]]  # a run this one continues: in every epsilon, never in the saved state
+    continued = PrivacyLedger(PrivacyPlan(accountant="rdp", delta=1e-5, target_epsilon=None, prior=prior, **kw))
+    for step in range(3):
+        continued.record_step(step)
+    assert continued.state() == [[0.8, 0.01, 3]] and continued.history() == [(1.1, 0.01, 6), (0.8, 0.01, 3)]
+    resumed = PrivacyLedger(continued.plan, continued.state())  # what a resumed run rebuilds from its checkpoint
+    assert resumed.epsilon() == continued.epsilon() == pytest.approx(compose_epsilon(continued.history(), 1e-5))
     prv = PrivacyLedger(PrivacyPlan(accountant="prv", delta=1e-5, target_epsilon=None, **kw))
     prv.record_step(0)
     assert math.isnan(prv.epsilon(exact=False))
