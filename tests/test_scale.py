@@ -267,6 +267,7 @@ def test_the_probes_divide_the_work_they_did_by_the_time_it_took(tmp_path, monke
     monkeypatch.setattr(plan_mod.time, "perf_counter", lambda: next(ticks))
     # readings: t0 = 0; 0.1 … 0.4 each pass the loop's test (4 products after the warm-up); 0.5 ends it; 0.6
     assert plan_mod.probe_flops(3000, 100, seconds=0.45) == pytest.approx(4 * 2 * 2000**2 * 256 / 0.6)
+    assert plan_mod.probe_flops(3000, 100, seconds=0) == pytest.approx(2 * 2000**2 * 256 / 0.3)  # at least one
     ticks = iter(np.arange(100, 1000, 0.1))
     H = power_law_trajectory()
     write_store(tmp_path / "run", H)
@@ -277,6 +278,12 @@ def test_the_probes_divide_the_work_they_did_by_the_time_it_took(tmp_path, monke
     rate = plan_mod.probe_read(store, "clipped", 400, cold=False, budget_bytes=budget)
     assert rate == pytest.approx(budget / 0.3)  # t0, a reading after each block short of the budget (2), the end
     assert reads == [("clipped", 0, H.shape[0], a, a + 400) for a in (0, 400, 800)]  # whole, consecutive blocks
+    reads.clear()  # wide blocks are narrowed to the budget: 1,000 float32 columns of 60 rows
+    plan_mod.probe_read(store, "clipped", 10_000, cold=False, budget_bytes=H.shape[0] * 1000 * 4)
+    assert reads == [("clipped", 0, H.shape[0], 0, 1000)]
+    ticks, reads[:] = iter(np.arange(100, 1000, 1.0)), []  # a slow disk: stops after the reading past 3 s
+    plan_mod.probe_read(store, "clipped", 400, cold=False, budget_bytes=2**40)
+    assert len(reads) == 4
 
 
 def test_cached_rdp_epsilon_equals_opacus_and_prv_waits_for_commits():
