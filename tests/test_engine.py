@@ -267,6 +267,30 @@ def test_bookkeeping_clipped_sum_and_norms_equal_a_loop_over_examples(tiny_model
     np.testing.assert_allclose(out.per_example_norms.double().numpy(), norms, rtol=1e-6)
 
 
+@pytest.mark.parametrize("T", [None, 2, 9], ids=["one-position", "ghost-identity", "per-example"])
+@pytest.mark.parametrize("bias", ["trained", "frozen", "none"])
+def test_linear_norms_equal_autograd_per_example(T, bias):
+    """Per-example norms of a linear layer's weight and bias from (a, g), against autograd on each example
+    alone: one position per example, the ghost identity (T² <= in·out = 12) and the direct per-example
+    gradients (T² > 12); a frozen or absent bias has no norm."""
+    from spectral.dp.bookkeeping import linear_norms
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3, bias=bias != "none")
+    if bias == "frozen":
+        layer.bias.requires_grad_(False)
+    a = torch.randn(5, 4) if T is None else torch.randn(5, T, 4)
+    g = torch.randn(5, 3) if T is None else torch.randn(5, T, 3)  # the output gradients
+    got = linear_norms(layer, a, g)
+    assert set(got) == {layer.weight} | ({layer.bias} if bias == "trained" else set())
+    for b in range(5):
+        layer.zero_grad()
+        (layer(a[b]) * g[b]).sum().backward()  # d/dW of <W a_b + c, g_b> = g_b a_bᵀ summed over positions
+        assert got[layer.weight][b] == pytest.approx(layer.weight.grad.norm().item(), rel=1e-5)
+        if bias == "trained":
+            assert got[layer.bias][b] == pytest.approx(layer.bias.grad.norm().item(), rel=1e-5)
+
+
 def test_bookkeeping_refuses_parameters_outside_linear_layers(tiny_model):
     from spectral.errors import SpectralError
 

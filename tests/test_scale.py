@@ -304,6 +304,13 @@ def test_cached_rdp_epsilon_equals_opacus_and_prv_waits_for_commits():
     assert continued.state() == [[0.8, 0.01, 3]] and continued.history() == [(1.1, 0.01, 6), (0.8, 0.01, 3)]
     resumed = PrivacyLedger(continued.plan, continued.state())  # what a resumed run rebuilds from its checkpoint
     assert resumed.epsilon() == continued.epsilon() == pytest.approx(compose_epsilon(continued.history(), 1e-5))
+    assert PrivacyLedger(plan).epsilon() == 0.0  # before any step
+    for accountant in ("rdp", "prv"):  # a step without noise is no privacy, cheap or exact
+        noiseless = PrivacyLedger(
+            PrivacyPlan(accountant=accountant, delta=1e-5, target_epsilon=None, **{**kw, "noise_multiplier": 0.0})
+        )
+        noiseless.record_step(0)
+        assert math.isinf(noiseless.epsilon(exact=False)) and math.isinf(noiseless.epsilon())
     prv = PrivacyLedger(PrivacyPlan(accountant="prv", delta=1e-5, target_epsilon=None, **kw))
     prv.record_step(0)
     assert math.isnan(prv.epsilon(exact=False))

@@ -98,13 +98,10 @@ class BookkeepingTensor(DPTensorFastGradientClipping):
     """The loss whose ``backward()`` is one backward pass plus the clipped sums (no second pass)."""
 
     def backward(self):
-        if self.loss_reduction == "mean":
-            reduced = torch.mean(self.loss_per_sample, dim=0)
-        elif self.loss_reduction == "sum":
-            reduced = torch.sum(self.loss_per_sample, dim=0)
-        else:
-            raise ValueError(f"loss_reduction = {self.loss_reduction}: only 'sum' and 'mean' are supported")
-        reduced.backward()  # hooks: norms and (a, g) of every linear layer; .grad gets the unclipped sum
+        if self.loss_reduction != "mean":  # the engine's only reduction
+            raise ValueError(f"loss_reduction = {self.loss_reduction}: book-keeping clipping supports 'mean'")
+        # one backward: the hooks keep norms and (a, g) of every linear layer; .grad gets the unclipped sum
+        self.loss_per_sample.mean(0).backward()
         self.optimizer.zero_grad()
         self.module.write_clipped_sums(self.module.get_clipping_coef())
 

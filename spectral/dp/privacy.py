@@ -201,7 +201,9 @@ class PrivacyLedger:
         commits and at the last step only.
         """
         history = self.history()
-        if self.plan.accountant != "rdp" or any(h[0] == 0 for h in history):
+        if any(h[0] == 0 and h[2] > 0 for h in history):
+            return math.inf  # a step without noise: no privacy, whatever the accountant
+        if self.plan.accountant != "rdp":
             return compose_epsilon(history, self.plan.delta, self.plan.accountant) if exact else math.nan
         if not history:
             return 0.0
