@@ -295,8 +295,33 @@ def test_bookkeeping_refuses_parameters_outside_linear_layers(tiny_model):
     from spectral.errors import SpectralError
 
     model, _ = tiny_model_of(tiny_model, "all")
-    with pytest.raises(SpectralError, match="bookkeeping needs every trained parameter in an nn.Linear.*embeddings"):
+    linear = {id(p) for m in model.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters()}
+    bad = [n for n, p in model.named_parameters() if id(p) not in linear]
+    assert len(bad) > 4
+    with pytest.raises(SpectralError) as info:
         clipping_engine(model, "bookkeeping", 1.0, 5.0)
+    assert str(info.value) == (
+        f"--clipping bookkeeping needs every trained parameter in an nn.Linear layer; {', '.join(bad[:4])} and "
+        f"{len(bad) - 4} more are not (train attention-qv, classifier or lora, or use --clipping ghost)"
+    )
+
+
+def test_bookkeeping_refuses_a_linear_layer_applied_twice():
+    """A layer used twice in one forward pass (parameter tying) would need its two (a, g) pairs summed per
+    example before the norm: refused at the forward pass, as ghost clipping refuses it."""
+    from spectral.dp.bookkeeping import BookkeepingGradSampleModule
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.layer(self.layer(x))
+
+    module = BookkeepingGradSampleModule(Twice(), max_grad_norm=1.0)
+    with pytest.raises(NotImplementedError, match="tying"):
+        module(torch.randn(4, 3))
 
 
 def test_bookkeeping_runs_one_backward_pass_per_chunk(tiny_model, monkeypatch):

@@ -58,7 +58,7 @@ class BookkeepingGradSampleModule(GradSampleModuleFastGradientClipping):
     """Opacus' fast-gradient-clipping module that also keeps each linear layer's (a, g) of the backward
     pass, so :meth:`write_clipped_sums` can form the clipped sum without a second backward."""
 
-    def __init__(self, model: torch.nn.Module, *, max_grad_norm: float, loss_reduction: str = "mean"):
+    def __init__(self, model: torch.nn.Module, *, max_grad_norm: float):
         bad = unsupported_parameters(model)
         if bad:
             shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
@@ -66,7 +66,8 @@ class BookkeepingGradSampleModule(GradSampleModuleFastGradientClipping):
                 f"--clipping bookkeeping needs every trained parameter in an nn.Linear layer; {shown} are not "
                 "(train attention-qv, classifier or lora, or use --clipping ghost)"
             )
-        super().__init__(model, max_grad_norm=max_grad_norm, use_ghost_clipping=True, loss_reduction=loss_reduction)
+        # ghost clipping's rules hold: a mean loss, and parameter tying refused at the forward pass
+        super().__init__(model, max_grad_norm=max_grad_norm, use_ghost_clipping=True, loss_reduction="mean")
         self._kept: list = []
 
     def capture_backprops_hook(self, module, _forward_input, forward_output, loss_reduction, batch_first):

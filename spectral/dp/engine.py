@@ -265,7 +265,7 @@ CLIPPINGS = {
     ),
     # one backward pass: the clipped sum from what the hooks captured (spectral.dp.bookkeeping)
     "bookkeeping": Clipping(
-        wrap=lambda model, C: BookkeepingGradSampleModule(model, max_grad_norm=C, loss_reduction="mean"),
+        wrap=lambda model, C: BookkeepingGradSampleModule(model, max_grad_norm=C),
         optimizer=DPOptimizerFastGradientClipping,
         restricted=SignalProjectedDPOptimizerFastGradientClipping,
         criterion=lambda module, opt: BookkeepingLoss(module, opt, CE, "mean"),
