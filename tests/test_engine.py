@@ -306,6 +306,19 @@ def test_bookkeeping_refuses_parameters_outside_linear_layers(tiny_model):
     )
 
 
+@pytest.mark.parametrize("count", [1, 4, 5])
+def test_bookkeeping_refusal_names_up_to_four_parameters(count):
+    from spectral.dp.bookkeeping import BookkeepingGradSampleModule
+    from spectral.errors import SpectralError
+
+    model = torch.nn.Module()
+    for i in range(count):
+        model.register_parameter(f"p{i}", torch.nn.Parameter(torch.zeros(2)))
+    names = ", ".join(f"p{i}" for i in range(min(count, 4))) + (f" and {count - 4} more" if count > 4 else "")
+    with pytest.raises(SpectralError, match=f"nn.Linear layer; {names} are not \\(train"):
+        BookkeepingGradSampleModule(model, max_grad_norm=1.0)
+
+
 def test_bookkeeping_refuses_a_linear_layer_applied_twice():
     """A layer used twice in one forward pass (parameter tying) would need its two (a, g) pairs summed per
     example before the norm: refused at the forward pass, as ghost clipping refuses it."""
