@@ -214,6 +214,18 @@ def test_the_plan_counts_the_bytes_the_analysis_reads(tmp_path, monkeypatch, met
     assert predicted.bytes_read == sum(read) * 4 and predicted.seconds > 0  # every pass has a FLOP count
 
 
+def test_the_plan_of_an_empty_store_says_what_analyse_says(tmp_path):
+    from spectral.analyse.run import plan
+
+    layout = [{"name": "w", "shape": [100], "offset": 0, "numel": 100}]
+    store_mod.StoreWriter.create(tmp_path / "run", layout=layout, streams=["clipped"], dtype="float32", shard_rows=7,
+                                 meta={}, tile_cols=32).close("complete")  # fmt: skip
+    for attempt in (lambda: plan(tmp_path / "run", AnalyseConfig(k=5), cold=False),
+                    lambda: analyse(tmp_path / "run", AnalyseConfig(k=5), progress=False, device="cpu")):  # fmt: skip
+        with pytest.raises(SpectralError, match=r"the trajectory is empty \(n=0, d=100\)"):
+            attempt()
+
+
 def test_passes_of_defaults_to_the_analyse_defaults():
     """Four power iterations and the held-out curve, as ``analyse`` runs by default."""
     from spectral.analyse.plan import passes_of
