@@ -101,6 +101,18 @@ def test_components_are_never_held_whole(tmp_path):
     assert spec.passes == 2
 
 
+def test_column_blocks_across_tile_boundaries_are_stored_where_they_belong(tmp_path):
+    """write_matrix given column blocks that start and end inside tiles of 8 columns (two shards): the store
+    reads back the same matrix, whole and by blocks that cross tiles."""
+    n, d = 11, 40
+    H = np.random.default_rng(4).standard_normal((n, d)).astype(np.float32)
+    edges = [0, 5, 13, 14, 29, 40]
+    blocks = [(a, b, H[:, a:b]) for a, b in zip(edges[:-1], edges[1:])]
+    s = store_mod.open(store_mod.write_matrix(tmp_path / "s", n, d, blocks, shard_rows=6, tile_cols=8), verify=True)
+    np.testing.assert_array_equal(s.rows("clipped"), H)
+    np.testing.assert_array_equal(s.block("clipped", 2, 9, 3, 37), H[2:9, 3:37])
+
+
 def test_a_tile_aligned_column_block_is_one_read_per_shard(tmp_path, monkeypatch):
     n, d, tile = 30, 5000, 256
     H = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
