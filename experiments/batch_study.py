@@ -126,18 +126,11 @@ def study_run(run_dir: Path) -> dict:
         "no correction (the run's own spectrum)": run_eigs,
     }
     validation = [
-        {"run": run.root.name, "estimator": name, "target": f"probe {PAPER_BATCH}", **err}
+        {"run": run.root.name, "estimator": name, "target": f"probe {PAPER_BATCH}", "ranks": ranks,
+         "max_rel_error": e["max"], "median_rel_error": e["median"], "energy_rel_error": e["energy"]}
         for name, pred in predictions.items()
         for ranks, e in batch.rank_range_errors(np.sort(pred)[::-1], top, [*RANK_RANGES, (1, 100)]).items()
-        for err in [
-            {
-                "ranks": ranks,
-                "max_rel_error": e["max"],
-                "median_rel_error": e["median"],
-                "energy_rel_error": e["energy"],
-            }
-        ]
-    ]
+    ]  # fmt: skip
     # B = inf: per-rank lines through all probe rungs (the same extrapolation distance in 1/B, 1/1000, as
     # predicting 1000 from 128…512, 1/512 − 1/1000: the leave-top-out errors above are its error)
     a_inf, _ = batch.linear_in_inverse_batch(probe_b, probe_eigs)

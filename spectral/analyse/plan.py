@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .matrix import block_widths
+from .matrix import TrajectoryMatrix
 
 # arithmetic of one pass, in floating-point operations, for a trajectory (n, d) and k components
 PASS_FLOPS = {
@@ -137,8 +137,8 @@ def plan(
     """Probe this machine and predict the cost of analysing ``stream`` of ``store`` (``cold``: probe the
     disk with the stream's page cache dropped; ``holdout``: with the held-out curve)."""
     itemsize = np.dtype(store.dtype_numpy).itemsize
-    tile = min((t for _, _, t in store.shard_tiles(stream)), default=store.d)
-    w, c = block_widths(store.n_steps, store.n_steps, store.d, itemsize, tile, max_memory)
+    M = TrajectoryMatrix(store, stream, max_memory=max_memory)  # the passes' own view: its checks and block widths
+    w, c = M.block_cols, M.compute_cols
     return Plan(
         method=method,
         n=store.n_steps,

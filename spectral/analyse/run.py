@@ -87,8 +87,6 @@ def plan(run, config: AnalyseConfig | None = None, cold: bool = True):
 
     config = (config or AnalyseConfig()).validate()
     store = open_store(RunDir(run).store)
-    if store.n_steps == 0:  # what analyse would say, before a probe divides by it
-        raise SpectralError(f"the trajectory is empty (n=0, d={store.d})")
     k = config.k or min(PAPER_K, store.n_steps - (1 if config.centered else 0))
     budget = config.max_memory or default_memory()
     method = config.method if config.method != "auto" else choose_method(store.n_steps, store.d, k, budget)[0]
