@@ -18,9 +18,17 @@ LAYOUT = [
 D = 17
 
 
-def write(root, H, dtype="float32", shard_rows=3, commit_at=(), streams=("clipped", "private"), close=True):
+def write(
+    root, H, dtype="float32", shard_rows=3, commit_at=(), streams=("clipped", "private"), close=True, tile_cols=4096
+):
     w = store.StoreWriter.create(
-        root, layout=LAYOUT, streams=list(streams), dtype=dtype, shard_rows=shard_rows, meta={"config": {"seed": 1}}
+        root,
+        layout=LAYOUT,
+        streams=list(streams),
+        dtype=dtype,
+        shard_rows=shard_rows,
+        meta={"config": {"seed": 1}},
+        tile_cols=tile_cols,
     )
     for i, row in enumerate(H):
         w.append(i, {s: row * (k + 1) for k, s in enumerate(streams)}, {"loss": float(i)})
@@ -151,6 +159,51 @@ def test_bad_stores_give_one_clear_error(cli, tmp_path):
         s.block("clipped", 0, 99)
     result = cli("spectral.store", tmp_path / "nothing")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("tile_cols,tiled", [(5, True), (D, False), (4096, False)])
+def test_the_writer_tiles_a_shard_only_when_a_tile_is_narrower_than_a_row(tmp_path, tile_cols, tiled):
+    # a tile as wide as a row is row-major already: rewriting the shard would copy it for nothing
+    H = np.random.default_rng(7).standard_normal((8, D)).astype(np.float32)
+    write(tmp_path / "run", H, tile_cols=tile_cols)
+    s = store.open(tmp_path / "run", verify=True)
+    assert [arr.ndim for _, _, arr in s.shards("clipped")] == [1 if tiled else 2] * 3
+    assert [t for _, _, t in s.shard_tiles("clipped")] == [min(tile_cols, D)] * 3
+    np.testing.assert_array_equal(s.rows("clipped"), H)
+    np.testing.assert_array_equal(s.block("clipped", 1, 7, 4, 13), H[1:7, 4:13])
+
+
+def test_a_block_defaults_to_the_whole_stream_and_refuses_what_lies_outside(tmp_path):
+    H = np.random.default_rng(8).standard_normal((11, D)).astype(np.float32)
+    write(tmp_path / "run", H)
+    s = store.open(tmp_path / "run")
+    np.testing.assert_array_equal(s.block("clipped"), H)
+    assert s.block("clipped", 2, 7, 5, 5).shape == (5, 0) and s.block("clipped", 4, 4).shape == (0, D)
+    for outside in [(0, 12), (0, 11, 0, D + 1), (3, 2), (0, 11, 6, 5)]:
+        with pytest.raises(SpectralError, match=r"^block rows \[.*\) cols \[.*\) is outside \(11, 17\)$"):
+            s.block("clipped", *outside)
+
+
+@pytest.mark.parametrize("stored", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_shard_reader_slices_as_numpy_does(tmp_path, stored, dtype):
+    # the array-like dask reads chunks through: any contiguous block, in the dtype asked for
+    from helpers import write_store
+
+    from spectral.store.reader import ShardReader, shard_geometry
+
+    s = write_store(tmp_path / "s", np.random.default_rng(9).standard_normal((14, 900)), dtype=stored)
+    start, stop, arr = s.shards("clipped")[0]  # 7 rows in tiles of 512 and 388 columns
+    reader = ShardReader(arr.filename, arr.offset, (7, 900), shard_geometry(arr, 900, s.tile_cols)[1], stored, dtype)
+    assert (reader.shape, reader.ndim, reader.dtype) == ((7, 900), 2, np.dtype(dtype))
+    want = s.rows("clipped", 0, 7, np.float64)
+    for key in [slice(2, 5), (slice(None), slice(300, 700)), (slice(3, 7), slice(500, 900)), slice(3, 3),
+                (slice(None), slice(9, 9))]:  # fmt: skip
+        got = reader[key]
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got, want[key])
+    with pytest.raises(IndexError, match="^a ShardReader reads contiguous blocks only$"):
+        reader[::2, :]
 
 
 def test_writer_rejects_wrong_row_length(tmp_path):

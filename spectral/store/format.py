@@ -107,6 +107,8 @@ def tile_runs(rows: int, d: int, tile_cols: int, r0: int, r1: int, c0: int, c1: 
     Yields ``(element offset in the shard, row, column offset in the block, length)``, in file
     order; runs that touch in the file are merged by :func:`read_runs`.
     """
+    if c1 <= c0:
+        return  # no columns: a zero-length read would look like the end of the file
     for ta in range(c0 - c0 % tile_cols, c1, tile_cols):
         tw = min(tile_cols, d - ta)
         lo, hi = max(c0, ta), min(c1, ta + tw)
