@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 
 import numpy as np
 import pytest
@@ -204,6 +206,100 @@ def test_a_shard_reader_slices_as_numpy_does(tmp_path, stored, dtype):
         np.testing.assert_array_equal(got, want[key])
     with pytest.raises(IndexError, match="^a ShardReader reads contiguous blocks only$"):
         reader[::2, :]
+
+
+def test_a_block_fills_only_a_c_contiguous_out_of_its_shape_and_dtype(tmp_path):
+    H = np.random.default_rng(10).standard_normal((11, D)).astype(np.float32)
+    write(tmp_path / "run", H)
+    s = store.open(tmp_path / "run")
+    out = np.empty((5, 3), np.float32)
+    assert s.block("clipped", 2, 7, 4, 7, out=out) is out
+    np.testing.assert_array_equal(out, H[2:7, 4:7])
+    for wrong in [np.empty((5, 4), np.float32), np.empty((5, 3), np.float64), np.empty((3, 5), np.float32).T]:
+        with pytest.raises(ValueError, match=r"^out must be a C-contiguous float32 array of shape \(5, 3\)$"):
+            s.block("clipped", 2, 7, 4, 7, out=wrong)
+
+
+def test_a_shard_cut_short_after_opening_names_itself(tmp_path):
+    write(tmp_path / "run", np.ones((6, D), np.float32))
+    s = store.open(tmp_path / "run")
+    shard = sorted((tmp_path / "run/streams/clipped").iterdir())[1]
+    shard.write_bytes(shard.read_bytes()[:-10])  # e.g. a shared file system that lost a write
+    with pytest.raises(SpectralError, match=f"^{shard}: file ended early \\(truncated shard\\)$"):
+        s.block("clipped")
+
+
+def test_short_reads_continue_where_they_stopped(tmp_path, monkeypatch):
+    from spectral.store import format as fmt
+
+    data = bytes(range(64))
+    (tmp_path / "f").write_bytes(data)
+    real, sizes = os.preadv, itertools.cycle([1, 3, 7, 2, 11])
+
+    def short(fd, views, pos):  # a read that stops early, as preadv may
+        n, cut = next(sizes), []
+        for v in views:
+            if n > 0:
+                cut.append(v[:n])
+                n -= len(cut[-1])
+        return real(fd, cut, pos)
+
+    monkeypatch.setattr(fmt.os, "preadv", short)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        out = bytearray(40)
+        fmt._preadv_all(fd, [memoryview(out)[a:b] for a, b in [(0, 10), (10, 13), (13, 14), (14, 40)]], 5)
+        assert bytes(out) == data[5:45]
+        with pytest.raises(OSError, match=r"^file ended early \(truncated shard\)$"):
+            fmt._preadv_all(fd, [memoryview(bytearray(10))], 60)
+    finally:
+        os.close(fd)
+
+
+def test_adjacent_runs_are_read_in_batches_the_kernel_accepts(tmp_path, monkeypatch):
+    from spectral.store import format as fmt
+
+    values = np.arange(3000, dtype=np.float32)
+    (tmp_path / "f").write_bytes(b"head" + values.tobytes())
+    calls = []
+    real = os.preadv
+    monkeypatch.setattr(fmt.os, "preadv", lambda fd, views, pos: calls.append(len(views)) or real(fd, views, pos))
+    out = np.empty((3000, 1), np.float32)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:  # 3000 one-element runs, adjacent in the file: one preadv per IOV_MAX of them
+        fmt.read_runs(fd, 4, ((i, i, 0, 1) for i in range(3000)), out)
+    finally:
+        os.close(fd)
+    np.testing.assert_array_equal(out[:, 0], values)
+    assert max(calls) <= fmt.IOV_MAX and len(calls) == -(-3000 // fmt.IOV_MAX)
+
+
+def test_a_shard_is_tiled_in_reads_of_the_chunk_size_and_a_failed_read_leaves_no_file(tmp_path):
+    from spectral.store.writer import write_tiled
+
+    rows = np.random.default_rng(11).standard_normal((6, 50)).astype(np.float32)
+    asked = []
+
+    def read(c0, c1):
+        asked.append((c0, c1))
+        return rows[:, c0:c1]
+
+    one = write_tiled(tmp_path / "one.npy", 6, 50, np.float32, 8, read)  # the whole shard in one read
+    assert asked == [(0, 50)]
+    asked.clear()
+    chunked = write_tiled(tmp_path / "chunked.npy", 6, 50, np.float32, 8, read, chunk_bytes=2 * 6 * 4 * 8)
+    assert asked == [(0, 16), (16, 32), (32, 48), (48, 50)]  # two tiles per read, the last read short
+    assert chunked == one and (tmp_path / "chunked.npy").read_bytes() == (tmp_path / "one.npy").read_bytes()
+    tiled = np.load(tmp_path / "one.npy")
+    np.testing.assert_array_equal(tiled[: 6 * 8].reshape(6, 8), rows[:, :8])  # tile 1: every row's first 8
+    np.testing.assert_array_equal(tiled[6 * 48 :].reshape(6, 2), rows[:, 48:])  # the last tile, 2 wide
+
+    def failing(c0, c1):
+        raise OSError("the disk went away")
+
+    with pytest.raises(OSError, match="the disk went away"):
+        write_tiled(tmp_path / "failed.npy", 6, 50, np.float32, 8, failing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunked.npy", "one.npy"]
 
 
 def test_writer_rejects_wrong_row_length(tmp_path):
