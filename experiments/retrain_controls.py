@@ -62,6 +62,12 @@ def load(out: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def load_energy(out: Path) -> dict:
+    """Each subspace's share of the run's gradient energy (all steps), from out/subspace_energy.csv if present."""
+    path = out / "subspace_energy.csv"
+    return pd.read_csv(path).set_index("subspace").all_steps.to_dict() if path.is_file() else {}
+
+
 def interval(x: np.ndarray) -> tuple[float, float | None]:
     """(mean, half-width of the 95% t-interval; None below two values)."""
     if len(x) < 2:
@@ -115,9 +121,7 @@ def main() -> None:
     if args.runs:
         print("copied:", ", ".join(copy_settings(args.runs, args.out)) or "nothing")
     history = load(args.out)
-    energy_csv = args.out / "subspace_energy.csv"
-    energy = pd.read_csv(energy_csv).set_index("subspace").all_steps.to_dict() if energy_csv.is_file() else {}
-    t = table(history, energy)
+    t = table(history, load_energy(args.out))
     t.to_csv(args.out / "controls_table.csv", index=False)
     (args.out / "controls_table.md").write_text(markdown(t) + "\n")
     records = t.astype(object).where(t.notna(), None).to_dict(orient="records")

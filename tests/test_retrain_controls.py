@@ -15,11 +15,16 @@ from scipy import stats
 OUT = REPO / "figures" / "retrain"
 
 
+def mean_and_half_width(x: pd.Series) -> tuple[float, float]:
+    """The mean of three seeds and the half-width of its 95% t-interval."""
+    return x.mean(), stats.t.ppf(0.975, 2) * x.std(ddof=1) / np.sqrt(3)
+
+
 def test_the_committed_controls_table_is_recomputed_from_the_committed_histories():
     controls = importlib.import_module("experiments.retrain_controls")
-    history = controls.load(OUT)
-    energy = pd.read_csv(OUT / "subspace_energy.csv").set_index("subspace").all_steps.to_dict()
-    fresh = controls.table(history, energy)
+    energy = controls.load_energy(OUT)
+    assert set(energy) >= {"rank 10", "rank 100", "random 100"}  # the committed energies, not an empty table
+    fresh = controls.table(controls.load(OUT), energy)
     committed = pd.read_csv(OUT / "controls_table.csv")
     pd.testing.assert_frame_equal(fresh, committed, check_dtype=False, rtol=1e-12)
 
@@ -34,9 +39,6 @@ def test_the_signal_noise_rows_are_the_mean_and_t_interval_of_their_paired_seeds
             acc = g.set_index("seed").accuracy.sort_index()
             assert list(acc.index) == [0, 1, 2]  # three seeds, each paired with full's
             row = committed.loc[("signal+noise", variant)]
-            half = stats.t.ppf(0.975, 2) * acc.std(ddof=1) / np.sqrt(3)
+            assert (row.accuracy, row.ci95) == pytest.approx(mean_and_half_width(acc), rel=1e-12)
             diff = acc - full[acc.index]
-            assert (row.accuracy, row.ci95) == pytest.approx((acc.mean(), half), rel=1e-12)
-            assert (row.diff_to_full, row.diff_ci95) == pytest.approx(
-                (diff.mean(), stats.t.ppf(0.975, 2) * diff.std(ddof=1) / np.sqrt(3)), rel=1e-12
-            )
+            assert (row.diff_to_full, row.diff_ci95) == pytest.approx(mean_and_half_width(diff), rel=1e-12)

@@ -8,10 +8,14 @@ import os
 
 import numpy as np
 import pytest
+from helpers import write_store
 
 import spectral.store as store
 from spectral.errors import SpectralError
-from spectral.store.format import from_storage, to_storage
+from spectral.store import format as fmt
+from spectral.store.format import TILE_COLS, from_storage, to_storage
+from spectral.store.reader import ShardReader, shard_geometry
+from spectral.store.writer import write_tiled
 
 LAYOUT = [
     {"name": "w", "shape": [3, 4], "offset": 0, "numel": 12},
@@ -21,7 +25,14 @@ D = 17
 
 
 def write(
-    root, H, dtype="float32", shard_rows=3, commit_at=(), streams=("clipped", "private"), close=True, tile_cols=4096
+    root,
+    H,
+    dtype="float32",
+    shard_rows=3,
+    commit_at=(),
+    streams=("clipped", "private"),
+    close=True,
+    tile_cols=TILE_COLS,
 ):
     w = store.StoreWriter.create(
         root,
@@ -163,7 +174,7 @@ def test_bad_stores_give_one_clear_error(cli, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("tile_cols,tiled", [(5, True), (D, False), (4096, False)])
+@pytest.mark.parametrize("tile_cols,tiled", [(5, True), (D, False), (TILE_COLS, False)])
 def test_the_writer_tiles_a_shard_only_when_a_tile_is_narrower_than_a_row(tmp_path, tile_cols, tiled):
     # a tile as wide as a row is row-major already: rewriting the shard would copy it for nothing
     H = np.random.default_rng(7).standard_normal((8, D)).astype(np.float32)
@@ -190,12 +201,8 @@ def test_a_block_defaults_to_the_whole_stream_and_refuses_what_lies_outside(tmp_
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_shard_reader_slices_as_numpy_does(tmp_path, stored, dtype):
     # the array-like dask reads chunks through: any contiguous block, in the dtype asked for
-    from helpers import write_store
-
-    from spectral.store.reader import ShardReader, shard_geometry
-
     s = write_store(tmp_path / "s", np.random.default_rng(9).standard_normal((14, 900)), dtype=stored)
-    start, stop, arr = s.shards("clipped")[0]  # 7 rows in tiles of 512 and 388 columns
+    _, _, arr = s.shards("clipped")[0]  # 7 rows in tiles of 512 and 388 columns
     reader = ShardReader(arr.filename, arr.offset, (7, 900), shard_geometry(arr, 900, s.tile_cols)[1], stored, dtype)
     assert (reader.shape, reader.ndim, reader.dtype) == ((7, 900), 2, np.dtype(dtype))
     want = s.rows("clipped", 0, 7, np.float64)
@@ -230,8 +237,6 @@ def test_a_shard_cut_short_after_opening_names_itself(tmp_path):
 
 
 def test_short_reads_continue_where_they_stopped(tmp_path, monkeypatch):
-    from spectral.store import format as fmt
-
     data = bytes(range(64))
     (tmp_path / "f").write_bytes(data)
     real, sizes = os.preadv, itertools.cycle([1, 3, 7, 2, 11])
@@ -257,8 +262,6 @@ def test_short_reads_continue_where_they_stopped(tmp_path, monkeypatch):
 
 
 def test_adjacent_runs_are_read_in_batches_the_kernel_accepts(tmp_path, monkeypatch):
-    from spectral.store import format as fmt
-
     values = np.arange(3000, dtype=np.float32)
     (tmp_path / "f").write_bytes(b"head" + values.tobytes())
     calls = []
@@ -275,8 +278,6 @@ def test_adjacent_runs_are_read_in_batches_the_kernel_accepts(tmp_path, monkeypa
 
 
 def test_a_shard_is_tiled_in_reads_of_the_chunk_size_and_a_failed_read_leaves_no_file(tmp_path):
-    from spectral.store.writer import write_tiled
-
     rows = np.random.default_rng(11).standard_normal((6, 50)).astype(np.float32)
     asked = []
 
