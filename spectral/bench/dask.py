@@ -68,7 +68,7 @@ def run(n: int, d: int, k: int, workers: int, workdir: Path) -> str:
         "|---|---|---|---|---|",
     ]
     for name, s, peak, wpeak, spec in rows:
-        lines.append(f"| {name} | {s:.2f} | {peak:.0f} | {wpeak} | {spec.passes} |")
+        lines.append(f"| {name} | {s:.3g} | {peak:.0f} | {wpeak} | {spec.passes} |")  # 3 figures: a small run takes ms
     lines += [
         "",
         f"dask / single-process time: {rows[1][1] / rows[0][1]:.2f}x; max relative eigenvalue difference {err:.1e}",
